@@ -1,0 +1,170 @@
+//! The `Backup` resource: encrypted, checksummed snapshots of Redis or of
+//! configuration, on a schedule, with retention.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// A retention age: Go duration syntax plus days (`7d`, `36h`).
+pub const AGE_PATTERN: &str = r"^([0-9]+(d|h|m|s))+$";
+/// Five cron fields, or a CronJob macro such as `@daily`.
+pub const CRON_PATTERN: &str = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\s+){4}\S+)$";
+
+/// Snapshots of one source, taken on create and then on `schedule`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "dr.titan.io",
+    version = "v1alpha1",
+    kind = "Backup",
+    namespaced,
+    status = "BackupStatus",
+    category = "titan",
+    printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Last Success","type":"date","jsonPath":".status.lastSuccessfulTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// What to snapshot.
+    pub source: BackupSource,
+    /// Cron schedule, as CronJob understands it. Absent: one backup on create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = CRON_PATTERN))]
+    pub schedule: Option<String>,
+    /// Which snapshots to keep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+    /// Where snapshots are written.
+    pub destination: Destination,
+    /// How snapshots are encrypted.
+    pub encryption: Encryption,
+}
+
+/// The source of a Backup: a Redis server, or configuration objects.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.redis) != (has(self.configMaps) || has(self.secrets))").message("set either redis, or configMaps and/or secrets"))]
+pub struct BackupSource {
+    /// A Redis server, snapshotted over the replication protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSource>,
+    /// ConfigMaps in this namespace selected by label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_maps: Option<ObjectSelector>,
+    /// Secrets in this namespace selected by label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<ObjectSelector>,
+}
+
+/// A Redis server to snapshot.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSource {
+    /// `host:port` of the Redis server.
+    #[schemars(length(min = 1))]
+    pub address: String,
+    /// Secret key holding the Redis password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+}
+
+/// Objects selected by label.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct ObjectSelector {
+    /// Label selector of the objects to include.
+    pub selector: LabelSelector,
+}
+
+/// A key of a Secret in the resource's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    pub name: String,
+    /// Key within the Secret.
+    pub key: String,
+}
+
+/// Which snapshots to keep; a snapshot is pruned when either rule drops it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Retention {
+    /// Keep at most this many snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub keep_last: Option<u32>,
+    /// Drop snapshots older than this (`7d`, `36h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = AGE_PATTERN))]
+    pub max_age: Option<String>,
+}
+
+/// Where snapshots are written.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct Destination {
+    /// Folder under the operator's backup volume (relative, no `..`).
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"))]
+    #[x_kube(validation = kube::core::Rule::new("!self.split('/').exists(p, p == '..')").message("path must stay under the backup volume (no '..')"))]
+    pub path: String,
+}
+
+/// Encryption of snapshots; key material only ever comes from a Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Encryption {
+    /// Secret holding the key.
+    pub secret_ref: EncryptionKeyRef,
+}
+
+/// The Secret (and key within it) holding the encryption key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct EncryptionKeyRef {
+    /// Name of the Secret.
+    pub name: String,
+    /// Key within the Secret (default `key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// The observed state of a Backup.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When the newest successful snapshot completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_time: Option<Time>,
+    /// Snapshots on disk, newest first, bounded by retention.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<Snapshot>,
+    /// Ready is False with a reason when the newest attempt failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One stored snapshot.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    /// Snapshot ID, its UTC start time (`20261125T020000Z`).
+    pub id: String,
+    /// When the snapshot started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the snapshot completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// Size of the encrypted file.
+    #[serde(default)]
+    pub size_bytes: u64,
+    /// SHA-256 of the snapshot content.
+    #[serde(default)]
+    pub sha256: String,
+    /// Number of keys (Redis) or objects (configuration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<u64>,
+    /// Path of the encrypted file under the backup volume.
+    pub location: String,
+}

@@ -1,0 +1,327 @@
+//! The `DisasterRecovery` resource: one recovery scenario, its component graph,
+//! its steps, validations and rollback, and the status of its current run.
+
+use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Go/Kubernetes duration syntax: `300s`, `5m`, `1h30m`, `1.5h`.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+/// A DNS-1123 label, as Kubernetes requires for names that end up in Job names and labels.
+pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// Upper bounds keep the CEL rules cheap and the status small.
+pub const MAX_STEPS: usize = 100;
+pub const MAX_COMPONENTS: usize = 64;
+
+/// Names in a list must be unique; the message lists the duplicates.
+const UNIQUE_NAMES: &str = "self.all(x, self.exists_one(y, y.name == x.name))";
+const UNIQUE_NAMES_MESSAGE: &str = "'duplicate names: ' + self.filter(x, self.filter(y, y.name == x.name).size() > 1).map(x, x.name).join(', ')";
+
+/// A disaster-recovery scenario that the operator executes as ordered Kubernetes Jobs.
+///
+/// Creating the resource starts a run; changing the `dr.titan.io/run-now` annotation starts
+/// another. The status tells where the current run stands and whether it met its objectives.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "dr.titan.io",
+    version = "v1alpha1",
+    kind = "DisasterRecovery",
+    namespaced,
+    status = "DisasterRecoveryStatus",
+    shortname = "dr",
+    category = "titan",
+    printcolumn = r#"{"name":"Scenario","type":"string","jsonPath":".spec.scenario"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Run","type":"string","jsonPath":".status.runId"}"#,
+    printcolumn = r#"{"name":"RTO","type":"string","description":"Achieved recovery time","jsonPath":".status.achievedRTO"}"#,
+    printcolumn = r#"{"name":"Objective","type":"string","priority":1,"jsonPath":".spec.objectives.rto"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DisasterRecoverySpec {
+    /// The scenario's ID, as in the runbook (e.g. `complete-system-failure`).
+    #[schemars(length(min = 1, max = 253))]
+    pub scenario: String,
+
+    /// How severe the failure this scenario recovers from is.
+    #[serde(default)]
+    pub severity: Severity,
+
+    /// What failure this scenario recovers from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+
+    /// Recovery time and recovery point objectives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objectives: Option<Objectives>,
+
+    /// Names of `Backup` resources in this namespace whose newest snapshot age is measured
+    /// against `objectives.rpo` (the RPOMet condition).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub backups: Vec<String>,
+
+    /// The dependency graph of the system being recovered. A step that names a component runs
+    /// after every step of the components it depends on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_COMPONENTS))]
+    #[x_kube(validation = kube::core::Rule::new(UNIQUE_NAMES).message(kube::core::Message::Expression(UNIQUE_NAMES_MESSAGE.into())))]
+    pub components: Vec<Component>,
+
+    /// Defaults for every Job this resource creates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<JobTemplate>,
+
+    /// The recovery steps, in runbook order.
+    #[schemars(length(min = 1, max = MAX_STEPS))]
+    #[x_kube(validation = kube::core::Rule::new(UNIQUE_NAMES).message(kube::core::Message::Expression(UNIQUE_NAMES_MESSAGE.into())))]
+    pub steps: Vec<Step>,
+
+    /// Checks run in parallel once every step ended without a critical failure.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_STEPS))]
+    #[x_kube(validation = kube::core::Rule::new(UNIQUE_NAMES).message(kube::core::Message::Expression(UNIQUE_NAMES_MESSAGE.into())))]
+    pub validations: Vec<Step>,
+
+    /// Steps run in order when a critical step fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_STEPS))]
+    #[x_kube(validation = kube::core::Rule::new(UNIQUE_NAMES).message(kube::core::Message::Expression(UNIQUE_NAMES_MESSAGE.into())))]
+    pub rollback: Vec<Step>,
+}
+
+/// Severity of the failure a scenario recovers from.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Severity {
+    Critical,
+    High,
+    #[default]
+    Medium,
+    Low,
+}
+
+/// Recovery objectives, as durations (`15m`, `1h30m`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct Objectives {
+    /// Recovery time objective: the longest a run may take from start to validated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub rto: Option<String>,
+    /// Recovery point objective: the oldest the newest backup may be when a run starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub rpo: Option<String>,
+}
+
+/// A component of the recovered system and the components it depends on.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Component {
+    /// The component's name, referenced by `steps[].component`.
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
+    pub name: String,
+    /// Components that must be recovered before this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_COMPONENTS))]
+    pub depends_on: Vec<String>,
+}
+
+/// Defaults applied to every Job of this resource.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct JobTemplate {
+    /// Container image that runs the steps' commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Service account the step Pods run as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Environment variables set in every step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub env: Vec<EnvVar>,
+}
+
+/// One recovery step, validation or rollback step: a command run as a Kubernetes Job.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.command) != has(self.args)").message("exactly one of command or args must be set"))]
+pub struct Step {
+    /// Unique name of the step (a DNS label); part of the Job name.
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
+    pub name: String,
+    /// A shell command line, run with `/bin/sh -c`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// An exec array, run without a shell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub args: Option<Vec<String>>,
+    /// Container image for this step; overrides `template.image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The component this step recovers; orders it in the component graph.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+    /// Names of steps that must end before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_STEPS))]
+    pub after: Vec<String>,
+    /// Longest one attempt may run (becomes the Job's `activeDeadlineSeconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub timeout: Option<String>,
+    /// Whether a failure of this step stops the run and triggers rollback (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critical: Option<bool>,
+    /// How many more attempts after a failed one (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10))]
+    pub retries: Option<u32>,
+    /// What a successful run of the command looks like.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Expect>,
+    /// Free text for the on-call engineer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
+    /// Environment variables for this step, added to `template.env`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub env: Vec<EnvVar>,
+}
+
+impl Step {
+    /// Steps are critical unless they say otherwise.
+    pub fn is_critical(&self) -> bool {
+        self.critical.unwrap_or(true)
+    }
+
+    pub fn retries(&self) -> u32 {
+        self.retries.unwrap_or(0)
+    }
+}
+
+/// Expectations checked against a finished attempt. All that are set must hold.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Expect {
+    /// Expected exit code (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Text the output must contain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_contains: Option<String>,
+    /// A regular expression the output must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_matches: Option<String>,
+    /// A field of JSON output and the value it must have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<JsonExpect>,
+}
+
+/// A JSON field of the output and its expected value.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct JsonExpect {
+    /// Dot-separated path into the JSON output, e.g. `status` or `services.0.state`.
+    #[schemars(length(min = 1))]
+    pub path: String,
+    /// The expected value, compared with the field's text (strings without quotes).
+    pub equals: String,
+}
+
+/// Where a run stands.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RunPhase {
+    #[default]
+    Pending,
+    Running,
+    Validating,
+    RollingBack,
+    Succeeded,
+    Failed,
+}
+
+/// Where one step (or validation, or rollback step) stands.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StepPhase {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Skipped,
+}
+
+/// The observed state of a DisasterRecovery's current run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DisasterRecoveryStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Phase of the current run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RunPhase>,
+    /// ID of the current run; part of every Job name and the `dr.titan.io/run` label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// The `dr.titan.io/run-now` annotation value that started the current run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_trigger: Option<String>,
+    /// When the current run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the current run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// Time from start to the end of a successful run, e.g. `4m12s`.
+    #[serde(default, rename = "achievedRTO", skip_serializing_if = "Option::is_none")]
+    pub achieved_rto: Option<String>,
+    /// State of every recovery step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepStatus>,
+    /// State of every validation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validations: Vec<StepStatus>,
+    /// State of every rollback step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollback: Vec<StepStatus>,
+    /// Ready, Progressing, Degraded, Validated, RTOMet, RPOMet and one
+    /// `validation.dr.titan.io/<name>` per validation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The observed state of one step.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StepStatus {
+    /// The step's name.
+    pub name: String,
+    /// Where the step stands.
+    pub phase: StepPhase,
+    /// The Job of the latest attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Attempts made so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// When the first attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the last attempt ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// Exit code of the latest attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Tail of the latest attempt's combined output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Why the step ended the way it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

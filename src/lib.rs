@@ -1,0 +1,5 @@
+//! titan-dr: a Kubernetes operator that executes, measures and proves
+//! disaster-recovery runbooks.
+
+pub mod api;
+pub mod operator;
