@@ -28,4 +28,5 @@ build() { # name package [ldflags]
 build etcd go.etcd.io/etcd/server/v3 "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION"
 build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$ldflags"
 build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$ldflags"
+build kubectl k8s.io/kubernetes/cmd/kubectl "$ldflags"
 echo "$cache"

@@ -2,4 +2,8 @@
 //! disaster-recovery runbooks.
 
 pub mod api;
+pub mod node_agent;
 pub mod operator;
+pub mod plan;
+pub mod process;
+pub mod runbook;

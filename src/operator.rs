@@ -42,7 +42,9 @@ pub async fn wait_for_crds(client: &Client, limit: Duration) -> anyhow::Result<(
         let established = await_condition(crds.clone(), name, conditions::is_crd_established());
         tokio::time::timeout(limit, established)
             .await
-            .map_err(|_| anyhow::anyhow!("CRD {name} not Established after {limit:?}; apply crds/ first"))??;
+            .map_err(|_| {
+                anyhow::anyhow!("CRD {name} not Established after {limit:?}; apply crds/ first")
+            })??;
     }
     Ok(())
 }

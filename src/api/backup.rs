@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 /// A retention age: Go duration syntax plus days (`7d`, `36h`).
 pub const AGE_PATTERN: &str = r"^([0-9]+(d|h|m|s))+$";
 /// Five cron fields, or a CronJob macro such as `@daily`.
-pub const CRON_PATTERN: &str = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\s+){4}\S+)$";
+pub const CRON_PATTERN: &str =
+    r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\s+){4}\S+)$";
 
 /// Snapshots of one source, taken on create and then on `schedule`.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -91,7 +92,7 @@ pub struct SecretKeyRef {
 pub struct Retention {
     /// Keep at most this many snapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 10000))]
+    #[schemars(range(min = 1, max = 10000), extend("format" = "int32"))]
     pub keep_last: Option<u32>,
     /// Drop snapshots older than this (`7d`, `36h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,7 +104,10 @@ pub struct Retention {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct Destination {
     /// Folder under the operator's backup volume (relative, no `..`).
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    )]
     #[x_kube(validation = kube::core::Rule::new("!self.split('/').exists(p, p == '..')").message("path must stay under the backup volume (no '..')"))]
     pub path: String,
 }
@@ -158,12 +162,14 @@ pub struct Snapshot {
     pub completed_at: Option<Time>,
     /// Size of the encrypted file.
     #[serde(default)]
+    #[schemars(extend("format" = "int64"))]
     pub size_bytes: u64,
     /// SHA-256 of the snapshot content.
     #[serde(default)]
     pub sha256: String,
     /// Number of keys (Redis) or objects (configuration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int64"))]
     pub keys: Option<u64>,
     /// Path of the encrypted file under the backup volume.
     pub location: String,

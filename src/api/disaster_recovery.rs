@@ -15,10 +15,6 @@ pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 pub const MAX_STEPS: usize = 100;
 pub const MAX_COMPONENTS: usize = 64;
 
-/// Names in a list must be unique; the message lists the duplicates.
-const UNIQUE_NAMES: &str = "self.all(x, self.exists_one(y, y.name == x.name))";
-const UNIQUE_NAMES_MESSAGE: &str = "'duplicate names: ' + self.filter(x, self.filter(y, y.name == x.name).size() > 1).map(x, x.name).join(', ')";
-
 /// A disaster-recovery scenario that the operator executes as ordered Kubernetes Jobs.
 ///
 /// Creating the resource starts a run; changing the `dr.titan.io/run-now` annotation starts
@@ -67,7 +63,8 @@ pub struct DisasterRecoverySpec {
     /// after every step of the components it depends on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_COMPONENTS))]
-    #[x_kube(validation = kube::core::Rule::new(UNIQUE_NAMES).message(kube::core::Message::Expression(UNIQUE_NAMES_MESSAGE.into())))]
+    // Unique names: the API server rejects a duplicate and names it.
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub components: Vec<Component>,
 
     /// Defaults for every Job this resource creates.
@@ -76,24 +73,29 @@ pub struct DisasterRecoverySpec {
 
     /// The recovery steps, in runbook order.
     #[schemars(length(min = 1, max = MAX_STEPS))]
-    #[x_kube(validation = kube::core::Rule::new(UNIQUE_NAMES).message(kube::core::Message::Expression(UNIQUE_NAMES_MESSAGE.into())))]
+    // Unique names: the API server rejects a duplicate and names it.
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub steps: Vec<Step>,
 
     /// Checks run in parallel once every step ended without a critical failure.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_STEPS))]
-    #[x_kube(validation = kube::core::Rule::new(UNIQUE_NAMES).message(kube::core::Message::Expression(UNIQUE_NAMES_MESSAGE.into())))]
+    // Unique names: the API server rejects a duplicate and names it.
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub validations: Vec<Step>,
 
     /// Steps run in order when a critical step fails.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_STEPS))]
-    #[x_kube(validation = kube::core::Rule::new(UNIQUE_NAMES).message(kube::core::Message::Expression(UNIQUE_NAMES_MESSAGE.into())))]
+    // Unique names: the API server rejects a duplicate and names it.
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub rollback: Vec<Step>,
 }
 
 /// Severity of the failure a scenario recovers from.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
 pub enum Severity {
     Critical,
     High,
@@ -178,7 +180,7 @@ pub struct Step {
     pub critical: Option<bool>,
     /// How many more attempts after a failed one (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 10))]
+    #[schemars(range(min = 0, max = 10), extend("format" = "int32"))]
     pub retries: Option<u32>,
     /// What a successful run of the command looks like.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -232,7 +234,9 @@ pub struct JsonExpect {
 }
 
 /// Where a run stands.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
 pub enum RunPhase {
     #[default]
     Pending,
@@ -244,7 +248,9 @@ pub enum RunPhase {
 }
 
 /// Where one step (or validation, or rollback step) stands.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
 pub enum StepPhase {
     #[default]
     Pending,
@@ -278,7 +284,11 @@ pub struct DisasterRecoveryStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
     /// Time from start to the end of a successful run, e.g. `4m12s`.
-    #[serde(default, rename = "achievedRTO", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "achievedRTO",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub achieved_rto: Option<String>,
     /// State of every recovery step.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -308,6 +318,7 @@ pub struct StepStatus {
     pub job: Option<String>,
     /// Attempts made so far.
     #[serde(default)]
+    #[schemars(extend("format" = "int32"))]
     pub attempts: u32,
     /// When the first attempt started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
