@@ -1,0 +1,39 @@
+# titan-dr: every entry point of the project.
+.PHONY: test lint unit integration crds crds-check control-plane cluster-up cluster-down demo bench build
+
+CARGO ?= cargo
+
+## The main job: the demo on a local control plane.
+demo: build
+	scripts/with-cluster.sh examples/titan/demo.sh
+
+## Every test: formatting, lints, unit and integration tests (starts the control plane when none runs).
+test: lint
+	scripts/with-cluster.sh $(CARGO) test --all-targets
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+## Unit tests only: no control plane needed.
+unit:
+	$(CARGO) test --lib --bins --test crds
+
+build:
+	$(CARGO) build --bins
+
+## Regenerate the committed CRDs from the Rust types.
+crds:
+	$(CARGO) run --quiet --bin titan-dr -- crds > crds/crds.yaml
+
+control-plane:
+	scripts/build-control-plane.sh
+
+cluster-up:
+	scripts/cluster-up.sh
+
+cluster-down:
+	scripts/cluster-down.sh
+
+bench: build
+	scripts/with-cluster.sh scripts/bench.sh
