@@ -7,6 +7,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 CLUSTER_DIR=${CLUSTER_DIR:-$root/target/cluster}
+# Pods run from the repository root, so example commands can use relative paths.
+cd "$root"
 mkdir -p "$CLUSTER_DIR"
 CLUSTER_DIR=$(cd "$CLUSTER_DIR" && pwd)
 export KUBECONFIG=$CLUSTER_DIR/kubeconfig

@@ -2,7 +2,9 @@
 //! disaster-recovery runbooks.
 
 pub mod api;
+pub mod controller;
 pub mod expect;
+pub mod job;
 pub mod node_agent;
 pub mod operator;
 pub mod plan;

@@ -6,7 +6,16 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, CustomResourceExt};
 
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::watcher;
+
 use crate::api::{Backup, DisasterRecovery};
+use crate::controller::{Context, disaster_recovery};
+use crate::job::LABEL_RECOVERY;
 
 /// Operator settings; every flag can also be set from the environment.
 #[derive(clap::Args, Debug, Clone)]
@@ -14,6 +23,16 @@ pub struct Config {
     /// How long to wait for the CRDs to be Established before giving up.
     #[arg(long, env = "TITAN_CRD_WAIT_SECONDS", default_value_t = 60)]
     pub crd_wait_seconds: u64,
+    /// How many runs of a DisasterRecovery keep their Jobs; older runs' Jobs are deleted
+    /// when a new run starts.
+    #[arg(long, env = "TITAN_KEEP_RUNS", default_value_t = 3)]
+    pub keep_runs: u32,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "TITAN_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// How many resources are reconciled at once.
+    #[arg(long, env = "TITAN_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
 }
 
 pub fn init_tracing() {
@@ -25,13 +44,40 @@ pub fn init_tracing() {
         .init();
 }
 
-/// Starts the operator. The controllers are added by the issues that build them.
+/// Runs the controllers until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let version = client.apiserver_version().await?;
     tracing::info!(version = %version.git_version, "connected to the API server");
     wait_for_crds(&client, Duration::from_secs(config.crd_wait_seconds)).await?;
     tracing::info!("titan-dr operator started");
+
+    let ctx = Arc::new(Context::new(client.clone(), config.keep_runs));
+    let (recoveries, jobs): (Api<DisasterRecovery>, Api<Job>) = match &config.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    // Only the Jobs this operator made are watched (and cached).
+    let owned_jobs = watcher::Config::default().labels(LABEL_RECOVERY);
+    Controller::new(recoveries, watcher::Config::default())
+        .owns(jobs, owned_jobs)
+        .with_config(controller::Config::default().concurrency(config.concurrency))
+        .shutdown_on_signal()
+        .run(
+            disaster_recovery::reconcile,
+            disaster_recovery::error_policy,
+            ctx,
+        )
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile error");
+            }
+        })
+        .await;
+    tracing::info!("titan-dr operator stopped");
     Ok(())
 }
 

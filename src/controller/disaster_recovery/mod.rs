@@ -1,0 +1,454 @@
+//! The DisasterRecovery controller: from a scenario to ordered Jobs to status.
+//!
+//! Each reconcile is a pipeline — which run → validate → observe Jobs → decide
+//! (pure plan) → create Jobs → write status — and never waits: Job changes wake
+//! it again through `.owns()`. Every decision is derived from the Jobs of the
+//! run (found by label) and the status, never from memory, and Job names are
+//! deterministic, so a restarted operator neither duplicates nor re-runs work.
+
+mod observe;
+pub mod status;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use self::status::{RpoVerdict, RunFacts};
+use crate::api::disaster_recovery::{
+    DisasterRecoveryStatus, RunPhase, Step, StepPhase, StepStatus,
+};
+use crate::api::{Backup, DisasterRecovery};
+use crate::controller::conditions::{Conditions, FALSE, TRUE, UNKNOWN};
+use crate::controller::{Context, Error, MANAGER};
+use crate::job::{LABEL_RECOVERY, LABEL_RUN, build_job};
+use crate::plan::{Plan, RunState, StepKind, parse_duration};
+
+/// Changing this annotation's value starts a new run.
+pub const RUN_NOW: &str = "dr.titan.io/run-now";
+
+/// Safety net: a run in progress is looked at again this often even when no
+/// Job changes (Job changes normally wake it at once).
+const RECHECK: Duration = Duration::from_secs(60);
+
+#[tracing::instrument(skip_all, fields(dr = %dr.name_any(), ns = dr.namespace().unwrap_or_default()))]
+pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = dr.namespace().unwrap_or_default();
+    let name = dr.name_any();
+    let drs: Api<DisasterRecovery> = Api::namespaced(ctx.client.clone(), &ns);
+    let previous = dr.status.clone().unwrap_or_default();
+
+    let plan = match validate(&dr) {
+        Ok(plan) => plan,
+        Err(message) => {
+            let status = invalid_status(&dr, &previous, &message);
+            write_status(&drs, &name, &previous, &status).await?;
+            if status != previous {
+                publish(&ctx, &dr, EventType::Warning, "InvalidSpec", &message).await;
+            }
+            return Ok(Action::await_change());
+        }
+    };
+
+    // Which run: a new one on creation and whenever the run-now annotation changes.
+    let trigger = dr.annotations().get(RUN_NOW).cloned().unwrap_or_default();
+    let mut base = previous.clone();
+    if previous.run_id.is_none() || previous.run_trigger.as_deref().unwrap_or_default() != trigger {
+        let run: u64 = previous
+            .run_id
+            .as_deref()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0)
+            + 1;
+        base = DisasterRecoveryStatus {
+            run_id: Some(run.to_string()),
+            run_trigger: Some(trigger),
+            started_at: Some(Time(Timestamp::now())),
+            phase: Some(RunPhase::Running),
+            conditions: previous.conditions.clone(),
+            ..Default::default()
+        };
+        // The run is recorded before any of its Jobs exists, so a crash here
+        // at worst starts the same run again.
+        write_status(&drs, &name, &previous, &base).await?;
+        publish(
+            &ctx,
+            &dr,
+            EventType::Normal,
+            "RunStarted",
+            &format!("run {run} started"),
+        )
+        .await;
+        prune_old_runs(&ctx, &dr, run).await?;
+    }
+    let run = base.run_id.clone().unwrap_or_default();
+
+    // Observe the run's Jobs.
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let selector = format!("{LABEL_RECOVERY}={name},{LABEL_RUN}={run}");
+    let run_jobs = jobs
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::Observe)?;
+    let spec_steps: BTreeMap<&str, &Step> =
+        all_steps(&dr).map(|(_, s)| (s.name.as_str(), s)).collect();
+    let recorded: BTreeMap<&str, &StepStatus> = base
+        .steps
+        .iter()
+        .chain(&base.validations)
+        .chain(&base.rollback)
+        .map(|s| (s.name.as_str(), s))
+        .collect();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut observed =
+        observe::observe_steps(&pods, &run_jobs.items, &spec_steps, &recorded).await?;
+
+    // Decide, and start what the plan allows.
+    let mut state = RunState::default();
+    for s in observed.values() {
+        state.set(&s.name, s.phase, s.attempts);
+    }
+    let decision = plan.next(&state);
+    for attempt in &decision.start {
+        let Some(step) = spec_steps.get(attempt.name.as_str()) else {
+            continue;
+        };
+        let job = build_job(&dr, &run, attempt.kind, step, attempt.number);
+        let job_name = job.name_any();
+        match jobs.create(&PostParams::default(), &job).await {
+            Ok(_) => {}
+            // Created by an earlier reconcile whose status write was lost.
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(source) => {
+                return Err(Error::CreateJob {
+                    job: job_name,
+                    source,
+                });
+            }
+        }
+        let first = observed
+            .get(&attempt.name)
+            .and_then(|s| s.started_at.clone());
+        observed.insert(
+            attempt.name.clone(),
+            StepStatus {
+                name: attempt.name.clone(),
+                phase: StepPhase::Running,
+                job: Some(job_name),
+                attempts: attempt.number,
+                started_at: first.or(Some(Time(Timestamp::now()))),
+                ..Default::default()
+            },
+        );
+    }
+
+    let status = run_status(&ctx, &dr, base, &plan, &decision, &observed).await?;
+    announce_transitions(&ctx, &dr, &previous, &status).await;
+    write_status(&drs, &name, &previous, &status).await?;
+    Ok(match decision.outcome {
+        Some(_) => Action::await_change(),
+        None => Action::requeue(RECHECK),
+    })
+}
+
+/// The plan of a valid spec, or why the spec is invalid (naming the culprits).
+fn validate(dr: &DisasterRecovery) -> Result<Plan, String> {
+    let plan = Plan::new(&dr.spec).map_err(|e| e.to_string())?;
+    let template_image = dr.spec.template.as_ref().and_then(|t| t.image.as_ref());
+    let without_image: Vec<&str> = all_steps(dr)
+        .filter(|(_, s)| s.image.is_none() && template_image.is_none())
+        .map(|(_, s)| s.name.as_str())
+        .collect();
+    if !without_image.is_empty() {
+        return Err(format!(
+            "steps without an image: {} (set template.image or the step's image)",
+            without_image.join(", ")
+        ));
+    }
+    Ok(plan)
+}
+
+fn all_steps(dr: &DisasterRecovery) -> impl Iterator<Item = (StepKind, &Step)> {
+    let spec = &dr.spec;
+    spec.steps
+        .iter()
+        .map(|s| (StepKind::Step, s))
+        .chain(spec.validations.iter().map(|s| (StepKind::Validation, s)))
+        .chain(spec.rollback.iter().map(|s| (StepKind::Rollback, s)))
+}
+
+fn invalid_status(
+    dr: &DisasterRecovery,
+    previous: &DisasterRecoveryStatus,
+    message: &str,
+) -> DisasterRecoveryStatus {
+    let mut c = Conditions::new(&previous.conditions, dr.metadata.generation);
+    c.set(status::READY, FALSE, status::REASON_INVALID_SPEC, message);
+    c.set(
+        status::PROGRESSING,
+        FALSE,
+        status::REASON_INVALID_SPEC,
+        "no Job is created for an invalid spec",
+    );
+    DisasterRecoveryStatus {
+        observed_generation: dr.metadata.generation,
+        phase: Some(RunPhase::Failed),
+        conditions: c.build(),
+        ..previous.clone()
+    }
+}
+
+async fn run_status(
+    ctx: &Context,
+    dr: &DisasterRecovery,
+    base: DisasterRecoveryStatus,
+    plan: &Plan,
+    decision: &crate::plan::Decision,
+    observed: &BTreeMap<String, StepStatus>,
+) -> Result<DisasterRecoveryStatus, Error> {
+    let _ = plan;
+    let skipped: BTreeSet<&str> = decision.skip.iter().map(String::as_str).collect();
+    let spec = &dr.spec;
+    let steps = status::list_status(&spec.steps, observed, &skipped);
+    let validations = status::list_status(&spec.validations, observed, &skipped);
+    let rollback = status::list_status(&spec.rollback, observed, &skipped);
+    let finished_at = decision
+        .outcome
+        .and_then(|_| status::last_finish(steps.iter().chain(&validations).chain(&rollback)))
+        .or_else(|| decision.outcome.map(|_| Time(Timestamp::now())));
+    let achieved = match (decision.outcome, &base.started_at, &finished_at) {
+        (Some(crate::plan::Outcome::Succeeded), Some(start), Some(end)) => {
+            Some(status::elapsed(start, end))
+        }
+        _ => None,
+    };
+    let rpo = rpo_verdict(ctx, dr, base.started_at.as_ref()).await?;
+    let facts = RunFacts {
+        spec,
+        decision,
+        steps: &steps,
+        validations: &validations,
+        achieved_rto: achieved,
+        rpo,
+    };
+    let conditions = status::run_conditions(&facts, &base.conditions, dr.metadata.generation);
+    Ok(DisasterRecoveryStatus {
+        observed_generation: dr.metadata.generation,
+        phase: Some(decision.phase),
+        finished_at,
+        achieved_rto: achieved.map(crate::plan::format_duration),
+        steps,
+        validations,
+        rollback,
+        conditions,
+        ..base
+    })
+}
+
+/// RPOMet: the age, at run start, of the newest snapshot of every listed Backup.
+async fn rpo_verdict(
+    ctx: &Context,
+    dr: &DisasterRecovery,
+    started: Option<&Time>,
+) -> Result<RpoVerdict, Error> {
+    let unknown = |reason, message: String| RpoVerdict {
+        status: UNKNOWN,
+        reason,
+        message,
+    };
+    let objective = dr.spec.objectives.as_ref().and_then(|o| o.rpo.as_deref());
+    let (Some(objective), Some(started)) = (objective, started) else {
+        return Ok(unknown("NoObjective", "objectives.rpo is not set".into()));
+    };
+    if dr.spec.backups.is_empty() {
+        return Ok(unknown("NoBackups", "spec.backups lists no Backup".into()));
+    }
+    let limit = parse_duration(objective).unwrap_or_default();
+    let backups: Api<Backup> =
+        Api::namespaced(ctx.client.clone(), &dr.namespace().unwrap_or_default());
+    let mut ages = Vec::new();
+    let mut met = true;
+    for name in &dr.spec.backups {
+        let Some(backup) = backups.get_opt(name).await.map_err(Error::Observe)? else {
+            return Ok(unknown(
+                "BackupNotFound",
+                format!("Backup {name} does not exist"),
+            ));
+        };
+        let newest = backup
+            .status
+            .iter()
+            .flat_map(|s| &s.snapshots)
+            .filter_map(|s| s.completed_at.as_ref())
+            .filter(|t| t.0 <= started.0)
+            .max_by_key(|t| t.0);
+        let Some(newest) = newest else {
+            return Ok(unknown(
+                "NoSnapshot",
+                format!("Backup {name} has no snapshot older than the run"),
+            ));
+        };
+        let age = status::elapsed(newest, started);
+        met &= age <= limit;
+        ages.push(format!("{name}: {}", crate::plan::format_duration(age)));
+    }
+    let message = format!(
+        "snapshot age at run start ({}) against an objective of {objective}",
+        ages.join(", ")
+    );
+    Ok(if met {
+        RpoVerdict {
+            status: TRUE,
+            reason: "WithinObjective",
+            message,
+        }
+    } else {
+        RpoVerdict {
+            status: FALSE,
+            reason: "ObjectiveMissed",
+            message,
+        }
+    })
+}
+
+/// Deletes the Jobs of runs older than the last `keep_runs` (history rule).
+async fn prune_old_runs(ctx: &Context, dr: &DisasterRecovery, run: u64) -> Result<(), Error> {
+    let keep = u64::from(ctx.keep_runs.max(1));
+    if run <= keep {
+        return Ok(());
+    }
+    let kept: Vec<String> = (run + 1 - keep..=run).map(|r| r.to_string()).collect();
+    let selector = format!(
+        "{LABEL_RECOVERY}={},{LABEL_RUN} notin ({})",
+        dr.name_any(),
+        kept.join(",")
+    );
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &dr.namespace().unwrap_or_default());
+    jobs.delete_collection(
+        &DeleteParams::background(),
+        &ListParams::default().labels(&selector),
+    )
+    .await
+    .map_err(Error::Prune)?;
+    Ok(())
+}
+
+/// Writes status with server-side apply, unless nothing changed.
+async fn write_status(
+    drs: &Api<DisasterRecovery>,
+    name: &str,
+    previous: &DisasterRecoveryStatus,
+    status: &DisasterRecoveryStatus,
+) -> Result<(), Error> {
+    if status == previous {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": "dr.titan.io/v1alpha1",
+        "kind": "DisasterRecovery",
+        "status": status,
+    });
+    drs.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::WriteStatus)?;
+    Ok(())
+}
+
+/// Normal Events for step transitions, Warning Events for failures.
+async fn announce_transitions(
+    ctx: &Context,
+    dr: &DisasterRecovery,
+    before: &DisasterRecoveryStatus,
+    after: &DisasterRecoveryStatus,
+) {
+    let old: BTreeMap<&str, StepPhase> = before
+        .steps
+        .iter()
+        .chain(&before.validations)
+        .chain(&before.rollback)
+        .map(|s| (s.name.as_str(), s.phase))
+        .collect();
+    for step in after
+        .steps
+        .iter()
+        .chain(&after.validations)
+        .chain(&after.rollback)
+    {
+        if old.get(step.name.as_str()) == Some(&step.phase) && step.phase != StepPhase::Running {
+            continue;
+        }
+        let (kind, reason) = match step.phase {
+            StepPhase::Running if old.get(step.name.as_str()) == Some(&StepPhase::Running) => {
+                continue;
+            }
+            StepPhase::Running => (EventType::Normal, "StepStarted"),
+            StepPhase::Succeeded => (EventType::Normal, "StepSucceeded"),
+            StepPhase::Failed => (EventType::Warning, "StepFailed"),
+            StepPhase::TimedOut => (EventType::Warning, "StepTimedOut"),
+            StepPhase::Skipped => (EventType::Normal, "StepSkipped"),
+            StepPhase::Pending => continue,
+        };
+        let note = match &step.message {
+            Some(message) => format!("{} (attempt {}): {message}", step.name, step.attempts),
+            None => format!("{} (attempt {})", step.name, step.attempts),
+        };
+        publish(ctx, dr, kind, reason, &note).await;
+    }
+    if before.phase != after.phase {
+        match after.phase {
+            Some(RunPhase::Succeeded) => {
+                publish(
+                    ctx,
+                    dr,
+                    EventType::Normal,
+                    "RecoverySucceeded",
+                    "the run succeeded",
+                )
+                .await
+            }
+            Some(RunPhase::Failed) => {
+                publish(
+                    ctx,
+                    dr,
+                    EventType::Warning,
+                    "RecoveryFailed",
+                    "the run failed",
+                )
+                .await
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn publish(ctx: &Context, dr: &DisasterRecovery, type_: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &dr.object_ref(&())).await {
+        tracing::warn!(%error, "publishing an event failed");
+    }
+}
+
+/// Invalid input waits for a change; anything else is retried soon.
+pub fn error_policy(dr: Arc<DisasterRecovery>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(dr = %dr.name_any(), category = error.category(), %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}

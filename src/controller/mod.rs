@@ -1,0 +1,62 @@
+//! The controllers of the operator and what they share: the context, the
+//! error type and condition bookkeeping.
+
+pub mod conditions;
+pub mod disaster_recovery;
+
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+
+/// The field manager of every write the operator makes.
+pub const MANAGER: &str = "titan-dr-operator";
+
+/// What every reconcile gets.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    /// How many runs of a DisasterRecovery keep their Jobs for history.
+    pub keep_runs: u32,
+}
+
+impl Context {
+    pub fn new(client: Client, keep_runs: u32) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            keep_runs,
+        }
+    }
+}
+
+/// Why a reconcile failed. The category names the stage; it is the metric
+/// label and the Warning Event's reason.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading the cluster: {0}")]
+    Observe(#[source] kube::Error),
+    #[error("creating Job {job}: {source}")]
+    CreateJob {
+        job: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing status: {0}")]
+    WriteStatus(#[source] kube::Error),
+    #[error("pruning old runs: {0}")]
+    Prune(#[source] kube::Error),
+}
+
+impl Error {
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Observe(_) => "ObserveFailed",
+            Error::CreateJob { .. } => "CreateJobFailed",
+            Error::WriteStatus(_) => "WriteStatusFailed",
+            Error::Prune(_) => "PruneFailed",
+        }
+    }
+}
