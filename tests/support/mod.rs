@@ -115,3 +115,46 @@ where
         .create(&PostParams::default(), &object)
         .await
 }
+
+/// The operator binary, running against the test control plane and watching
+/// one namespace; killed when dropped.
+pub struct Operator {
+    child: std::process::Child,
+}
+
+impl Operator {
+    pub fn start(namespace: &str) -> Operator {
+        let log =
+            std::fs::File::create(root().join(format!("target/operator-{namespace}.log"))).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_titan-dr"))
+            .args(["operator", "--namespace", namespace])
+            .env("KUBECONFIG", kubeconfig())
+            .env("RUST_LOG", "info,titan_dr=debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting the operator");
+        Operator { child }
+    }
+
+    /// Kills the operator with SIGKILL: no chance to clean up or finish a write.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

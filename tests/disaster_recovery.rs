@@ -1,0 +1,519 @@
+//! The DisasterRecovery controller against the real control plane: the
+//! operator binary runs scenarios as Jobs that the node agent executes.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::EnvVar;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use titan_dr::api::DisasterRecovery;
+use titan_dr::api::disaster_recovery::{DisasterRecoveryStatus, RunPhase, StepPhase, StepStatus};
+use titan_dr::job::{LABEL_RECOVERY, LABEL_RUN, LABEL_STEP};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn parse(yaml: &str) -> DisasterRecovery {
+    serde_yaml::from_str(yaml).expect("test scenario parses")
+}
+
+/// A small scenario; `STEPS`, `VALIDATIONS` and `ROLLBACK` are replaced.
+fn scenario(name: &str, steps: &str, validations: &str, rollback: &str) -> DisasterRecovery {
+    parse(&format!(
+        r#"
+apiVersion: dr.titan.io/v1alpha1
+kind: DisasterRecovery
+metadata: {{name: {name}}}
+spec:
+  scenario: {name}
+  objectives: {{rto: 10m}}
+  template: {{image: toolbox:1.0}}
+  steps:
+{steps}
+  validations:
+{validations}
+  rollback:
+{rollback}
+"#
+    ))
+}
+
+async fn create(client: &Client, ns: &str, dr: &DisasterRecovery) -> Api<DisasterRecovery> {
+    let api: Api<DisasterRecovery> = Api::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), dr)
+        .await
+        .expect("creating the DisasterRecovery");
+    api
+}
+
+fn finished(dr: Option<&DisasterRecovery>) -> bool {
+    let phase = dr.and_then(|d| d.status.as_ref()).and_then(|s| s.phase);
+    matches!(phase, Some(RunPhase::Succeeded | RunPhase::Failed))
+}
+
+fn run_finished(run: &'static str) -> impl Fn(Option<&DisasterRecovery>) -> bool {
+    move |dr| {
+        finished(dr)
+            && dr
+                .and_then(|d| d.status.as_ref())
+                .and_then(|s| s.run_id.as_deref())
+                == Some(run)
+    }
+}
+
+async fn wait_finished(api: &Api<DisasterRecovery>, name: &str) -> DisasterRecoveryStatus {
+    let dr = support::wait_for(api, name, "the run to finish", LIMIT, finished).await;
+    dr.status.unwrap()
+}
+
+fn condition<'s>(status: &'s DisasterRecoveryStatus, type_: &str) -> (&'s str, &'s str, &'s str) {
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("condition {type_} missing: {:#?}", status.conditions));
+    (c.status.as_str(), c.reason.as_str(), c.message.as_str())
+}
+
+fn step<'s>(list: &'s [StepStatus], name: &str) -> &'s StepStatus {
+    list.iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no status for step {name}"))
+}
+
+async fn jobs_of(client: &Client, ns: &str, name: &str) -> Vec<Job> {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    jobs.list(&ListParams::default().labels(&format!("{LABEL_RECOVERY}={name}")))
+        .await
+        .unwrap()
+        .items
+}
+
+fn job_complete(job: &Job) -> bool {
+    let conditions = job.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c.type_ == "Complete" && c.status == "True")
+    })
+}
+
+/// The Titan example with its own home folder and ports, so tests run side by side.
+struct TitanExample {
+    home: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl TitanExample {
+    fn new() -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let env = vec![
+            ("TITAN_HOME".to_string(), home.path().display().to_string()),
+            (
+                "TITAN_REDIS_PORT".to_string(),
+                support::free_port().to_string(),
+            ),
+            // Five consecutive ports from a free one; collisions are unlikely on loopback.
+            (
+                "TITAN_HTTP_PORT".to_string(),
+                (support::free_port().saturating_sub(10)).to_string(),
+            ),
+        ];
+        TitanExample { home, env }
+    }
+
+    fn resource(&self) -> DisasterRecovery {
+        let text =
+            std::fs::read_to_string(support::root().join("examples/titan/recovery.yaml")).unwrap();
+        let mut dr = parse(&text);
+        let template = dr.spec.template.as_mut().unwrap();
+        template.env = self
+            .env
+            .iter()
+            .map(|(name, value)| EnvVar {
+                name: name.clone(),
+                value: Some(value.clone()),
+                ..Default::default()
+            })
+            .collect();
+        dr
+    }
+}
+
+impl Drop for TitanExample {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(support::root().join("examples/titan/scripts/stop-all.sh"))
+            .envs(self.env.iter().cloned())
+            .env("TITAN_HOME", self.home.path())
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Job events in the order the API server recorded them: (job, appeared | completed).
+async fn record_job_events(
+    client: Client,
+    ns: String,
+    out: std::sync::Arc<std::sync::Mutex<Vec<(String, &'static str)>>>,
+) {
+    let jobs: Api<Job> = Api::namespaced(client, &ns);
+    let mut seen_complete = std::collections::BTreeSet::new();
+    let mut stream = watcher(jobs, watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    let mut known = std::collections::BTreeSet::new();
+    while let Some(Ok(job)) = stream.next().await {
+        let name = job.labels().get(LABEL_STEP).cloned().unwrap_or_default();
+        if known.insert(name.clone()) {
+            out.lock().unwrap().push((name.clone(), "appeared"));
+        }
+        if job_complete(&job) && seen_complete.insert(name.clone()) {
+            out.lock().unwrap().push((name, "completed"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_titan_example_recovers_in_dependency_order() {
+    let example = TitanExample::new();
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::start(&ns);
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorder = tokio::spawn(record_job_events(
+            client.clone(),
+            ns.clone(),
+            events.clone(),
+        ));
+        let api = create(&client, &ns, &example.resource()).await;
+        let status = wait_finished(&api, "complete-system-failure").await;
+        recorder.abort();
+
+        assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:#?}");
+        assert_eq!(condition(&status, "Ready").0, "True");
+        assert_eq!(condition(&status, "Validated").0, "True");
+        let (rto, _, rto_message) = condition(&status, "RTOMet");
+        assert_eq!(rto, "True", "{rto_message}");
+        assert!(status.achieved_rto.is_some());
+        for validation in [
+            "processes-online",
+            "redis-connectivity",
+            "websocket-connections",
+            "trading-status",
+        ] {
+            let (cond, reason, _) =
+                condition(&status, &format!("validation.dr.titan.io/{validation}"));
+            assert_eq!((cond, reason), ("True", "Passed"), "{validation}");
+        }
+        assert!(
+            status
+                .steps
+                .iter()
+                .all(|s| s.phase == StepPhase::Succeeded && s.attempts == 1)
+        );
+        assert!(
+            step(&status.steps, "start-redis")
+                .output
+                .as_deref()
+                .unwrap()
+                .contains("Active: active (running)")
+        );
+
+        let events = events.lock().unwrap().clone();
+        let at = |step: &str, what: &str| {
+            events
+                .iter()
+                .position(|(s, w)| s == step && *w == what)
+                .unwrap_or_else(|| panic!("no {what} event for {step}: {events:?}"))
+        };
+        let phases = [
+            "start-titan-phase1",
+            "start-titan-phase2",
+            "start-titan-phase3",
+        ];
+        for phase in phases {
+            assert!(
+                at("start-titan-shared", "completed") < at(phase, "appeared"),
+                "{phase} before shared: {events:?}"
+            );
+        }
+        let last_appeared = phases.iter().map(|p| at(p, "appeared")).max().unwrap();
+        let first_completed = phases.iter().map(|p| at(p, "completed")).min().unwrap();
+        assert!(
+            last_appeared < first_completed,
+            "phase1/2/3 Jobs did not exist at the same time: {events:?}"
+        );
+        assert!(at("start-redis", "completed") < at("start-titan-brain", "appeared"));
+        assert!(at("start-titan-brain", "completed") < at("start-titan-shared", "appeared"));
+        assert!(
+            at("validate-services-running", "completed") < at("redis-connectivity", "appeared")
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failing_non_critical_step_degrades_but_the_run_succeeds() {
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::start(&ns);
+        let dr = scenario(
+            "non-critical",
+            "    - {name: first, command: 'echo one'}\n    - {name: flaky, command: 'echo broken; exit 4', critical: false}\n    - {name: last, command: 'echo three'}",
+            "    - {name: check, command: 'echo ok', expect: {outputContains: ok}}",
+            "    - {name: undo, command: 'echo undo'}",
+        );
+        let api = create(&client, &ns, &dr).await;
+        let status = wait_finished(&api, "non-critical").await;
+        assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:#?}");
+        assert_eq!(condition(&status, "Degraded").0, "True");
+        assert_eq!(condition(&status, "Ready").0, "True");
+        let flaky = step(&status.steps, "flaky");
+        assert_eq!((flaky.phase, flaky.exit_code), (StepPhase::Failed, Some(4)));
+        assert_eq!(flaky.output.as_deref(), Some("broken"));
+        assert_eq!(step(&status.steps, "last").phase, StepPhase::Succeeded);
+        assert_eq!(step(&status.rollback, "undo").phase, StepPhase::Pending);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failing_critical_step_skips_the_rest_and_rolls_back() {
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::start(&ns);
+        let dr = scenario(
+            "critical",
+            "    - {name: first, command: 'echo one'}\n    - {name: broken, command: 'echo no disk >&2; exit 2'}\n    - {name: after, command: 'echo never'}",
+            "    - {name: check, command: 'echo ok'}",
+            "    - {name: undo-a, command: 'echo undo a'}\n    - {name: undo-b, command: 'echo undo b'}",
+        );
+        let api = create(&client, &ns, &dr).await;
+        let status = wait_finished(&api, "critical").await;
+        assert_eq!(status.phase, Some(RunPhase::Failed), "{status:#?}");
+        let (ready, reason, message) = condition(&status, "Ready");
+        assert_eq!((ready, reason), ("False", "Failed"));
+        assert!(message.contains("broken"), "{message}");
+        assert_eq!(step(&status.steps, "broken").exit_code, Some(2));
+        assert_eq!(step(&status.steps, "after").phase, StepPhase::Skipped);
+        assert_eq!(step(&status.validations, "check").phase, StepPhase::Skipped);
+        assert_eq!(step(&status.rollback, "undo-a").phase, StepPhase::Succeeded);
+        assert_eq!(step(&status.rollback, "undo-b").phase, StepPhase::Succeeded);
+        assert_eq!(condition(&status, "RTOMet").0, "False");
+        let jobs = jobs_of(&client, &ns, "critical").await;
+        let steps: Vec<String> = jobs.iter().map(|j| j.labels()[LABEL_STEP].clone()).collect();
+        assert!(!steps.contains(&"check".to_string()), "a validation Job was created: {steps:?}");
+        assert!(!steps.contains(&"after".to_string()), "a skipped step got a Job: {steps:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn expectations_timeouts_and_retries() {
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::start(&ns);
+        let dr = scenario(
+            "expectations",
+            concat!(
+                "    - {name: wrong-output, command: 'echo Could not connect', expect: {outputContains: PONG}, critical: false}\n",
+                "    - {name: too-slow, command: 'sleep 60', timeout: 2s, critical: false}\n",
+                "    - {name: retried, command: 'echo attempt; exit 1', retries: 2, critical: false}",
+            ),
+            "    - {name: check, command: 'echo ok'}",
+            "    - {name: undo, command: 'echo undo'}",
+        );
+        let api = create(&client, &ns, &dr).await;
+        let status = wait_finished(&api, "expectations").await;
+        let wrong = step(&status.steps, "wrong-output");
+        assert_eq!((wrong.phase, wrong.exit_code), (StepPhase::Failed, Some(0)));
+        assert_eq!(
+            wrong.message.as_deref(),
+            Some(r#"expected output to contain "PONG", got "Could not connect""#)
+        );
+        let slow = step(&status.steps, "too-slow");
+        assert_eq!(slow.phase, StepPhase::TimedOut, "{slow:#?}");
+        let retried = step(&status.steps, "retried");
+        assert_eq!((retried.phase, retried.attempts), (StepPhase::Failed, 3));
+        let jobs = jobs_of(&client, &ns, "expectations").await;
+        let mut retried_jobs: Vec<String> =
+            jobs.iter().filter(|j| j.labels()[LABEL_STEP] == "retried").map(|j| j.name_any()).collect();
+        retried_jobs.sort();
+        assert_eq!(
+            retried_jobs,
+            ["expectations-1-retried-0", "expectations-1-retried-1", "expectations-1-retried-2"]
+        );
+        assert_eq!(status.phase, Some(RunPhase::Succeeded));
+        assert_eq!(condition(&status, "Degraded").0, "True");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_invalid_graph_creates_no_job_and_names_the_problem() {
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::start(&ns);
+        let mut cycle = scenario(
+            "cycle",
+            "    - {name: a, command: 'echo a', component: x}",
+            "    []",
+            "    []",
+        );
+        cycle.spec.components =
+            serde_yaml::from_str("[{name: x, dependsOn: [y]}, {name: y, dependsOn: [x]}]").unwrap();
+        let mut unknown = scenario(
+            "unknown",
+            "    - {name: a, command: 'echo a', component: nope}",
+            "    []",
+            "    []",
+        );
+        unknown.spec.components = serde_yaml::from_str("[{name: x}]").unwrap();
+        for (dr, needle) in [(cycle, "cycle between components"), (unknown, "\"nope\"")] {
+            let name = dr.name_any();
+            let api = create(&client, &ns, &dr).await;
+            let invalid = |d: Option<&DisasterRecovery>| {
+                d.and_then(|d| d.status.as_ref()).is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.reason == "InvalidSpec")
+                })
+            };
+            let dr =
+                support::wait_for(&api, &name, "Ready=False InvalidSpec", LIMIT, invalid).await;
+            let status = dr.status.unwrap();
+            let (ready, _, message) = condition(&status, "Ready");
+            assert_eq!(ready, "False");
+            assert!(message.contains(needle), "{message}");
+            assert!(
+                jobs_of(&client, &ns, &name).await.is_empty(),
+                "no Job for an invalid spec"
+            );
+        }
+    })
+    .await;
+}
+
+/// What a run's status says, without times: comparable between runs.
+fn outcome(
+    status: &DisasterRecoveryStatus,
+) -> Vec<(String, StepPhase, u32, Option<i32>, Option<String>)> {
+    status
+        .steps
+        .iter()
+        .chain(&status.validations)
+        .chain(&status.rollback)
+        .map(|s| {
+            (
+                s.name.clone(),
+                s.phase,
+                s.attempts,
+                s.exit_code,
+                s.output.clone(),
+            )
+        })
+        .collect()
+}
+
+fn conditions_summary(status: &DisasterRecoveryStatus) -> BTreeMap<String, (String, String)> {
+    let summary = status
+        .conditions
+        .iter()
+        .map(|c| (c.type_.clone(), (c.status.clone(), c.reason.clone())));
+    summary.filter(|(t, _)| t != "RTOMet").collect()
+}
+
+const CRASH_STEPS: &str = concat!(
+    "    - {name: one, command: 'echo one; sleep 1'}\n",
+    "    - {name: two, command: 'echo two; sleep 1'}\n",
+    "    - {name: flaky, command: 'echo flaky; exit 1', retries: 1, critical: false}\n",
+    "    - {name: three, command: 'echo three; sleep 1'}",
+);
+
+#[tokio::test]
+async fn an_operator_killed_mid_run_finishes_it_with_the_same_result_and_no_duplicate_jobs() {
+    support::with_namespace(|client, ns| async move {
+        let validations = "    - {name: check, command: 'echo ok', expect: {outputContains: ok}}";
+        let reference = {
+            let _operator = support::Operator::start(&ns);
+            let api = create(
+                &client,
+                &ns,
+                &scenario("reference", CRASH_STEPS, validations, "    []"),
+            )
+            .await;
+            wait_finished(&api, "reference").await
+        };
+        let api = create(
+            &client,
+            &ns,
+            &scenario("crashy", CRASH_STEPS, validations, "    []"),
+        )
+        .await;
+        // Kill the operator at several points of the run, restarting it each time.
+        let mut operator = support::Operator::start(&ns);
+        for pause_ms in [300, 900, 1700, 2600, 3400] {
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            operator.kill();
+            operator = support::Operator::start(&ns);
+        }
+        let status = wait_finished(&api, "crashy").await;
+        drop(operator);
+
+        assert_eq!(outcome(&status), outcome(&reference));
+        assert_eq!(conditions_summary(&status), conditions_summary(&reference));
+        let jobs = jobs_of(&client, &ns, "crashy").await;
+        let mut names: Vec<String> = jobs.iter().map(|j| j.name_any()).collect();
+        names.sort();
+        let expected = ["check-0", "flaky-0", "flaky-1", "one-0", "three-0", "two-0"]
+            .map(|s| format!("crashy-1-{s}"));
+        assert_eq!(names, expected, "one Job per attempt, no duplicates");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn changing_run_now_starts_a_new_run_with_fresh_jobs() {
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::start(&ns);
+        let dr = scenario(
+            "drill",
+            "    - {name: only, command: 'echo drill'}",
+            "    []",
+            "    []",
+        );
+        let api = create(&client, &ns, &dr).await;
+        support::wait_for(&api, "drill", "run 1 to finish", LIMIT, run_finished("1")).await;
+        let annotate = |value: &str| {
+            Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {"dr.titan.io/run-now": value}}}),
+            )
+        };
+        for (value, run) in [("a", "2"), ("b", "3"), ("c", "4"), ("d", "5")] {
+            api.patch("drill", &PatchParams::default(), &annotate(value))
+                .await
+                .unwrap();
+            let run_done: &'static str = run;
+            support::wait_for(
+                &api,
+                "drill",
+                "the next run to finish",
+                LIMIT,
+                run_finished(run_done),
+            )
+            .await;
+        }
+        let jobs = jobs_of(&client, &ns, "drill").await;
+        let mut runs: Vec<String> = jobs.iter().map(|j| j.labels()[LABEL_RUN].clone()).collect();
+        runs.sort();
+        // The history rule keeps the Jobs of the last 3 runs.
+        assert_eq!(runs, ["3", "4", "5"]);
+        let status = api.get("drill").await.unwrap().status.unwrap();
+        assert_eq!(status.run_id.as_deref(), Some("5"));
+        assert_eq!(
+            step(&status.steps, "only").job.as_deref(),
+            Some("drill-5-only-0")
+        );
+    })
+    .await;
+}
