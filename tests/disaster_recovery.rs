@@ -394,10 +394,11 @@ async fn an_invalid_graph_creates_no_job_and_names_the_problem() {
     .await;
 }
 
+/// Name, phase, attempts, exit code and output of a step.
+type StepOutcome = (String, StepPhase, u32, Option<i32>, Option<String>);
+
 /// What a run's status says, without times: comparable between runs.
-fn outcome(
-    status: &DisasterRecoveryStatus,
-) -> Vec<(String, StepPhase, u32, Option<i32>, Option<String>)> {
+fn outcome(status: &DisasterRecoveryStatus) -> Vec<StepOutcome> {
     status
         .steps
         .iter()
