@@ -137,6 +137,10 @@ impl Operator {
         Operator { child }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the operator with SIGKILL: no chance to clean up or finish a write.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

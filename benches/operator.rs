@@ -1,0 +1,197 @@
+//! Operator benchmark on the local control plane (`make bench`).
+//!
+//! 1. Added latency: chains of sequential steps (`true`); a watch on the Jobs
+//!    records when each Job is seen Complete and when the next Job appears.
+//!    The gap is what the operator adds between one step finishing and the
+//!    next starting (watch delivery + reconcile + Job creation).
+//! 2. Memory: 50 recoveries at once; the operator's peak RSS (VmHWM).
+//!
+//! Writes a markdown section to `target/bench/operator.md`.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::PostParams;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use titan_dr::api::DisasterRecovery;
+use titan_dr::api::disaster_recovery::RunPhase;
+use titan_dr::job::LABEL_STEP;
+
+const CHAINS: usize = 3;
+const CHAIN_STEPS: usize = 100;
+const CONCURRENT: usize = 50;
+const CONCURRENT_STEPS: usize = 6;
+
+fn chain(name: &str, steps: usize, command: &str) -> DisasterRecovery {
+    let steps: String = (0..steps)
+        .map(|i| format!("    - {{name: s{i:03}, command: '{command}'}}\n"))
+        .collect();
+    serde_yaml::from_str(&format!(
+        "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {{name: {name}}}\nspec:\n  scenario: bench\n  template: {{image: toolbox}}\n  steps:\n{steps}"
+    ))
+    .unwrap()
+}
+
+/// When each Job (by recovery/step) was first seen, and first seen Complete.
+#[derive(Default)]
+struct Seen {
+    appeared: BTreeMap<String, Instant>,
+    completed: BTreeMap<String, Instant>,
+}
+
+async fn watch_jobs(client: Client, ns: String, seen: Arc<Mutex<Seen>>) {
+    let jobs: Api<Job> = Api::namespaced(client, &ns);
+    let mut stream = watcher(jobs, watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    while let Some(Ok(job)) = stream.next().await {
+        let now = Instant::now();
+        let key = format!(
+            "{}/{}",
+            job.labels()["dr.titan.io/recovery"],
+            job.labels()[LABEL_STEP]
+        );
+        let mut seen = seen.lock().unwrap();
+        seen.appeared.entry(key.clone()).or_insert(now);
+        let complete = job
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "Complete" && c.status == "True")
+            });
+        if complete {
+            seen.completed.entry(key).or_insert(now);
+        }
+    }
+}
+
+async fn wait_all_finished(api: &Api<DisasterRecovery>, names: &[String]) {
+    for name in names {
+        let done = |dr: Option<&DisasterRecovery>| {
+            let phase = dr.and_then(|d| d.status.as_ref()).and_then(|s| s.phase);
+            matches!(phase, Some(RunPhase::Succeeded | RunPhase::Failed))
+        };
+        support::wait_for(
+            api,
+            name,
+            "the run to finish",
+            Duration::from_secs(900),
+            done,
+        )
+        .await;
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    let mut report = String::from(
+        "## Operator: added latency and memory\n\n\
+         Method (`benches/operator.rs`): the release operator binary watches one namespace. A watch on \
+         its Jobs stamps, with the bench's own clock, when each Job is first seen Complete and when \
+         the next step's Job is first seen; the gap is the time the operator adds (watch delivery, \
+         reconcile, Job creation). It does not include the Job controller or the node agent running \
+         the step. Peak RSS is the operator's VmHWM from /proc after every run has finished.\n\n",
+    );
+
+    let gaps = Arc::new(Mutex::new(Vec::new()));
+    let out = gaps.clone();
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::start(&ns);
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let watch = tokio::spawn(watch_jobs(client.clone(), ns.clone(), seen.clone()));
+        let api: Api<DisasterRecovery> = Api::namespaced(client.clone(), &ns);
+        for c in 0..CHAINS {
+            let name = format!("chain-{c}");
+            api.create(&PostParams::default(), &chain(&name, CHAIN_STEPS, "true"))
+                .await
+                .unwrap();
+            wait_all_finished(&api, &[name]).await;
+        }
+        watch.abort();
+        let seen = seen.lock().unwrap();
+        for c in 0..CHAINS {
+            for i in 1..CHAIN_STEPS {
+                let done = seen.completed[&format!("chain-{c}/s{:03}", i - 1)];
+                let next = seen.appeared[&format!("chain-{c}/s{i:03}")];
+                out.lock()
+                    .unwrap()
+                    .push(next.saturating_duration_since(done));
+            }
+        }
+    })
+    .await;
+    let mut gaps = gaps.lock().unwrap().clone();
+    gaps.sort();
+    let (p50, p99, max) = (
+        percentile(&gaps, 0.5),
+        percentile(&gaps, 0.99),
+        gaps[gaps.len() - 1],
+    );
+    println!(
+        "added latency over {} transitions: p50 {p50:?}, p99 {p99:?}, max {max:?}",
+        gaps.len()
+    );
+    report += &format!(
+        "Added time between a Job seen Complete and the next Job seen created, over {} step transitions \
+         ({CHAINS} recoveries of {CHAIN_STEPS} sequential steps, one at a time):\n\n\
+         | p50 | p99 | max | target |\n|---|---|---|---|\n| {:.1} ms | {:.1} ms | {:.1} ms | p50 ≤ 50 ms, p99 ≤ 250 ms |\n\n",
+        gaps.len(),
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3,
+    );
+
+    let peak = Arc::new(Mutex::new(0u64));
+    let out = peak.clone();
+    support::with_namespace(|client, ns| async move {
+        let operator = support::Operator::start(&ns);
+        let api: Api<DisasterRecovery> = Api::namespaced(client.clone(), &ns);
+        let names: Vec<String> = (0..CONCURRENT).map(|i| format!("load-{i:02}")).collect();
+        for name in &names {
+            api.create(
+                &PostParams::default(),
+                &chain(name, CONCURRENT_STEPS, "sleep 0.5"),
+            )
+            .await
+            .unwrap();
+        }
+        wait_all_finished(&api, &names).await;
+        *out.lock().unwrap() = peak_rss_kib(operator.pid());
+    })
+    .await;
+    let peak = *peak.lock().unwrap();
+    println!(
+        "peak RSS with {CONCURRENT} recoveries at once: {:.1} MiB",
+        peak as f64 / 1024.0
+    );
+    report += &format!(
+        "Peak RSS (VmHWM) of the operator with {CONCURRENT} recoveries of {CONCURRENT_STEPS} steps running at once: \
+         **{:.1} MiB** (target ≤ 64 MiB).\n",
+        peak as f64 / 1024.0
+    );
+    std::fs::create_dir_all(support::root().join("target/bench")).unwrap();
+    std::fs::write(support::root().join("target/bench/operator.md"), report).unwrap();
+}
