@@ -2,6 +2,7 @@
 //! disaster-recovery runbooks.
 
 pub mod api;
+pub mod cli;
 pub mod expect;
 pub mod node_agent;
 pub mod operator;
