@@ -3,6 +3,9 @@
 //! and from an interruption.
 
 pub mod input;
+pub mod plan;
+
+pub use plan::PlanArgs;
 
 /// How a command ended, as its process exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
