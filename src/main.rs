@@ -20,6 +20,9 @@ enum Command {
     /// Check a DisasterRecovery file and print its execution plan (a dry run). Exits 2 when
     /// the file is invalid.
     Plan(cli::PlanArgs),
+    /// Convert between markdown runbooks and DisasterRecovery resources.
+    #[command(subcommand)]
+    Runbook(cli::RunbookCommand),
 }
 
 #[tokio::main]
@@ -35,6 +38,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Plan(args) => cli::plan::plan(&args).into(),
+        Command::Runbook(command) => cli::runbook::runbook(&command).into(),
     }
 }
 

@@ -4,8 +4,10 @@
 
 pub mod input;
 pub mod plan;
+pub mod runbook;
 
 pub use plan::PlanArgs;
+pub use runbook::RunbookCommand;
 
 /// How a command ended, as its process exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
