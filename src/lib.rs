@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod expect;
+pub mod local;
 pub mod node_agent;
 pub mod operator;
 pub mod plan;

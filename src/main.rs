@@ -20,6 +20,9 @@ enum Command {
     /// Check a DisasterRecovery file and print its execution plan (a dry run). Exits 2 when
     /// the file is invalid.
     Plan(cli::PlanArgs),
+    /// Run a DisasterRecovery on this machine, each step a local process. Exits 0 when the
+    /// recovery succeeded, 1 when it failed, 2 on invalid input, 130 when interrupted.
+    Run(cli::RunArgs),
     /// Convert between markdown runbooks and DisasterRecovery resources.
     #[command(subcommand)]
     Runbook(cli::RunbookCommand),
@@ -38,6 +41,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Plan(args) => cli::plan::plan(&args).into(),
+        Command::Run(args) => cli::run::run(&args).await.into(),
         Command::Runbook(command) => cli::runbook::runbook(&command).into(),
     }
 }

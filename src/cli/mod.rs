@@ -4,9 +4,11 @@
 
 pub mod input;
 pub mod plan;
+pub mod run;
 pub mod runbook;
 
 pub use plan::PlanArgs;
+pub use run::RunArgs;
 pub use runbook::RunbookCommand;
 
 /// How a command ended, as its process exit code.
