@@ -481,3 +481,35 @@ fn argv(step: &Step) -> Vec<String> {
         (None, None) => Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_from_cluster_sources_is_listed_as_unavailable() {
+        let resource: DisasterRecovery = serde_yaml::from_str(
+            "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {name: x}\n\
+             spec:\n  scenario: x\n  template:\n    env:\n      - {name: PLAIN, value: v}\n\
+             \x20     - name: TOKEN\n        valueFrom: {secretKeyRef: {name: s, key: k}}\n\
+             \x20 steps:\n    - name: a\n      command: 'true'\n      env:\n\
+             \x20       - name: POD\n          valueFrom: {fieldRef: {fieldPath: metadata.name}}\n",
+        )
+        .expect("the resource parses");
+        assert_eq!(unavailable_env(&resource), ["template/TOKEN", "a/POD"]);
+    }
+
+    #[test]
+    fn a_command_runs_in_a_shell_and_args_as_they_are() {
+        let command = Step {
+            command: Some("echo $HOME".into()),
+            ..Default::default()
+        };
+        assert_eq!(argv(&command), ["/bin/sh", "-c", "echo $HOME"]);
+        let args = Step {
+            args: Some(vec!["echo".into(), "$HOME".into()]),
+            ..Default::default()
+        };
+        assert_eq!(argv(&args), ["echo", "$HOME"]);
+    }
+}
