@@ -15,9 +15,9 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-## Unit tests only: no control plane needed.
+## Tests that need no control plane: unit tests, CRD drift, the local executor end to end.
 unit:
-	$(CARGO) test --lib --bins --test crds
+	$(CARGO) test --lib --bins --test crds --test local_run
 
 build:
 	$(CARGO) build --bins

@@ -2,9 +2,11 @@
 //! disaster-recovery runbooks.
 
 pub mod api;
+pub mod cli;
 pub mod controller;
 pub mod expect;
 pub mod job;
+pub mod local;
 pub mod node_agent;
 pub mod operator;
 pub mod plan;

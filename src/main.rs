@@ -1,4 +1,7 @@
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
+use titan_dr::cli::{self, Exit};
 
 /// titan-dr: disaster-recovery runbooks that a cluster executes, measures and proves.
 #[derive(Parser)]
@@ -14,19 +17,41 @@ enum Command {
     Operator(titan_dr::operator::Config),
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
+    /// Check a DisasterRecovery file and print its execution plan (a dry run). Exits 2 when
+    /// the file is invalid.
+    Plan(cli::PlanArgs),
+    /// Run a DisasterRecovery on this machine, each step a local process. Exits 0 when the
+    /// recovery succeeded, 1 when it failed, 2 on invalid input, 130 when interrupted.
+    Run(cli::RunArgs),
+    /// Convert between markdown runbooks and DisasterRecovery resources.
+    #[command(subcommand)]
+    Runbook(cli::RunbookCommand),
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Operator(config) => {
             titan_dr::operator::init_tracing();
-            titan_dr::operator::run(config).await
+            exit_with(titan_dr::operator::run(config).await)
         }
         Command::Crds => {
             print!("{}", titan_dr::api::crds_yaml());
-            Ok(())
+            ExitCode::SUCCESS
+        }
+        Command::Plan(args) => cli::plan::plan(&args).into(),
+        Command::Run(args) => cli::run::run(&args).await.into(),
+        Command::Runbook(command) => cli::runbook::runbook(&command).into(),
+    }
+}
+
+fn exit_with(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            Exit::Failed.into()
         }
     }
 }

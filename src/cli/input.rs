@@ -1,0 +1,246 @@
+//! Reading a `DisasterRecovery` from a YAML file and checking it the way the cluster would
+//! before the operator ever sees it: the API server's schema (the parts a local run depends
+//! on), then the planner. Every command that takes a resource file goes through here, so
+//! `plan`, `run` and `runbook render` reject exactly the same input.
+
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde::Deserialize;
+
+use crate::api::disaster_recovery::{
+    DNS_LABEL_PATTERN, DisasterRecovery, MAX_COMPONENTS, MAX_STEPS, Step,
+};
+use crate::plan::{Plan, PlanError, parse_duration};
+
+/// The `apiVersion` a resource file must have.
+pub const API_VERSION: &str = "dr.titan.io/v1alpha1";
+/// The `kind` a resource file must have.
+pub const KIND: &str = "DisasterRecovery";
+
+/// The CRD allows at most this many retries (`schemars(range(max = 10))`).
+const MAX_RETRIES: u32 = 10;
+
+/// Why a file is not a resource that can be planned. The message names the file and what is
+/// wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not YAML of a `DisasterRecovery`; serde's message names the field.
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    /// The resource breaks rules of the CRD schema, each given with its field.
+    #[error("{}: invalid resource:\n  {}", path.display(), problems.join("\n  "))]
+    Schema {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+    /// The steps cannot be planned: a cycle, an unknown name, a duplicate.
+    #[error("{}: invalid plan: {source}", path.display())]
+    Plan { path: PathBuf, source: PlanError },
+}
+
+/// Reads a resource file and plans it.
+///
+/// # Errors
+///
+/// An [`InputError`] when the file cannot be read, is not a `DisasterRecovery`, breaks the
+/// CRD schema or cannot be planned.
+pub fn load(path: &Path) -> Result<(DisasterRecovery, Plan), InputError> {
+    let text = std::fs::read_to_string(path).map_err(|source| InputError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let resource = parse(&text).map_err(|message| InputError::Parse {
+        path: path.to_owned(),
+        message,
+    })?;
+    let problems = schema_problems(&resource);
+    if !problems.is_empty() {
+        return Err(InputError::Schema {
+            path: path.to_owned(),
+            problems,
+        });
+    }
+    let plan = Plan::new(&resource.spec).map_err(|source| InputError::Plan {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok((resource, plan))
+}
+
+/// Deserializes a resource, rejecting fields the type does not have as `kubectl apply` does
+/// with its default strict field validation: a misspelt `timout` must not silently vanish.
+pub fn parse(text: &str) -> Result<DisasterRecovery, String> {
+    /// The type's own fields; the derived resource type does not keep them.
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct TypeMeta {
+        api_version: Option<String>,
+        kind: Option<String>,
+    }
+    let type_meta: TypeMeta = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    if type_meta.api_version.as_deref() != Some(API_VERSION)
+        || type_meta.kind.as_deref() != Some(KIND)
+    {
+        let show = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+        return Err(format!(
+            "expected apiVersion {API_VERSION} and kind {KIND}, got apiVersion {} and kind {}",
+            show(type_meta.api_version),
+            show(type_meta.kind)
+        ));
+    }
+
+    let mut unknown = Vec::new();
+    let deserializer = serde_yaml::Deserializer::from_str(text);
+    let resource: DisasterRecovery = serde_ignored::deserialize(deserializer, |path| {
+        let path = path.to_string();
+        if path != "apiVersion" && path != "kind" {
+            unknown.push(path);
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    if !unknown.is_empty() {
+        return Err(format!(
+            "unknown field {}",
+            unknown.join(", unknown field ")
+        ));
+    }
+    Ok(resource)
+}
+
+/// The rules of the CRD schema that a resource applied to a cluster could not break, and that
+/// a local run relies on. Checked here because a file given to `titan-dr run` never went
+/// through an API server.
+fn schema_problems(resource: &DisasterRecovery) -> Vec<String> {
+    static DNS_LABEL: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(DNS_LABEL_PATTERN).expect("the pattern is a valid regex"));
+    let spec = &resource.spec;
+    let mut problems = Vec::new();
+    let check_name = |field: String, name: &str, problems: &mut Vec<String>| {
+        if name.len() > 63 || !DNS_LABEL.is_match(name) {
+            problems.push(format!(
+                "{field}: {name:?} is not a DNS label (lower-case letters, digits and '-', \
+                 at most 63 characters)"
+            ));
+        }
+    };
+
+    if spec.scenario.is_empty() {
+        problems.push("spec.scenario: must not be empty".to_owned());
+    }
+    if let Some(objectives) = &spec.objectives {
+        for (field, value) in [("rto", &objectives.rto), ("rpo", &objectives.rpo)] {
+            if let Some(text) = value
+                && parse_duration(text).is_err()
+            {
+                problems.push(format!(
+                    "spec.objectives.{field}: {text:?} is not a duration like 300s, 5m or 1h30m"
+                ));
+            }
+        }
+    }
+    if spec.components.len() > MAX_COMPONENTS {
+        problems.push(format!(
+            "spec.components: at most {MAX_COMPONENTS} components"
+        ));
+    }
+    for (i, component) in spec.components.iter().enumerate() {
+        check_name(
+            format!("spec.components[{i}].name"),
+            &component.name,
+            &mut problems,
+        );
+    }
+    if spec.steps.is_empty() {
+        problems.push("spec.steps: at least one step is required".to_owned());
+    }
+    let lists: [(&str, &[Step]); 3] = [
+        ("steps", &spec.steps),
+        ("validations", &spec.validations),
+        ("rollback", &spec.rollback),
+    ];
+    for (list, steps) in lists {
+        if steps.len() > MAX_STEPS {
+            problems.push(format!("spec.{list}: at most {MAX_STEPS} entries"));
+        }
+        for (i, step) in steps.iter().enumerate() {
+            let field = format!("spec.{list}[{i}]");
+            check_name(format!("{field}.name"), &step.name, &mut problems);
+            match (&step.command, &step.args) {
+                (Some(_), None) => {}
+                (None, Some(args)) if !args.is_empty() => {}
+                (None, Some(_)) => problems.push(format!("{field}.args: must not be empty")),
+                _ => problems.push(format!(
+                    "{field} ({}): exactly one of command or args must be set",
+                    step.name
+                )),
+            }
+            if step.retries() > MAX_RETRIES {
+                problems.push(format!(
+                    "{field}.retries: {} is more than {MAX_RETRIES}",
+                    step.retries()
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::GROUP;
+
+    #[test]
+    fn api_version_is_of_the_group() {
+        assert!(API_VERSION.starts_with(&format!("{GROUP}/")));
+    }
+
+    const MINIMAL: &str = "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\n\
+        metadata: {name: x}\nspec:\n  scenario: x\n  steps:\n    - {name: a, command: 'true'}\n";
+
+    #[test]
+    fn a_minimal_resource_parses() {
+        let resource = parse(MINIMAL).expect("valid");
+        assert!(schema_problems(&resource).is_empty());
+    }
+
+    #[test]
+    fn unknown_and_missing_fields_are_named() {
+        let typo = MINIMAL.replace("command:", "comand:");
+        let error = parse(&typo).expect_err("unknown field");
+        assert!(error.contains("spec.steps.0.comand"), "{error}");
+        let missing = MINIMAL.replace("name: a, ", "");
+        let error = parse(&missing).expect_err("missing name");
+        assert!(
+            error.contains("spec.steps[0]") && error.contains("name"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn another_kind_is_rejected() {
+        let error = parse(&MINIMAL.replace("DisasterRecovery", "Backup")).expect_err("kind");
+        assert!(error.contains("Backup"), "{error}");
+    }
+
+    #[test]
+    fn schema_rules_name_the_field() {
+        let both = MINIMAL.replace("command: 'true'", "command: 'true', args: ['x']");
+        let resource = parse(&both).expect("parses");
+        let problems = schema_problems(&resource);
+        assert_eq!(
+            problems,
+            ["spec.steps[0] (a): exactly one of command or args must be set"]
+        );
+        let resource = parse(&MINIMAL.replace("name: a", "name: Bad_Name")).expect("parses");
+        assert!(schema_problems(&resource)[0].starts_with("spec.steps[0].name:"));
+    }
+}
