@@ -518,3 +518,87 @@ async fn changing_run_now_starts_a_new_run_with_fresh_jobs() {
     })
     .await;
 }
+
+/// Steps that end every way a step can: success, tolerated failure, an unmet
+/// expectation, a retry that recovers, a timeout, and a critical failure that
+/// skips the rest and rolls back.
+const PARITY_STEPS: &str = concat!(
+    "    - {name: ok, command: 'echo fine'}\n",
+    "    - {name: tolerated, command: 'echo meh; exit 5', critical: false}\n",
+    "    - {name: unmet, command: 'echo nope', expect: {outputContains: PONG}, critical: false}\n",
+    "    - {name: slow, command: 'sleep 30', timeout: 2s, critical: false}\n",
+    "    - {name: second-try, command: 'test -f $MARKER || { touch $MARKER; exit 1; }', retries: 1}\n",
+    "    - {name: fatal, command: 'echo disk gone >&2; exit 9'}\n",
+    "    - {name: never, command: 'echo never'}",
+);
+
+#[tokio::test]
+async fn the_operator_and_a_local_run_give_the_same_step_outcomes() {
+    let local_marker = tempfile::tempdir().unwrap();
+    let cluster_marker = tempfile::tempdir().unwrap();
+    let with_marker = |dir: &tempfile::TempDir| {
+        let mut dr = scenario(
+            "parity",
+            PARITY_STEPS,
+            "    - {name: check, command: 'echo ok'}",
+            "    - {name: undo, command: 'echo undo'}\n    - {name: undo-fails, command: 'exit 3'}",
+        );
+        dr.spec.template.as_mut().unwrap().env = vec![EnvVar {
+            name: "MARKER".into(),
+            value: Some(dir.path().join("marker").display().to_string()),
+            ..Default::default()
+        }];
+        dr
+    };
+
+    let local_dr = with_marker(&local_marker);
+    let plan = titan_dr::plan::Plan::new(&local_dr.spec).unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let options = titan_dr::local::executor::Options {
+        workdir: support::root(),
+        log_dir: logs.path().to_path_buf(),
+        cancel: Default::default(),
+    };
+    let record = titan_dr::local::executor::execute(&local_dr, &plan, &options, &mut ()).await;
+    let local: Vec<(String, StepPhase, u32, Option<i32>)> = record
+        .steps
+        .iter()
+        .map(|s| {
+            let last = s.last_attempt();
+            (
+                s.name.clone(),
+                s.phase,
+                s.attempts.len() as u32,
+                last.and_then(|a| a.exit_code),
+            )
+        })
+        .collect();
+
+    let cluster_dr = with_marker(&cluster_marker);
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::start(&ns);
+        let api = create(&client, &ns, &cluster_dr).await;
+        let status = wait_finished(&api, "parity").await;
+        let mut cluster: Vec<(String, StepPhase, u32, Option<i32>)> = status
+            .steps
+            .iter()
+            .chain(&status.validations)
+            .chain(&status.rollback)
+            .map(|s| (s.name.clone(), s.phase, s.attempts, s.exit_code))
+            .collect();
+        let mut local = local;
+        cluster.sort_by(|a, b| a.0.cmp(&b.0));
+        local.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(cluster, local);
+        // And the outcomes are the ones the scenario is built to give.
+        let phase_of = |name: &str| cluster.iter().find(|s| s.0 == name).unwrap().1;
+        assert_eq!(phase_of("slow"), StepPhase::TimedOut);
+        assert_eq!(phase_of("unmet"), StepPhase::Failed);
+        assert_eq!(phase_of("second-try"), StepPhase::Succeeded);
+        assert_eq!(phase_of("fatal"), StepPhase::Failed);
+        assert_eq!(phase_of("never"), StepPhase::Skipped);
+        assert_eq!(phase_of("undo-fails"), StepPhase::Failed);
+        assert_eq!(status.phase, Some(RunPhase::Failed));
+    })
+    .await;
+}

@@ -421,12 +421,7 @@ impl<'a> Run<'a> {
                 let expect = step.and_then(|s| s.expect.as_ref());
                 let timeout = step.and_then(|s| s.timeout.as_deref());
                 let verdict = expect::judge(expect, &finished, timeout);
-                (
-                    Some(outcome.exit_code),
-                    verdict.phase,
-                    verdict.message,
-                    false,
-                )
+                (finished.exit_code, verdict.phase, verdict.message, false)
             }
         };
 
