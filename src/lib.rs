@@ -2,9 +2,11 @@
 //! disaster-recovery runbooks.
 
 pub mod api;
+pub mod backup;
 pub mod expect;
 pub mod node_agent;
 pub mod operator;
 pub mod plan;
 pub mod process;
+pub mod redis;
 pub mod runbook;

@@ -14,6 +14,9 @@ enum Command {
     Operator(titan_dr::operator::Config),
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
+    /// Encrypted snapshots in a folder: snapshot, list, verify, restore, prune, keygen.
+    /// Works without a cluster.
+    Backup(titan_dr::backup::cli::BackupCommand),
 }
 
 #[tokio::main]
@@ -27,6 +30,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Crds => {
             print!("{}", titan_dr::api::crds_yaml());
             Ok(())
+        }
+        // Blocking file and socket I/O: keep it off the async workers.
+        Command::Backup(command) => {
+            tokio::task::spawn_blocking(move || titan_dr::backup::cli::run(command)).await?
         }
     }
 }
