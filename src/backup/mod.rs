@@ -26,3 +26,6 @@ pub use key::{BackupKey, KeyError};
 pub use manifest::{Manifest, SnapshotKind};
 pub use retention::RetentionPolicy;
 pub use store::{Listing, SnapshotWriter, Store};
+
+#[cfg(test)]
+mod tests;

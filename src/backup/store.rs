@@ -82,7 +82,7 @@ impl Store {
         key: &BackupKey,
         options: &SnapshotOptions,
     ) -> Result<Manifest, StoreError> {
-        let mut writer = self.begin(SnapshotKind::Redis, Timestamp::now(), key)?;
+        let mut writer = self.begin_now(SnapshotKind::Redis, key)?;
         let snapshot = match redis::snapshot_to(target, options, &mut writer) {
             Ok(snapshot) => snapshot,
             Err(redis::SnapshotError::Destination(err)) => {
@@ -155,6 +155,31 @@ impl Store {
             plaintext_bytes: 0,
             cleanup: cleanup.keep(),
         })
+    }
+
+    /// [`Store::begin`] at the current time; when a snapshot already holds this second's
+    /// ID, waits for the next second (a snapshot taken right after another one).
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::begin`].
+    pub fn begin_now(
+        &self,
+        kind: SnapshotKind,
+        key: &BackupKey,
+    ) -> Result<SnapshotWriter, StoreError> {
+        let mut tries = 0;
+        loop {
+            let now = Timestamp::now();
+            match self.begin(kind, now, key) {
+                Err(StoreError::Exists { .. }) if tries < 2 => {
+                    tries += 1;
+                    let into_second = u64::from(now.subsec_nanosecond().unsigned_abs());
+                    std::thread::sleep(Duration::from_nanos(1_000_000_000 - into_second));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Every snapshot in the folder, newest first, and every incomplete one.
@@ -807,4 +832,3 @@ pub fn format_databases(databases: &[DatabaseKeys]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
-
