@@ -153,6 +153,7 @@ impl Store {
             stream: Some(stream),
             plaintext: Sha256::new(),
             plaintext_bytes: 0,
+            details: Default::default(),
             cleanup: cleanup.keep(),
         })
     }
@@ -269,6 +270,10 @@ impl Store {
             })?
             .to_string_lossy()
             .into_owned();
+        if to.is_dir() {
+            let err = io::Error::new(io::ErrorKind::IsADirectory, "give the file to write");
+            return Err(io_error(format!("restoring to {}", to.display()), err));
+        }
         let parent = match to.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
             _ => PathBuf::from("."),
@@ -616,6 +621,7 @@ pub struct SnapshotWriter {
     stream: Option<age::stream::StreamWriter<HashingWriter<BufWriter<File>>>>,
     plaintext: Sha256,
     plaintext_bytes: u64,
+    details: std::collections::BTreeMap<String, serde_json::Value>,
     /// Files to remove unless committed.
     cleanup: Vec<PathBuf>,
 }
@@ -623,6 +629,11 @@ pub struct SnapshotWriter {
 impl SnapshotWriter {
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Free-form details for the manifest (e.g. the objects of a configuration archive).
+    pub fn details_mut(&mut self) -> &mut std::collections::BTreeMap<String, serde_json::Value> {
+        &mut self.details
     }
 
     /// Finishes the encryption, fsyncs, writes the manifest and renames both into place
@@ -672,7 +683,7 @@ impl SnapshotWriter {
             },
             keys,
             redis,
-            details: Default::default(),
+            details: std::mem::take(&mut self.details),
         };
         let manifest_name = Manifest::file_name(&self.id);
         let partial_manifest = dir.join(format!(".{manifest_name}{PARTIAL}"));

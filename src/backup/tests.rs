@@ -23,6 +23,10 @@ fn put(store: &Store, key: &BackupKey, seconds: i64, data: &[u8]) -> Manifest {
         .begin(SnapshotKind::Configuration, at(seconds), key)
         .unwrap();
     writer.write_all(data).unwrap();
+    writer.details_mut().insert(
+        "objects".into(),
+        serde_json::json!(["configmap/a", "configmap/b", "secret/c"]),
+    );
     writer.commit(Some(3), None).unwrap()
 }
 
@@ -45,6 +49,7 @@ fn a_snapshot_round_trips_and_is_listed_newest_first() {
     let manifest = put(&store, &key, 60, &data);
     assert_eq!(manifest.file, format!("{}.tar.age", manifest.id));
     assert_eq!(manifest.plaintext.size_bytes, data.len() as u64);
+    assert_eq!(manifest.details["objects"][2], "secret/c");
 
     let listing = store.list().unwrap();
     assert!(listing.problems.is_empty());
