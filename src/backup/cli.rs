@@ -218,27 +218,23 @@ fn list(dir: &Path) -> anyhow::Result<()> {
 fn verify(dir: &Path, key_file: &Path, which: &str, all: bool) -> anyhow::Result<()> {
     let store = existing_store(dir)?;
     let key = BackupKey::from_file(key_file)?;
-    let ids = if all {
+    let (ids, incomplete) = if all {
         let listing = store.list()?;
-        let mut ids: Vec<String> = listing.snapshots.into_iter().map(|m| m.id).collect();
         for problem in &listing.problems {
             println!("FAILED {problem}");
         }
+        let ids: Vec<String> = listing.snapshots.into_iter().map(|m| m.id).collect();
         if ids.is_empty() && listing.problems.is_empty() {
             bail!("no snapshots in {}", dir.display());
         }
-        ids.sort_unstable_by(|a, b| b.cmp(a));
-        if !listing.problems.is_empty() {
-            verify_each(&store, &key, &ids);
-            bail!("{} incomplete snapshot(s)", listing.problems.len());
-        }
-        ids
+        (ids, listing.problems.len())
     } else {
-        vec![store.resolve(which)?]
+        (vec![store.resolve(which)?], 0)
     };
-    let failed = verify_each(&store, &key, &ids);
+    let failed = verify_each(&store, &key, &ids) + incomplete;
     if failed > 0 {
-        bail!("{failed} of {} snapshot(s) failed verification", ids.len());
+        let total = ids.len() + incomplete;
+        bail!("{failed} of {total} snapshot(s) failed verification");
     }
     Ok(())
 }

@@ -18,7 +18,8 @@ use super::SnapshotError;
 pub struct RedisTarget {
     /// `host:port`.
     pub address: String,
-    /// ACL user; `None` authenticates as the default user.
+    /// ACL user; `None` authenticates as the default user. The user needs the `psync` and
+    /// `replconf` commands (e.g. `+psync +replconf`), nothing else.
     pub username: Option<String>,
     /// Password (from a Secret); `None` sends no `AUTH`.
     pub password: Option<String>,
