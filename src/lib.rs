@@ -2,6 +2,7 @@
 //! disaster-recovery runbooks.
 
 pub mod api;
+pub mod backup;
 pub mod cli;
 pub mod controller;
 pub mod expect;
@@ -11,4 +12,5 @@ pub mod node_agent;
 pub mod operator;
 pub mod plan;
 pub mod process;
+pub mod redis;
 pub mod runbook;

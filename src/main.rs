@@ -26,6 +26,9 @@ enum Command {
     /// Convert between markdown runbooks and DisasterRecovery resources.
     #[command(subcommand)]
     Runbook(cli::RunbookCommand),
+    /// Encrypted snapshots in a folder: snapshot, list, verify, restore, prune, keygen.
+    /// Works without a cluster.
+    Backup(titan_dr::backup::cli::BackupCommand),
 }
 
 #[tokio::main]
@@ -43,6 +46,13 @@ async fn main() -> ExitCode {
         Command::Plan(args) => cli::plan::plan(&args).into(),
         Command::Run(args) => cli::run::run(&args).await.into(),
         Command::Runbook(command) => cli::runbook::runbook(&command).into(),
+        // Blocking file and socket I/O: keep it off the async workers.
+        Command::Backup(command) => {
+            match tokio::task::spawn_blocking(move || titan_dr::backup::cli::run(command)).await {
+                Ok(result) => exit_with(result),
+                Err(error) => exit_with(Err(error.into())),
+            }
+        }
     }
 }
 

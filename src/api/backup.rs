@@ -164,7 +164,8 @@ pub struct Snapshot {
     #[serde(default)]
     #[schemars(extend("format" = "int64"))]
     pub size_bytes: u64,
-    /// SHA-256 of the snapshot content.
+    /// SHA-256 of the encrypted file as stored, so that `sha256sum` checks it without the
+    /// key; the manifest beside the file also holds the SHA-256 of the decrypted content.
     #[serde(default)]
     pub sha256: String,
     /// Number of keys (Redis) or objects (configuration).

@@ -1,0 +1,321 @@
+//! `titan-dr backup ...`: the snapshot store from the command line, without a cluster, so
+//! that an operator on a broken system can still list, check and get back the data.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use k8s_openapi::jiff::Timestamp;
+
+use super::key::BackupKey;
+use super::manifest::Manifest;
+use super::retention::{RetentionPolicy, parse_age};
+use super::store::{Store, format_databases};
+use crate::redis::{RedisTarget, SnapshotOptions};
+
+/// Snapshots in a folder: take, list, verify, restore, prune.
+#[derive(Args, Debug)]
+pub struct BackupCommand {
+    #[command(subcommand)]
+    command: BackupSubcommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum BackupSubcommand {
+    /// List the snapshots of a folder, newest first, and any incomplete ones.
+    List {
+        /// The snapshot folder.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Check a snapshot completely: manifest, size, checksums, decryption, RDB CRC and keys.
+    Verify {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The age identity file (AGE-SECRET-KEY-1...).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Snapshot ID, or `latest`.
+        #[arg(default_value = "latest", conflicts_with = "all")]
+        snapshot: String,
+        /// Verify every snapshot of the folder.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Verify a snapshot, then write its decrypted content to a file (e.g. Redis's
+    /// dump.rdb, with Redis stopped). Nothing is written when verification fails.
+    Restore {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Snapshot ID, or `latest`.
+        #[arg(long, default_value = "latest")]
+        snapshot: String,
+        /// The file to write; replaced only once the snapshot verified.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Take a snapshot of a Redis server over the replication protocol.
+    Snapshot {
+        /// `host:port` of the Redis server.
+        #[arg(long)]
+        redis: String,
+        /// ACL user (default: the default user).
+        #[arg(long)]
+        username: Option<String>,
+        /// File holding the Redis password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Longest silence of the server, in seconds, before the snapshot fails.
+        #[arg(long, default_value_t = 60)]
+        io_timeout: u64,
+    },
+    /// Print a new age identity (or write it to a file created with mode 0600).
+    Keygen {
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Delete the snapshots that retention drops (the newest is always kept).
+    Prune {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        keep_last: Option<u32>,
+        /// Like 7d, 36h, 1d12h.
+        #[arg(long, value_parser = parse_age)]
+        max_age: Option<Duration>,
+        /// Show what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Runs a `titan-dr backup` command.
+///
+/// # Errors
+///
+/// Whatever failed, with a message naming the snapshot and the problem.
+pub fn run(command: BackupCommand) -> anyhow::Result<()> {
+    match command.command {
+        BackupSubcommand::List { dir } => list(&dir),
+        BackupSubcommand::Verify {
+            dir,
+            key_file,
+            snapshot,
+            all,
+        } => verify(&dir, &key_file, &snapshot, all),
+        BackupSubcommand::Restore {
+            dir,
+            key_file,
+            snapshot,
+            to,
+        } => {
+            let store = existing_store(&dir)?;
+            let key = BackupKey::from_file(&key_file)?;
+            let id = store.resolve(&snapshot)?;
+            let manifest = store
+                .restore(&id, &key, &to)
+                .with_context(|| format!("refusing to restore; {} is untouched", to.display()))?;
+            println!(
+                "restored snapshot {id} to {} ({}, {})",
+                to.display(),
+                human_bytes(manifest.plaintext.size_bytes),
+                describe_keys(&manifest)
+            );
+            Ok(())
+        }
+        BackupSubcommand::Snapshot {
+            redis,
+            username,
+            password_file,
+            dir,
+            key_file,
+            io_timeout,
+        } => {
+            let key = BackupKey::from_file(&key_file)?;
+            let password = password_file.as_deref().map(read_password).transpose()?;
+            let store = Store::open(&dir)?;
+            let target = RedisTarget {
+                address: redis,
+                username,
+                password,
+            };
+            let options = SnapshotOptions {
+                io_timeout: Duration::from_secs(io_timeout),
+                ..SnapshotOptions::default()
+            };
+            let manifest = store.snapshot_redis(&target, &key, &options)?;
+            println!(
+                "snapshot {} of {}: {} ({} encrypted), {}, sha256 {}",
+                manifest.id,
+                target.address,
+                human_bytes(manifest.plaintext.size_bytes),
+                human_bytes(manifest.size_bytes),
+                describe_keys(&manifest),
+                manifest.sha256
+            );
+            Ok(())
+        }
+        BackupSubcommand::Keygen { output } => keygen(output.as_deref()),
+        BackupSubcommand::Prune {
+            dir,
+            keep_last,
+            max_age,
+            dry_run,
+        } => {
+            let store = existing_store(&dir)?;
+            let policy = RetentionPolicy { keep_last, max_age };
+            let ids = if dry_run {
+                store.select_pruned(&policy, Timestamp::now())?
+            } else {
+                store.prune(&policy, Timestamp::now())?
+            };
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            for id in &ids {
+                println!("{verb} {id}");
+            }
+            println!("{verb} {} snapshot(s)", ids.len());
+            Ok(())
+        }
+    }
+}
+
+fn list(dir: &Path) -> anyhow::Result<()> {
+    let listing = existing_store(dir)?.list()?;
+    if listing.snapshots.is_empty() && listing.problems.is_empty() {
+        println!("no snapshots in {}", dir.display());
+        return Ok(());
+    }
+    println!(
+        "{:<18} {:<14} {:<22} {:>11}  KEYS",
+        "ID", "KIND", "COMPLETED", "SIZE"
+    );
+    for m in &listing.snapshots {
+        println!(
+            "{:<18} {:<14} {:<22} {:>11}  {}",
+            m.id,
+            format!("{:?}", m.kind).to_lowercase(),
+            m.completed_at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            human_bytes(m.size_bytes),
+            m.keys.map_or_else(|| "-".to_owned(), |k| k.to_string())
+        );
+    }
+    for problem in &listing.problems {
+        println!("INCOMPLETE {problem}");
+    }
+    Ok(())
+}
+
+fn verify(dir: &Path, key_file: &Path, which: &str, all: bool) -> anyhow::Result<()> {
+    let store = existing_store(dir)?;
+    let key = BackupKey::from_file(key_file)?;
+    let (ids, incomplete) = if all {
+        let listing = store.list()?;
+        for problem in &listing.problems {
+            println!("FAILED {problem}");
+        }
+        let ids: Vec<String> = listing.snapshots.into_iter().map(|m| m.id).collect();
+        if ids.is_empty() && listing.problems.is_empty() {
+            bail!("no snapshots in {}", dir.display());
+        }
+        (ids, listing.problems.len())
+    } else {
+        (vec![store.resolve(which)?], 0)
+    };
+    let failed = verify_each(&store, &key, &ids) + incomplete;
+    if failed > 0 {
+        let total = ids.len() + incomplete;
+        bail!("{failed} of {total} snapshot(s) failed verification");
+    }
+    Ok(())
+}
+
+/// Verifies each snapshot, printing one line for each; returns how many failed.
+fn verify_each(store: &Store, key: &BackupKey, ids: &[String]) -> usize {
+    let mut failed = 0;
+    for id in ids {
+        match store.verify(id, key) {
+            Ok(m) => println!(
+                "OK {id}: {} ({} encrypted), {}, sha256 {}",
+                human_bytes(m.plaintext.size_bytes),
+                human_bytes(m.size_bytes),
+                describe_keys(&m),
+                m.sha256
+            ),
+            Err(err) => {
+                failed += 1;
+                println!("FAILED {err}");
+            }
+        }
+    }
+    failed
+}
+
+/// A store that must already exist: reading commands never create folders.
+fn existing_store(dir: &Path) -> anyhow::Result<Store> {
+    if !dir.is_dir() {
+        bail!("{} is not a folder", dir.display());
+    }
+    Ok(Store::open(dir)?)
+}
+
+fn keygen(output: Option<&Path>) -> anyhow::Result<()> {
+    let key = BackupKey::generate();
+    let Some(path) = output else {
+        print!("{}", key.to_key_file());
+        return Ok(());
+    };
+    let mut file = fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(key.to_key_file().as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("Public key: {}", key.recipient());
+    Ok(())
+}
+
+fn read_password(path: &Path) -> anyhow::Result<String> {
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("reading the password file {}", path.display()))?;
+    // Files written with `echo` end in a newline that is not part of the password.
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(text.strip_suffix('\r').unwrap_or(text).to_owned())
+}
+
+fn describe_keys(manifest: &Manifest) -> String {
+    match (&manifest.redis, manifest.keys) {
+        (Some(redis), Some(keys)) => {
+            format!("{keys} keys ({})", format_databases(&redis.databases))
+        }
+        (None, Some(objects)) => format!("{objects} objects"),
+        _ => "no key count".into(),
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
