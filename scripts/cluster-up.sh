@@ -27,6 +27,8 @@ answers() {
       "https://127.0.0.1:$(cat "$CLUSTER_DIR/apiserver.port")/readyz" >/dev/null
 }
 if answers && [ -f "$CLUSTER_DIR/node-agent.pid" ] && kill -0 "$(cat "$CLUSTER_DIR/node-agent.pid")" 2>/dev/null; then
+  # The CRDs may have changed since it started.
+  kubectl apply --server-side --force-conflicts -f "$root/crds/" >/dev/null
   echo "control plane already running: KUBECONFIG=$KUBECONFIG"
   exit 0
 fi
@@ -123,7 +125,7 @@ wait_for controller-manager 60 curl -skf "https://127.0.0.1:$kcm_port/healthz"
 launch node-agent "$root/target/debug/titan-local-node" --work-dir "$CLUSTER_DIR/node"
 wait_for node-agent 30 kubectl wait --for=condition=Ready node/titan-local-node --timeout=1s
 
-kubectl apply --server-side -f "$root/crds/" >/dev/null
+kubectl apply --server-side --force-conflicts -f "$root/crds/" >/dev/null
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
 
 echo "control plane $("$bins/kubectl" version -o json | sed -n 's/.*"gitVersion": "\(v[^"]*\)".*/\1/p' | tail -1) ready in $((SECONDS - start))s"

@@ -14,7 +14,7 @@ use kube::runtime::controller::{self, Controller};
 use kube::runtime::watcher;
 
 use crate::api::{Backup, DisasterRecovery};
-use crate::controller::{Context, disaster_recovery};
+use crate::controller::{Context, backup, disaster_recovery};
 use crate::job::LABEL_RECOVERY;
 
 /// Operator settings; every flag can also be set from the environment.
@@ -27,6 +27,9 @@ pub struct Config {
     /// when a new run starts.
     #[arg(long, env = "TITAN_KEEP_RUNS", default_value_t = 3)]
     pub keep_runs: u32,
+    /// The backup volume: every Backup's `destination.path` is a folder in it.
+    #[arg(long, env = "TITAN_BACKUP_DIR", default_value = "/backups")]
+    pub backup_dir: std::path::PathBuf,
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "TITAN_WATCH_NAMESPACE")]
     pub namespace: Option<String>,
@@ -52,7 +55,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     wait_for_crds(&client, Duration::from_secs(config.crd_wait_seconds)).await?;
     tracing::info!("titan-dr operator started");
 
-    let ctx = Arc::new(Context::new(client.clone(), config.keep_runs));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config.keep_runs,
+        config.backup_dir.clone(),
+    ));
     let (recoveries, jobs): (Api<DisasterRecovery>, Api<Job>) = match &config.namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
@@ -62,23 +69,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     // Only the Jobs this operator made are watched (and cached).
     let owned_jobs = watcher::Config::default().labels(LABEL_RECOVERY);
-    Controller::new(recoveries, watcher::Config::default())
+    let backups: Api<Backup> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let recovery_controller = Controller::new(recoveries, watcher::Config::default())
         .owns(jobs, owned_jobs)
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .shutdown_on_signal()
         .run(
             disaster_recovery::reconcile,
             disaster_recovery::error_policy,
-            ctx,
+            ctx.clone(),
         )
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "reconcile error");
-            }
-        })
-        .await;
+        .for_each(log_result);
+    let backup_controller = Controller::new(backups, watcher::Config::default())
+        .with_config(controller::Config::default().concurrency(config.concurrency))
+        .shutdown_on_signal()
+        .run(backup::reconcile, backup::error_policy, ctx)
+        .for_each(log_result);
+    futures::join!(recovery_controller, backup_controller);
     tracing::info!("titan-dr operator stopped");
     Ok(())
+}
+
+async fn log_result<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, E>) {
+    if let Err(error) = result {
+        tracing::debug!(%error, "reconcile error");
+    }
 }
 
 /// Waits until every CRD the operator serves is Established.

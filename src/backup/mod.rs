@@ -15,6 +15,7 @@
 //! any modified or truncated ciphertext, and a Redis RDB carries its CRC64 trailer.
 
 pub mod cli;
+pub mod config_archive;
 pub mod error;
 pub mod key;
 pub mod manifest;

@@ -1,8 +1,11 @@
 //! The controllers of the operator and what they share: the context, the
 //! error type and condition bookkeeping.
 
+pub mod backup;
 pub mod conditions;
 pub mod disaster_recovery;
+
+use std::path::PathBuf;
 
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
@@ -16,10 +19,12 @@ pub struct Context {
     pub recorder: Recorder,
     /// How many runs of a DisasterRecovery keep their Jobs for history.
     pub keep_runs: u32,
+    /// The operator's backup volume; every Backup's destination is a folder in it.
+    pub backup_dir: PathBuf,
 }
 
 impl Context {
-    pub fn new(client: Client, keep_runs: u32) -> Self {
+    pub fn new(client: Client, keep_runs: u32, backup_dir: PathBuf) -> Self {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -28,6 +33,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             keep_runs,
+            backup_dir,
         }
     }
 }
@@ -48,6 +54,8 @@ pub enum Error {
     WriteStatus(#[source] kube::Error),
     #[error("pruning old runs: {0}")]
     Prune(#[source] kube::Error),
+    #[error("reading the backup store: {0}")]
+    Backup(String),
 }
 
 impl Error {
@@ -57,6 +65,7 @@ impl Error {
             Error::CreateJob { .. } => "CreateJobFailed",
             Error::WriteStatus(_) => "WriteStatusFailed",
             Error::Prune(_) => "PruneFailed",
+            Error::Backup(_) => "BackupStoreFailed",
         }
     }
 }

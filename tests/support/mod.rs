@@ -124,10 +124,16 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(namespace: &str) -> Operator {
+        Operator::start_with(namespace, &[])
+    }
+
+    /// With extra command-line arguments, e.g. `--backup-dir`.
+    pub fn start_with(namespace: &str, extra: &[&str]) -> Operator {
         let log =
             std::fs::File::create(root().join(format!("target/operator-{namespace}.log"))).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_titan-dr"))
             .args(["operator", "--namespace", namespace])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig())
             .env("RUST_LOG", "info,titan_dr=debug")
             .stdout(log.try_clone().unwrap())

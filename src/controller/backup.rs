@@ -1,0 +1,370 @@
+//! The Backup controller: one snapshot on create, then one per `schedule`
+//! tick; retention applied to files and status together.
+//!
+//! The snapshot itself runs inside the reconcile (on a blocking thread): the
+//! controller never reconciles one object twice at once, which is exactly the
+//! guarantee that a backup slower than its schedule never overlaps the next.
+//! Other Backups and DisasterRecoveries reconcile meanwhile.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::api::Backup;
+use crate::api::backup::{BackupSource, BackupStatus};
+use crate::backup::{BackupKey, RetentionPolicy, SnapshotKind, Store, StoreError, config_archive};
+use crate::controller::conditions::{Conditions, FALSE, TRUE};
+use crate::controller::{Context, Error, MANAGER};
+use crate::redis::{RedisTarget, SnapshotOptions};
+
+/// Why the newest attempt failed: the Ready condition's reason and message.
+#[derive(Debug)]
+pub struct Failure {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Failure {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// The next time a backup is due after `last`, or `None` without a schedule.
+pub fn next_due(schedule: Option<&str>, last: Timestamp) -> Result<Option<Timestamp>, String> {
+    let Some(schedule) = schedule else {
+        return Ok(None);
+    };
+    let cron =
+        croner::Cron::from_str(schedule).map_err(|e| format!("schedule {schedule:?}: {e}"))?;
+    let last = chrono::DateTime::from_timestamp(last.as_second(), 0).ok_or("time out of range")?;
+    let next = cron
+        .find_next_occurrence(&last, false)
+        .map_err(|e| format!("schedule {schedule:?}: {e}"))?;
+    Timestamp::from_second(next.timestamp())
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+#[tracing::instrument(skip_all, fields(backup = %backup.name_any(), ns = backup.namespace().unwrap_or_default()))]
+pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = backup.namespace().unwrap_or_default();
+    let name = backup.name_any();
+    let previous = backup.status.clone().unwrap_or_default();
+    let now = Timestamp::now();
+
+    // Due now on creation, on a spec change, or at the schedule's next tick.
+    let changed = previous.observed_generation != backup.metadata.generation;
+    let due = match (&previous.last_schedule_time, changed) {
+        (None, _) | (_, true) => Some(now),
+        (Some(last), false) => match next_due(backup.spec.schedule.as_deref(), last.0) {
+            Ok(next) => next,
+            Err(message) => {
+                let failure = Failure::new("InvalidSchedule", message);
+                write_status(
+                    &ctx,
+                    &backup,
+                    &previous,
+                    failed_status(&backup, &previous, &failure),
+                )
+                .await?;
+                return Ok(Action::await_change());
+            }
+        },
+    };
+    let Some(due) = due else {
+        return Ok(Action::await_change());
+    };
+    if due > now {
+        return Ok(Action::requeue(until(due)));
+    }
+
+    let started = Time(now);
+    let outcome = take_snapshot(&ctx, &backup).await;
+    let mut status = match outcome {
+        Ok(id) => {
+            publish(
+                &ctx,
+                &backup,
+                EventType::Normal,
+                "SnapshotTaken",
+                &format!("snapshot {id} stored"),
+            )
+            .await;
+            succeeded_status(&ctx, &backup, &previous)?
+        }
+        Err(failure) => {
+            publish(
+                &ctx,
+                &backup,
+                EventType::Warning,
+                failure.reason,
+                &failure.message,
+            )
+            .await;
+            failed_status(&backup, &previous, &failure)
+        }
+    };
+    status.last_schedule_time = Some(started);
+    write_status(&ctx, &backup, &previous, status).await?;
+    tracing::info!(backup = %name, ns = %ns, "backup attempt finished");
+    Ok(match next_due(backup.spec.schedule.as_deref(), now) {
+        Ok(Some(next)) => Action::requeue(until(next)),
+        _ => Action::await_change(),
+    })
+}
+
+fn until(at: Timestamp) -> Duration {
+    Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default()
+        + Duration::from_millis(50)
+}
+
+/// The store folder of a Backup under the operator's backup volume.
+pub fn store_dir(ctx: &Context, backup: &Backup) -> PathBuf {
+    ctx.backup_dir.join(&backup.spec.destination.path)
+}
+
+async fn take_snapshot(ctx: &Context, backup: &Backup) -> Result<String, Failure> {
+    let ns = backup.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let key_ref = &backup.spec.encryption.secret_ref;
+    let key_name = key_ref.key.clone().unwrap_or_else(|| "key".into());
+    let key_text = secret_value(&secrets, &key_ref.name, &key_name).await?;
+    let key = BackupKey::parse(&key_text, &format!("secret {}/{key_name}", key_ref.name))
+        .map_err(|e| Failure::new("KeyInvalid", e.to_string()))?;
+    let dir = store_dir(ctx, backup);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Failure::new("DestinationUnavailable", format!("{}: {e}", dir.display())))?;
+    let store = Store::open(&dir).map_err(store_failure)?;
+
+    let manifest = match &backup.spec.source {
+        BackupSource {
+            redis: Some(redis), ..
+        } => {
+            let password = match &redis.password_secret_ref {
+                Some(r) => Some(secret_value(&secrets, &r.name, &r.key).await?),
+                None => None,
+            };
+            let target = RedisTarget {
+                address: redis.address.clone(),
+                username: None,
+                password,
+            };
+            tokio::task::spawn_blocking(move || {
+                store.snapshot_redis(&target, &key, &SnapshotOptions::default())
+            })
+            .await
+            .map_err(|e| Failure::new("Internal", e.to_string()))?
+            .map_err(store_failure)?
+        }
+        BackupSource {
+            config_maps,
+            secrets: secret_selector,
+            ..
+        } => {
+            let maps = match config_maps {
+                Some(s) => {
+                    list(
+                        &Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns),
+                        &s.selector,
+                    )
+                    .await?
+                }
+                None => Vec::new(),
+            };
+            let secret_list = match secret_selector {
+                Some(s) => list(&secrets, &s.selector).await?,
+                None => Vec::new(),
+            };
+            let entries = config_archive::entries(&maps, &secret_list)
+                .map_err(|e| Failure::new("Internal", e.to_string()))?;
+            let count = entries.len() as u64;
+            tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+                let mut writer = store.begin_now(SnapshotKind::Configuration, &key)?;
+                let paths: Vec<serde_json::Value> =
+                    entries.iter().map(|e| e.path.clone().into()).collect();
+                writer.details_mut().insert("objects".into(), paths.into());
+                config_archive::write(&entries, &mut writer).map_err(|e| StoreError::Io {
+                    context: "writing the archive".into(),
+                    source: e,
+                })?;
+                writer.commit(Some(count), None)
+            })
+            .await
+            .map_err(|e| Failure::new("Internal", e.to_string()))?
+            .map_err(store_failure)?
+        }
+    };
+    Ok(manifest.id)
+}
+
+fn store_failure(error: StoreError) -> Failure {
+    use crate::redis::SnapshotError;
+    let reason = match &error {
+        StoreError::DiskFull { .. } => "DestinationFull",
+        StoreError::Source(SnapshotError::Unreachable { .. } | SnapshotError::Timeout { .. }) => {
+            "RedisUnreachable"
+        }
+        StoreError::Source(SnapshotError::AuthFailed { .. }) => "AuthFailed",
+        StoreError::Source(SnapshotError::ConnectionLost { .. }) => "ConnectionLost",
+        StoreError::Source(SnapshotError::BadRdb { .. }) => "BadSnapshot",
+        StoreError::Source(_) => "SnapshotFailed",
+        StoreError::Exists { .. } | StoreError::Io { .. } => "DestinationError",
+    };
+    Failure::new(reason, error.to_string())
+}
+
+async fn secret_value(secrets: &Api<Secret>, name: &str, key: &str) -> Result<String, Failure> {
+    let secret = secrets
+        .get_opt(name)
+        .await
+        .map_err(|e| Failure::new("KeyMissing", format!("reading secret {name}: {e}")))?
+        .ok_or_else(|| Failure::new("KeyMissing", format!("secret {name} does not exist")))?;
+    let value = secret.data.and_then(|d| d.get(key).cloned());
+    let value = value
+        .ok_or_else(|| Failure::new("KeyMissing", format!("secret {name} has no key {key:?}")))?;
+    String::from_utf8(value.0).map_err(|_| {
+        Failure::new(
+            "KeyInvalid",
+            format!("secret {name} key {key:?} is not text"),
+        )
+    })
+}
+
+async fn list<K>(api: &Api<K>, selector: &LabelSelector) -> Result<Vec<K>, Failure>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let labels = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let list = api
+        .list(&ListParams::default().labels(&labels))
+        .await
+        .map_err(|e| Failure::new("SourceUnavailable", e.to_string()))?;
+    Ok(list.items)
+}
+
+/// Prunes by retention and reads the store back: status lists exactly what is on disk.
+fn succeeded_status(
+    ctx: &Context,
+    backup: &Backup,
+    previous: &BackupStatus,
+) -> Result<BackupStatus, Error> {
+    let store = Store::open(store_dir(ctx, backup)).map_err(|e| Error::Backup(e.to_string()))?;
+    if let Some(retention) = &backup.spec.retention {
+        let policy =
+            RetentionPolicy::from_spec(retention).map_err(|e| Error::Backup(e.to_string()))?;
+        store
+            .prune(&policy, Timestamp::now())
+            .map_err(|e| Error::Backup(e.to_string()))?;
+    }
+    let listing = store.list().map_err(|e| Error::Backup(e.to_string()))?;
+    let snapshots: Vec<_> = listing
+        .snapshots
+        .iter()
+        .map(|m| m.to_status(&backup.spec.destination.path))
+        .collect();
+    let mut c = Conditions::new(&previous.conditions, backup.metadata.generation);
+    let newest = snapshots.first().map(|s| s.id.clone()).unwrap_or_default();
+    c.set(
+        "Ready",
+        TRUE,
+        "SnapshotTaken",
+        format!("newest snapshot {newest}; {} kept", snapshots.len()),
+    );
+    Ok(BackupStatus {
+        observed_generation: backup.metadata.generation,
+        last_schedule_time: previous.last_schedule_time.clone(),
+        last_successful_time: snapshots.first().and_then(|s| s.completed_at.clone()),
+        snapshots,
+        conditions: c.build(),
+    })
+}
+
+fn failed_status(backup: &Backup, previous: &BackupStatus, failure: &Failure) -> BackupStatus {
+    let mut c = Conditions::new(&previous.conditions, backup.metadata.generation);
+    c.set("Ready", FALSE, failure.reason, failure.message.clone());
+    BackupStatus {
+        observed_generation: backup.metadata.generation,
+        conditions: c.build(),
+        ..previous.clone()
+    }
+}
+
+async fn write_status(
+    ctx: &Context,
+    backup: &Backup,
+    previous: &BackupStatus,
+    status: BackupStatus,
+) -> Result<(), Error> {
+    if &status == previous {
+        return Ok(());
+    }
+    let api: Api<Backup> =
+        Api::namespaced(ctx.client.clone(), &backup.namespace().unwrap_or_default());
+    let patch = json!({"apiVersion": "dr.titan.io/v1alpha1", "kind": "Backup", "status": status});
+    api.patch_status(
+        &backup.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::WriteStatus)?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, backup: &Backup, type_: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Backup".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &backup.object_ref(&())).await {
+        tracing::warn!(%error, "publishing an event failed");
+    }
+}
+
+pub fn error_policy(backup: Arc<Backup>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(backup = %backup.name_any(), category = error.category(), %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_gives_the_next_tick_after_the_last_attempt() {
+        let last: Timestamp = "2026-11-25T02:03:10Z".parse().unwrap();
+        let next = next_due(Some("*/5 * * * *"), last).unwrap().unwrap();
+        assert_eq!(next.to_string(), "2026-11-25T02:05:00Z");
+        assert_eq!(next_due(None, last).unwrap(), None);
+        let daily = next_due(Some("@daily"), last).unwrap().unwrap();
+        assert_eq!(daily.to_string(), "2026-11-26T00:00:00Z");
+        assert!(
+            next_due(Some("every minute"), last)
+                .unwrap_err()
+                .contains("every minute")
+        );
+    }
+}
