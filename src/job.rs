@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EnvVar, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile,
-    SecurityContext,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use crate::api::DisasterRecovery;
-use crate::api::disaster_recovery::Step;
+use crate::api::disaster_recovery::{RestoreStep, Step};
+use crate::api::{Backup, DisasterRecovery};
 use crate::plan::{StepKind, parse_duration};
 
 pub const LABEL_RECOVERY: &str = "dr.titan.io/recovery";
@@ -58,6 +58,110 @@ pub fn kind_label(kind: StepKind) -> &'static str {
     }
 }
 
+/// Where a restore Job finds the snapshots and the `titan-dr` binary.
+#[derive(Debug, Clone)]
+pub struct RestoreSetup {
+    /// Image holding `titan-dr` (the operator's own).
+    pub image: String,
+    /// The `titan-dr` command inside that image.
+    pub command: String,
+    /// The operator's backup volume (a PVC, or a hostPath on a local node).
+    pub backup_volume: Volume,
+    /// The Backup named by the step, if it exists.
+    pub backup: Option<Backup>,
+}
+
+const BACKUPS_MOUNT: &str = "/var/run/titan-dr/backups";
+const KEY_MOUNT: &str = "/var/run/titan-dr/key";
+const REDIS_DATA_MOUNT: &str = "/var/run/titan-dr/redis-data";
+const REDIS_AUTH_MOUNT: &str = "/var/run/titan-dr/redis-auth";
+
+/// Command line, volumes and mounts of a restore step's container.
+type RestoreParts = (Vec<String>, Vec<Volume>, Vec<VolumeMount>);
+
+/// The command line and volumes of a restore step: `titan-dr backup restore`,
+/// which verifies before it touches anything, then checks the restarted Redis.
+fn restore_parts(restore: &RestoreStep, setup: &RestoreSetup) -> Result<RestoreParts, String> {
+    let backup = setup
+        .backup
+        .as_ref()
+        .ok_or_else(|| format!("Backup {} does not exist", restore.backup))?;
+    let key_ref = &backup.spec.encryption.secret_ref;
+    let key = key_ref.key.clone().unwrap_or_else(|| "key".into());
+    let file = restore
+        .redis
+        .file
+        .clone()
+        .unwrap_or_else(|| "dump.rdb".into());
+    let wait = restore
+        .redis
+        .wait
+        .as_deref()
+        .and_then(|w| parse_duration(w).ok())
+        .unwrap_or(std::time::Duration::from_secs(60));
+    let mut data_volume: Volume = serde_json::from_value(restore.redis.data_volume.clone())
+        .map_err(|e| format!("restore.redis.dataVolume is not a volume source: {e}"))?;
+    data_volume.name = "redis-data".into();
+    let mut backup_volume = setup.backup_volume.clone();
+    backup_volume.name = "backups".into();
+    let secret_volume = |name: &str, secret: &str| Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(read_only),
+        ..Default::default()
+    };
+    let mut argv = vec![
+        setup.command.clone(),
+        "backup".into(),
+        "restore".into(),
+        format!("--dir={BACKUPS_MOUNT}/{}", backup.spec.destination.path),
+        format!("--key-file={KEY_MOUNT}/{key}"),
+        format!(
+            "--snapshot={}",
+            restore.snapshot.as_deref().unwrap_or("latest")
+        ),
+        format!("--to={REDIS_DATA_MOUNT}/{file}"),
+        format!("--check-redis={}", restore.redis.address),
+        format!("--check-timeout={}", wait.as_secs().max(1)),
+    ];
+    if let Some(command) = &restore.redis.restart_command {
+        argv.push(format!("--then={command}"));
+    }
+    let mut volumes = vec![
+        backup_volume,
+        secret_volume("key", &key_ref.name),
+        data_volume,
+    ];
+    let mut mounts = vec![
+        mount("backups", BACKUPS_MOUNT, true),
+        mount("key", KEY_MOUNT, true),
+        mount("redis-data", REDIS_DATA_MOUNT, false),
+    ];
+    let auth = backup
+        .spec
+        .source
+        .redis
+        .as_ref()
+        .and_then(|r| r.password_secret_ref.as_ref());
+    if let Some(auth) = auth {
+        argv.push(format!(
+            "--check-password-file={REDIS_AUTH_MOUNT}/{}",
+            auth.key
+        ));
+        volumes.push(secret_volume("redis-auth", &auth.name));
+        mounts.push(mount("redis-auth", REDIS_AUTH_MOUNT, true));
+    }
+    Ok((argv, volumes, mounts))
+}
+
 /// The Job for one attempt (numbered from 1) of a step of the given run.
 pub fn build_job(
     dr: &DisasterRecovery,
@@ -65,6 +169,7 @@ pub fn build_job(
     kind: StepKind,
     step: &Step,
     attempt: u32,
+    restore: Option<&RestoreSetup>,
 ) -> Job {
     let recovery = dr.name_any();
     let index = attempt.saturating_sub(1);
@@ -76,11 +181,25 @@ pub fn build_job(
         (LABEL_ATTEMPT.to_string(), index.to_string()),
     ]);
     let template = dr.spec.template.clone().unwrap_or_default();
-    let image = step.image.clone().or(template.image).unwrap_or_default();
-    let argv = match (&step.command, &step.args) {
-        (Some(command), _) => vec!["/bin/sh".to_string(), "-c".to_string(), command.clone()],
-        (None, Some(args)) => args.clone(),
-        (None, None) => Vec::new(),
+    let mut image = step.image.clone().or(template.image).unwrap_or_default();
+    let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
+    let argv = match (&step.command, &step.args, &step.restore, restore) {
+        (Some(command), _, _, _) => vec!["/bin/sh".to_string(), "-c".to_string(), command.clone()],
+        (None, Some(args), _, _) => args.clone(),
+        (None, None, Some(spec), Some(setup)) => match restore_parts(spec, setup) {
+            Ok((argv, v, m)) => {
+                image = setup.image.clone();
+                (volumes, mounts) = (v, m);
+                argv
+            }
+            // Reported by the step itself, so the failure shows in its status.
+            Err(problem) => vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("echo {problem:?} >&2; exit 1"),
+            ],
+        },
+        _ => Vec::new(),
     };
     let mut command = vec![
         "/bin/sh".to_string(),
@@ -119,6 +238,7 @@ pub fn build_job(
                 }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
+                    volumes: (!volumes.is_empty()).then_some(volumes),
                     service_account_name: template.service_account_name,
                     // What Pod Security `restricted` asks of a pod.
                     security_context: Some(PodSecurityContext {
@@ -135,6 +255,7 @@ pub fn build_job(
                         command: Some(command),
                         env: (!env.is_empty()).then_some(env),
                         termination_message_policy: Some("FallbackToLogsOnError".into()),
+                        volume_mounts: (!mounts.is_empty()).then_some(mounts),
                         security_context: Some(SecurityContext {
                             allow_privilege_escalation: Some(false),
                             capabilities: Some(Capabilities {
@@ -198,7 +319,7 @@ spec:
     #[test]
     fn a_job_carries_labels_owner_deadline_and_the_wrapped_command() {
         let dr = recovery();
-        let job = build_job(&dr, "1", StepKind::Step, &dr.spec.steps[0], 2);
+        let job = build_job(&dr, "1", StepKind::Step, &dr.spec.steps[0], 2, None);
         assert_eq!(
             job.metadata.name.as_deref(),
             Some("complete-system-failure-1-start-redis-1")
@@ -246,7 +367,7 @@ spec:
     #[test]
     fn args_run_without_a_shell_and_the_step_image_wins() {
         let dr = recovery();
-        let job = build_job(&dr, "3", StepKind::Validation, &dr.spec.steps[1], 1);
+        let job = build_job(&dr, "3", StepKind::Validation, &dr.spec.steps[1], 1, None);
         let pod = job.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.containers[0].image.as_deref(), Some("redis:7"));
         assert_eq!(

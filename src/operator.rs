@@ -30,6 +30,16 @@ pub struct Config {
     /// The backup volume: every Backup's `destination.path` is a folder in it.
     #[arg(long, env = "TITAN_BACKUP_DIR", default_value = "/backups")]
     pub backup_dir: std::path::PathBuf,
+    /// The PersistentVolumeClaim of the backup volume, mounted by restore Jobs; without it
+    /// they mount `--backup-dir` as a hostPath (a single local node).
+    #[arg(long, env = "TITAN_BACKUP_VOLUME_CLAIM")]
+    pub backup_volume_claim: Option<String>,
+    /// Image of restore Jobs: the operator's own, which holds `titan-dr`.
+    #[arg(long, env = "TITAN_RESTORE_IMAGE", default_value = concat!("ghcr.io/titan-dr/titan-dr:", env!("CARGO_PKG_VERSION")))]
+    pub restore_image: String,
+    /// The `titan-dr` command in that image.
+    #[arg(long, env = "TITAN_RESTORE_COMMAND", default_value = "titan-dr")]
+    pub restore_command: String,
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "TITAN_WATCH_NAMESPACE")]
     pub namespace: Option<String>,
@@ -55,11 +65,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     wait_for_crds(&client, Duration::from_secs(config.crd_wait_seconds)).await?;
     tracing::info!("titan-dr operator started");
 
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        config.keep_runs,
-        config.backup_dir.clone(),
-    ));
+    let ctx = Arc::new(Context::new(client.clone(), &config));
     let (recoveries, jobs): (Api<DisasterRecovery>, Api<Job>) = match &config.namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),

@@ -259,3 +259,239 @@ async fn configuration_snapshots_and_rpo_of_a_recovery() {
     })
     .await;
 }
+
+/// The restore step brings a flushed Redis back to the snapshot; a tampered
+/// snapshot is refused and the Redis is left alone.
+#[tokio::test]
+async fn a_restore_step_brings_a_flushed_redis_back_and_refuses_a_tampered_snapshot() {
+    let backups_dir = tempfile::tempdir().unwrap();
+    let key = BackupKey::generate();
+    let backup_dir_arg = backups_dir.path().display().to_string();
+    let store_dir = backups_dir.path().join("redis");
+    let redis = RedisServer::start(&[]);
+    let (port, data_dir) = (redis.port, redis.dir.clone());
+    let mut con = redis.client();
+    for i in 0..2000 {
+        let _: () = redis::pipe()
+            .set(format!("string:{i}"), format!("value {i}"))
+            .hset(format!("hash:{}", i % 50), format!("field{i}"), i)
+            .rpush(format!("list:{}", i % 20), i)
+            .sadd(format!("set:{}", i % 10), i)
+            .zadd(format!("zset:{}", i % 10), format!("m{i}"), i)
+            .query(&mut con)
+            .unwrap();
+    }
+    let _: () = redis::cmd("XADD")
+        .arg("stream")
+        .arg("*")
+        .arg("f")
+        .arg("v")
+        .query(&mut con)
+        .unwrap();
+    let _: () = redis::cmd("EXPIRE")
+        .arg("string:1")
+        .arg(3600)
+        .query(&mut con)
+        .unwrap();
+    let keys_before: u64 = redis::cmd("DBSIZE").query(&mut con).unwrap();
+    let restart = format!(
+        "redis-cli -p {port} shutdown nosave; redis-server --port {port} --bind 127.0.0.1 --dir {} \
+         --dbfilename dump.rdb --save '' --appendonly no --daemonize yes",
+        data_dir.display()
+    );
+    let restore_command = env!("CARGO_BIN_EXE_titan-dr").to_string();
+
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::start_with(
+            &ns,
+            &[
+                "--backup-dir",
+                &backup_dir_arg,
+                "--restore-command",
+                &restore_command,
+            ],
+        );
+        create_key_secret(&client, &ns, &key).await;
+        let backups: Api<Backup> = Api::namespaced(client.clone(), &ns);
+        let source = format!("{{redis: {{address: '127.0.0.1:{port}'}}}}");
+        backups
+            .create(
+                &PostParams::default(),
+                &backup("redis", &source, None, "redis"),
+            )
+            .await
+            .unwrap();
+        support::wait_for(
+            &backups,
+            "redis",
+            "a snapshot",
+            LIMIT,
+            |b: Option<&Backup>| status(b).is_some_and(|s| !s.snapshots.is_empty()),
+        )
+        .await;
+        let _: () = redis::cmd("FLUSHALL").query(&mut con).unwrap();
+
+        let dr: DisasterRecovery = serde_yaml::from_str(&format!(
+            r#"
+apiVersion: dr.titan.io/v1alpha1
+kind: DisasterRecovery
+metadata: {{name: database-corruption}}
+spec:
+  scenario: database-corruption
+  objectives: {{rto: 10m, rpo: 5m}}
+  backups: [redis]
+  template: {{image: toolbox}}
+  steps:
+    - name: restore-redis
+      timeout: 2m
+      restore:
+        backup: redis
+        snapshot: latest
+        redis:
+          dataVolume: {{hostPath: {{path: {data}}}}}
+          address: 127.0.0.1:{port}
+          restartCommand: {restart:?}
+          wait: 30s
+  validations:
+    - name: keys-back
+      command: redis-cli -p {port} dbsize
+      expect: {{outputContains: "{keys_before}"}}
+"#,
+            data = data_dir.display()
+        ))
+        .unwrap();
+        let drs: Api<DisasterRecovery> = Api::namespaced(client.clone(), &ns);
+        drs.create(&PostParams::default(), &dr).await.unwrap();
+        let done = support::wait_for(
+            &drs,
+            "database-corruption",
+            "run 1",
+            LIMIT,
+            |d: Option<&DisasterRecovery>| {
+                d.and_then(|d| d.status.as_ref()).is_some_and(|s| {
+                    s.run_id.as_deref() == Some("1")
+                        && matches!(
+                            s.phase,
+                            Some(
+                                titan_dr::api::disaster_recovery::RunPhase::Succeeded
+                                    | titan_dr::api::disaster_recovery::RunPhase::Failed
+                            )
+                        )
+                })
+            },
+        )
+        .await;
+        let status = done.status.unwrap();
+        let step = &status.steps[0];
+        assert_eq!(
+            step.phase,
+            titan_dr::api::disaster_recovery::StepPhase::Succeeded,
+            "{step:#?}"
+        );
+        assert!(
+            step.output
+                .as_deref()
+                .unwrap_or("")
+                .contains(&format!("restarted with {keys_before} keys")),
+            "{step:#?}"
+        );
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(ready.status, "True", "{}", ready.message);
+        let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let keys_after: u64 = redis::cmd("DBSIZE").query(&mut con).unwrap();
+        assert_eq!(keys_after, keys_before);
+        let value: String = redis::cmd("GET")
+            .arg("string:1999")
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(value, "value 1999");
+        let ttl: i64 = redis::cmd("TTL").arg("string:1").query(&mut con).unwrap();
+        assert!((3500..=3600).contains(&ttl), "ttl {ttl}");
+
+        // Tamper with the snapshot: the next run refuses it and touches nothing.
+        let _: () = redis::cmd("SET")
+            .arg("written-after")
+            .arg("restore")
+            .query(&mut con)
+            .unwrap();
+        let store = Store::open(&store_dir).unwrap();
+        let manifest = store.list().unwrap().snapshots[0].clone();
+        let file = store_dir.join(&manifest.file);
+        let mut bytes = std::fs::read(&file).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        std::fs::write(&file, bytes).unwrap();
+        let dump_before = std::fs::read(data_dir.join("dump.rdb")).unwrap();
+        let patch =
+            serde_json::json!({"metadata": {"annotations": {"dr.titan.io/run-now": "tampered"}}});
+        drs.patch(
+            "database-corruption",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+        let done = support::wait_for(
+            &drs,
+            "database-corruption",
+            "run 2",
+            LIMIT,
+            |d: Option<&DisasterRecovery>| {
+                d.and_then(|d| d.status.as_ref()).is_some_and(|s| {
+                    s.run_id.as_deref() == Some("2")
+                        && matches!(
+                            s.phase,
+                            Some(
+                                titan_dr::api::disaster_recovery::RunPhase::Succeeded
+                                    | titan_dr::api::disaster_recovery::RunPhase::Failed
+                            )
+                        )
+                })
+            },
+        )
+        .await;
+        let status = done.status.unwrap();
+        let step = &status.steps[0];
+        assert_eq!(
+            step.phase,
+            titan_dr::api::disaster_recovery::StepPhase::Failed,
+            "{step:#?}"
+        );
+        let output = step.output.clone().unwrap_or_default();
+        assert!(
+            output.contains(&manifest.id),
+            "the snapshot is named: {output}"
+        );
+        assert!(output.contains("refusing to restore"), "{output}");
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert!(ready.message.contains("restore-redis"), "{}", ready.message);
+        assert_eq!(
+            std::fs::read(data_dir.join("dump.rdb")).unwrap(),
+            dump_before,
+            "dump.rdb untouched"
+        );
+        let still: Option<String> = redis::cmd("GET")
+            .arg("written-after")
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(
+            still.as_deref(),
+            Some("restore"),
+            "the running Redis is untouched"
+        );
+        let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").arg("NOSAVE").query(&mut con);
+    })
+    .await;
+    drop(redis);
+}

@@ -149,7 +149,7 @@ pub struct JobTemplate {
 /// One recovery step, validation or rollback step: a command run as a Kubernetes Job.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("has(self.command) != has(self.args)").message("exactly one of command or args must be set"))]
+#[x_kube(validation = kube::core::Rule::new("[has(self.command), has(self.args), has(self.restore)].filter(x, x).size() == 1").message("exactly one of command, args or restore must be set"))]
 pub struct Step {
     /// Unique name of the step (a DNS label); part of the Job name.
     #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
@@ -161,6 +161,9 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub args: Option<Vec<String>>,
+    /// Restore a snapshot of a Backup instead of running a command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreStep>,
     /// Container image for this step; overrides `template.image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -203,6 +206,54 @@ impl Step {
     pub fn retries(&self) -> u32 {
         self.retries.unwrap_or(0)
     }
+}
+
+/// A restore: verifies a snapshot (checksum and decryption) before anything is
+/// touched, then puts it in place and checks the result.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreStep {
+    /// Name of the Backup (in this namespace) whose snapshot is restored.
+    #[schemars(length(min = 1, max = 253))]
+    pub backup: String,
+    /// `latest` (default) or a snapshot ID such as `20261125T020000Z`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(latest|[0-9]{8}T[0-9]{6}Z)$"))]
+    pub snapshot: Option<String>,
+    /// Where a Redis snapshot goes and how the restored Redis is checked.
+    pub redis: RedisRestore,
+}
+
+/// The Redis a snapshot is restored to.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisRestore {
+    /// The volume holding Redis's data directory (e.g. a persistentVolumeClaim or hostPath).
+    #[schemars(schema_with = "volume_source_schema")]
+    pub data_volume: serde_json::Value,
+    /// Path of the RDB file inside that volume (default `dump.rdb`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// `host:port` of the Redis to check after the restore: once it has restarted, its key
+    /// count must equal the snapshot's.
+    pub address: String,
+    /// A shell command, run in the restore Job once the file is in place, that restarts
+    /// Redis (without it, the step waits for Redis to be restarted by something else).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_command: Option<String>,
+    /// How long to wait for the restarted Redis (default `60s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub wait: Option<String>,
+}
+
+/// A core/v1 volume source (`hostPath`, `persistentVolumeClaim`, ...), kept as given.
+fn volume_source_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "description": "A core/v1 volume source, e.g. {persistentVolumeClaim: {claimName: redis-data}}.",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
 }
 
 /// Expectations checked against a finished attempt. All that are set must hold.

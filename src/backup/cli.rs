@@ -59,6 +59,19 @@ enum BackupSubcommand {
         /// The file to write; replaced only once the snapshot verified.
         #[arg(long)]
         to: PathBuf,
+        /// A shell command run once the file is in place, e.g. one that restarts Redis.
+        #[arg(long)]
+        then: Option<String>,
+        /// After the restore, wait until the Redis at this address has restarted and check
+        /// that it holds as many keys as the snapshot; fail on a mismatch.
+        #[arg(long)]
+        check_redis: Option<String>,
+        /// File holding the password of the Redis to check.
+        #[arg(long)]
+        check_password_file: Option<PathBuf>,
+        /// How long to wait for the restarted Redis.
+        #[arg(long, default_value_t = 60)]
+        check_timeout: u64,
     },
     /// Take a snapshot of a Redis server over the replication protocol.
     Snapshot {
@@ -118,6 +131,10 @@ pub fn run(command: BackupCommand) -> anyhow::Result<()> {
             key_file,
             snapshot,
             to,
+            then,
+            check_redis,
+            check_password_file,
+            check_timeout,
         } => {
             let store = existing_store(&dir)?;
             let key = BackupKey::from_file(&key_file)?;
@@ -125,12 +142,36 @@ pub fn run(command: BackupCommand) -> anyhow::Result<()> {
             let manifest = store
                 .restore(&id, &key, &to)
                 .with_context(|| format!("refusing to restore; {} is untouched", to.display()))?;
+            let placed = std::time::Instant::now();
             println!(
                 "restored snapshot {id} to {} ({}, {})",
                 to.display(),
                 human_bytes(manifest.plaintext.size_bytes),
                 describe_keys(&manifest)
             );
+            if let Some(command) = then {
+                let status = std::process::Command::new("/bin/sh")
+                    .args(["-c", &command])
+                    .status()?;
+                if !status.success() {
+                    bail!("the command after the restore failed ({status}): {command}");
+                }
+            }
+            if let Some(address) = check_redis {
+                let password = check_password_file
+                    .map(|f| fs::read_to_string(f).map(|p| p.trim_end().to_owned()))
+                    .transpose()?;
+                let keys = manifest
+                    .keys
+                    .context("the snapshot's manifest has no key count")?;
+                check_restarted_redis(
+                    &address,
+                    password.as_deref(),
+                    keys,
+                    placed,
+                    Duration::from_secs(check_timeout),
+                )?;
+            }
             Ok(())
         }
         BackupSubcommand::Snapshot {
@@ -318,4 +359,70 @@ fn human_bytes(bytes: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
+}
+
+/// Waits until the Redis at `address` restarted after the restore (its uptime is
+/// shorter than the time since the file was placed), then compares its key count
+/// with the snapshot's.
+fn check_restarted_redis(
+    address: &str,
+    password: Option<&str>,
+    expected: u64,
+    placed: std::time::Instant,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let auth = password.map(|p| format!(":{p}@")).unwrap_or_default();
+    let client = redis::Client::open(format!("redis://{auth}{address}/"))?;
+    let mut last = String::from("it never answered");
+    while placed.elapsed() < timeout {
+        let info = client
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .and_then(|mut con| redis::cmd("INFO").query::<String>(&mut con));
+        match info {
+            Ok(info) => {
+                let uptime: u64 = info_field(&info, "uptime_in_seconds")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(u64::MAX);
+                let keys = keyspace_keys(&info);
+                if uptime <= placed.elapsed().as_secs() {
+                    if keys == expected {
+                        println!("Redis at {address} restarted with {keys} keys, as the snapshot");
+                        return Ok(());
+                    }
+                    bail!(
+                        "Redis at {address} restarted with {keys} keys, but the snapshot has {expected}"
+                    );
+                }
+                last =
+                    format!("it has not restarted since the restore (up {uptime}s, {keys} keys)");
+            }
+            Err(error) => last = format!("it does not answer: {error}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!(
+        "Redis at {address} was not back with the snapshot's {expected} keys within {timeout:?}: {last}"
+    )
+}
+
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+/// Sum of `keys=` over the `db<N>:` lines of INFO keyspace.
+fn keyspace_keys(info: &str) -> u64 {
+    info.lines()
+        .filter(|l| l.starts_with("db"))
+        .filter_map(|l| {
+            l.split(',').find_map(|part| {
+                part.split(':')
+                    .next_back()?
+                    .strip_prefix("keys=")?
+                    .parse::<u64>()
+                    .ok()
+            })
+        })
+        .sum()
 }

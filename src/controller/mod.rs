@@ -7,6 +7,7 @@ pub mod disaster_recovery;
 
 use std::path::PathBuf;
 
+use k8s_openapi::api::core::v1::{HostPathVolumeSource, PersistentVolumeClaimVolumeSource, Volume};
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
@@ -21,19 +22,44 @@ pub struct Context {
     pub keep_runs: u32,
     /// The operator's backup volume; every Backup's destination is a folder in it.
     pub backup_dir: PathBuf,
+    /// Image and command of `titan-dr` for restore Jobs.
+    pub restore_image: String,
+    pub restore_command: String,
+    /// The backup volume as restore Jobs mount it.
+    pub backup_volume: Volume,
 }
 
 impl Context {
-    pub fn new(client: Client, keep_runs: u32, backup_dir: PathBuf) -> Self {
+    pub fn new(client: Client, config: &crate::operator::Config) -> Self {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        // In a cluster the volume is a PVC; on a local node, the folder itself.
+        let backup_volume = match &config.backup_volume_claim {
+            Some(claim) => Volume {
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.clone(),
+                    read_only: Some(true),
+                }),
+                ..Default::default()
+            },
+            None => Volume {
+                host_path: Some(HostPathVolumeSource {
+                    path: config.backup_dir.display().to_string(),
+                    type_: Some("Directory".into()),
+                }),
+                ..Default::default()
+            },
+        };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            keep_runs,
-            backup_dir,
+            keep_runs: config.keep_runs,
+            backup_dir: config.backup_dir.clone(),
+            restore_image: config.restore_image.clone(),
+            restore_command: config.restore_command.clone(),
+            backup_volume,
         }
     }
 }

@@ -30,7 +30,7 @@ use crate::api::disaster_recovery::{
 use crate::api::{Backup, DisasterRecovery};
 use crate::controller::conditions::{Conditions, FALSE, TRUE, UNKNOWN};
 use crate::controller::{Context, Error, MANAGER};
-use crate::job::{LABEL_RECOVERY, LABEL_RUN, build_job};
+use crate::job::{LABEL_RECOVERY, LABEL_RUN, RestoreSetup, build_job};
 use crate::plan::{Plan, RunState, StepKind, parse_duration};
 
 /// Changing this annotation's value starts a new run.
@@ -122,7 +122,18 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
         let Some(step) = spec_steps.get(attempt.name.as_str()) else {
             continue;
         };
-        let job = build_job(&dr, &run, attempt.kind, step, attempt.number);
+        let setup = match &step.restore {
+            Some(restore) => Some(restore_setup(&ctx, &ns, &restore.backup).await?),
+            None => None,
+        };
+        let job = build_job(
+            &dr,
+            &run,
+            attempt.kind,
+            step,
+            attempt.number,
+            setup.as_ref(),
+        );
         let job_name = job.name_any();
         match jobs.create(&PostParams::default(), &job).await {
             Ok(_) => {}
@@ -160,12 +171,23 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
     })
 }
 
+/// What a restore Job needs: the operator's image and the named Backup.
+async fn restore_setup(ctx: &Context, ns: &str, backup: &str) -> Result<RestoreSetup, Error> {
+    let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(RestoreSetup {
+        image: ctx.restore_image.clone(),
+        command: ctx.restore_command.clone(),
+        backup_volume: ctx.backup_volume.clone(),
+        backup: backups.get_opt(backup).await.map_err(Error::Observe)?,
+    })
+}
+
 /// The plan of a valid spec, or why the spec is invalid (naming the culprits).
 fn validate(dr: &DisasterRecovery) -> Result<Plan, String> {
     let plan = Plan::new(&dr.spec).map_err(|e| e.to_string())?;
     let template_image = dr.spec.template.as_ref().and_then(|t| t.image.as_ref());
     let without_image: Vec<&str> = all_steps(dr)
-        .filter(|(_, s)| s.image.is_none() && template_image.is_none())
+        .filter(|(_, s)| s.image.is_none() && template_image.is_none() && s.restore.is_none())
         .map(|(_, s)| s.name.as_str())
         .collect();
     if !without_image.is_empty() {
