@@ -79,29 +79,20 @@ const REDIS_AUTH_MOUNT: &str = "/var/run/titan-dr/redis-auth";
 /// Command line, volumes and mounts of a restore step's container.
 type RestoreParts = (Vec<String>, Vec<Volume>, Vec<VolumeMount>);
 
-/// The command line and volumes of a restore step: `titan-dr backup restore`,
-/// which verifies before it touches anything, then checks the restarted Redis.
-fn restore_parts(restore: &RestoreStep, setup: &RestoreSetup) -> Result<RestoreParts, String> {
+/// The command line and volumes of a restore step: `titan-dr backup restore`
+/// (or `restore-config`), which verifies before it touches anything; a Redis
+/// restore then checks the restarted Redis.
+fn restore_parts(
+    restore: &RestoreStep,
+    setup: &RestoreSetup,
+    namespace: &str,
+) -> Result<RestoreParts, String> {
     let backup = setup
         .backup
         .as_ref()
         .ok_or_else(|| format!("Backup {} does not exist", restore.backup))?;
     let key_ref = &backup.spec.encryption.secret_ref;
     let key = key_ref.key.clone().unwrap_or_else(|| "key".into());
-    let file = restore
-        .redis
-        .file
-        .clone()
-        .unwrap_or_else(|| "dump.rdb".into());
-    let wait = restore
-        .redis
-        .wait
-        .as_deref()
-        .and_then(|w| parse_duration(w).ok())
-        .unwrap_or(std::time::Duration::from_secs(60));
-    let mut data_volume: Volume = serde_json::from_value(restore.redis.data_volume.clone())
-        .map_err(|e| format!("restore.redis.dataVolume is not a volume source: {e}"))?;
-    data_volume.name = "redis-data".into();
     let mut backup_volume = setup.backup_volume.clone();
     backup_volume.name = "backups".into();
     let secret_volume = |name: &str, secret: &str| Volume {
@@ -118,33 +109,48 @@ fn restore_parts(restore: &RestoreStep, setup: &RestoreSetup) -> Result<RestoreP
         read_only: Some(read_only),
         ..Default::default()
     };
-    let mut argv = vec![
-        setup.command.clone(),
-        "backup".into(),
-        "restore".into(),
+    let snapshot = restore.snapshot.as_deref().unwrap_or("latest");
+    let common = [
         format!("--dir={BACKUPS_MOUNT}/{}", backup.spec.destination.path),
         format!("--key-file={KEY_MOUNT}/{key}"),
-        format!(
-            "--snapshot={}",
-            restore.snapshot.as_deref().unwrap_or("latest")
-        ),
-        format!("--to={REDIS_DATA_MOUNT}/{file}"),
-        format!("--check-redis={}", restore.redis.address),
-        format!("--check-timeout={}", wait.as_secs().max(1)),
+        format!("--snapshot={snapshot}"),
     ];
-    if let Some(command) = &restore.redis.restart_command {
-        argv.push(format!("--then={command}"));
-    }
-    let mut volumes = vec![
-        backup_volume,
-        secret_volume("key", &key_ref.name),
-        data_volume,
-    ];
+    let mut volumes = vec![backup_volume, secret_volume("key", &key_ref.name)];
     let mut mounts = vec![
         mount("backups", BACKUPS_MOUNT, true),
         mount("key", KEY_MOUNT, true),
-        mount("redis-data", REDIS_DATA_MOUNT, false),
     ];
+    let Some(redis) = &restore.redis else {
+        let mut argv = vec![
+            setup.command.clone(),
+            "backup".into(),
+            "restore-config".into(),
+        ];
+        argv.extend(common);
+        argv.push(format!("--namespace={namespace}"));
+        return Ok((argv, volumes, mounts));
+    };
+    let file = redis.file.clone().unwrap_or_else(|| "dump.rdb".into());
+    let wait = redis
+        .wait
+        .as_deref()
+        .and_then(|w| parse_duration(w).ok())
+        .unwrap_or(std::time::Duration::from_secs(60));
+    let mut data_volume: Volume = serde_json::from_value(redis.data_volume.clone())
+        .map_err(|e| format!("restore.redis.dataVolume is not a volume source: {e}"))?;
+    data_volume.name = "redis-data".into();
+    let mut argv = vec![setup.command.clone(), "backup".into(), "restore".into()];
+    argv.extend(common);
+    argv.extend([
+        format!("--to={REDIS_DATA_MOUNT}/{file}"),
+        format!("--check-redis={}", redis.address),
+        format!("--check-timeout={}", wait.as_secs().max(1)),
+    ]);
+    if let Some(command) = &redis.restart_command {
+        argv.push(format!("--then={command}"));
+    }
+    volumes.push(data_volume);
+    mounts.push(mount("redis-data", REDIS_DATA_MOUNT, false));
     let auth = backup
         .spec
         .source
@@ -186,19 +192,21 @@ pub fn build_job(
     let argv = match (&step.command, &step.args, &step.restore, restore) {
         (Some(command), _, _, _) => vec!["/bin/sh".to_string(), "-c".to_string(), command.clone()],
         (None, Some(args), _, _) => args.clone(),
-        (None, None, Some(spec), Some(setup)) => match restore_parts(spec, setup) {
-            Ok((argv, v, m)) => {
-                image = setup.image.clone();
-                (volumes, mounts) = (v, m);
-                argv
+        (None, None, Some(spec), Some(setup)) => {
+            match restore_parts(spec, setup, &dr.namespace().unwrap_or_default()) {
+                Ok((argv, v, m)) => {
+                    image = setup.image.clone();
+                    (volumes, mounts) = (v, m);
+                    argv
+                }
+                // Reported by the step itself, so the failure shows in its status.
+                Err(problem) => vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    format!("echo {problem:?} >&2; exit 1"),
+                ],
             }
-            // Reported by the step itself, so the failure shows in its status.
-            Err(problem) => vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                format!("echo {problem:?} >&2; exit 1"),
-            ],
-        },
+        }
         _ => Vec::new(),
     };
     let mut command = vec![

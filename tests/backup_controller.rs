@@ -205,7 +205,11 @@ async fn configuration_snapshots_and_rpo_of_a_recovery() {
     let backup_dir_arg = backups_dir.path().display().to_string();
     let store_dir = backups_dir.path().join("config");
     support::with_namespace(|client, ns| async move {
-        let _operator = support::Operator::start_with(&ns, &["--backup-dir", &backup_dir_arg]);
+        let restore_command = env!("CARGO_BIN_EXE_titan-dr");
+        let _operator = support::Operator::start_with(
+            &ns,
+            &["--backup-dir", &backup_dir_arg, "--restore-command", restore_command],
+        );
         create_key_secret(&client, &ns, &key).await;
         let labels = BTreeMap::from([("app".to_string(), "titan".to_string())]);
         for name in ["brain-config", "shared-config"] {
@@ -237,8 +241,30 @@ async fn configuration_snapshots_and_rpo_of_a_recovery() {
         let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["configmaps/brain-config.yaml", "configmaps/shared-config.yaml"]);
 
-        // RPO: the newest snapshot's age at run start against the objective.
+        // A lost and a corrupted ConfigMap come back from the snapshot by server-side apply.
+        let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        maps.delete("brain-config", &Default::default()).await.unwrap();
+        let corrupt = serde_json::json!({"data": {"config.json": "garbage"}});
+        maps.patch("shared-config", &PatchParams::default(), &Patch::Merge(&corrupt)).await.unwrap();
         let drs: Api<DisasterRecovery> = Api::namespaced(client.clone(), &ns);
+        let restore: DisasterRecovery = serde_yaml::from_str(
+            "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {name: configuration-corruption}\nspec:\n  scenario: configuration-corruption\n  steps: [{name: restore-config, restore: {backup: config, configuration: {}}}]\n",
+        )
+        .unwrap();
+        drs.create(&PostParams::default(), &restore).await.unwrap();
+        let done = support::wait_for(&drs, "configuration-corruption", "the restore", LIMIT, |d: Option<&DisasterRecovery>| {
+            let phase = d.and_then(|d| d.status.as_ref()).and_then(|s| s.phase);
+            matches!(phase, Some(titan_dr::api::disaster_recovery::RunPhase::Succeeded | titan_dr::api::disaster_recovery::RunPhase::Failed))
+        })
+        .await;
+        let step = &done.status.unwrap().steps[0];
+        assert_eq!(step.phase, titan_dr::api::disaster_recovery::StepPhase::Succeeded, "{step:#?}");
+        for name in ["brain-config", "shared-config"] {
+            let map = maps.get(name).await.unwrap();
+            assert_eq!(map.data.unwrap()["config.json"], format!("{{\"service\": \"{name}\"}}"));
+        }
+
+        // RPO: the newest snapshot's age at run start against the objective.
         for (name, rpo, expected) in [("within", "5m", "True"), ("missed", "1s", "False")] {
             tokio::time::sleep(Duration::from_millis(1100)).await;
             let dr: DisasterRecovery = serde_yaml::from_str(&format!(

@@ -212,6 +212,7 @@ impl Step {
 /// touched, then puts it in place and checks the result.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.redis) != has(self.configuration)").message("set exactly one of redis or configuration"))]
 pub struct RestoreStep {
     /// Name of the Backup (in this namespace) whose snapshot is restored.
     #[schemars(length(min = 1, max = 253))]
@@ -221,8 +222,17 @@ pub struct RestoreStep {
     #[schemars(regex(pattern = r"^(latest|[0-9]{8}T[0-9]{6}Z)$"))]
     pub snapshot: Option<String>,
     /// Where a Redis snapshot goes and how the restored Redis is checked.
-    pub redis: RedisRestore,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisRestore>,
+    /// Restore a configuration snapshot: its ConfigMaps and Secrets are server-side
+    /// applied to this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configuration: Option<ConfigurationRestore>,
 }
+
+/// Restoring configuration objects; the Job's service account needs to apply them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct ConfigurationRestore {}
 
 /// The Redis a snapshot is restored to.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

@@ -74,6 +74,19 @@ enum BackupSubcommand {
         check_timeout: u64,
     },
     /// Take a snapshot of a Redis server over the replication protocol.
+    /// Restores a configuration snapshot: verifies it, then server-side applies its
+    /// ConfigMaps and Secrets to a namespace (credentials from the kubeconfig or the
+    /// pod's service account).
+    RestoreConfig {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        key_file: PathBuf,
+        #[arg(long, default_value = "latest")]
+        snapshot: String,
+        #[arg(long)]
+        namespace: String,
+    },
     Snapshot {
         /// `host:port` of the Redis server.
         #[arg(long)]
@@ -171,6 +184,36 @@ pub fn run(command: BackupCommand) -> anyhow::Result<()> {
                     placed,
                     Duration::from_secs(check_timeout),
                 )?;
+            }
+            Ok(())
+        }
+        BackupSubcommand::RestoreConfig {
+            dir,
+            key_file,
+            snapshot,
+            namespace,
+        } => {
+            let store = existing_store(&dir)?;
+            let key = BackupKey::from_file(&key_file)?;
+            let id = store.resolve(&snapshot)?;
+            let archive = std::env::temp_dir()
+                .join(format!("titan-dr-restore-{}-{id}.tar", std::process::id()));
+            let manifest = store
+                .restore(&id, &key, &archive)
+                .context("refusing to restore; nothing was applied")?;
+            let entries = fs::File::open(&archive).and_then(super::config_archive::read);
+            let _ = fs::remove_file(&archive);
+            if manifest.kind != super::manifest::SnapshotKind::Configuration {
+                bail!("snapshot {id} is not a configuration snapshot; nothing was applied");
+            }
+            let handle = tokio::runtime::Handle::current();
+            let applied = handle.block_on(super::config_archive::apply(entries?, &namespace))?;
+            println!(
+                "restored snapshot {id}: applied {} objects to namespace {namespace}",
+                applied.len()
+            );
+            for path in applied {
+                println!("  {path}");
             }
             Ok(())
         }

@@ -98,6 +98,37 @@ pub fn read(source: impl Read) -> std::io::Result<Vec<ArchivedObject>> {
     Ok(out)
 }
 
+/// Server-side applies every archived object to `namespace`; returns their paths.
+pub async fn apply(entries: Vec<ArchivedObject>, namespace: &str) -> anyhow::Result<Vec<String>> {
+    use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+    let client = kube::Client::try_default().await?;
+    let params = PatchParams::apply(crate::controller::MANAGER).force();
+    let mut applied = Vec::new();
+    for entry in entries {
+        let mut object: DynamicObject = serde_yaml::from_str(&entry.yaml)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", entry.path))?;
+        let kind = object
+            .types
+            .as_ref()
+            .map(|t| t.kind.clone())
+            .unwrap_or_default();
+        if kind != "ConfigMap" && kind != "Secret" {
+            anyhow::bail!(
+                "{}: only ConfigMaps and Secrets are restored, not {kind:?}",
+                entry.path
+            );
+        }
+        object.metadata.namespace = Some(namespace.to_string());
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("", "v1", &kind));
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+        api.patch(&object.name_any(), &params, &Patch::Apply(&object))
+            .await
+            .map_err(|e| anyhow::anyhow!("applying {}: {e}", entry.path))?;
+        applied.push(entry.path);
+    }
+    Ok(applied)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
