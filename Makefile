@@ -22,9 +22,10 @@ unit:
 build:
 	$(CARGO) build --bins
 
-## Regenerate the committed CRDs from the Rust types.
+## Regenerate the committed CRDs from the Rust types, and their copies in manifests/ and charts/.
 crds:
 	$(CARGO) run --quiet --bin titan-dr -- crds > crds/crds.yaml
+	scripts/sync-deploy.sh
 
 control-plane:
 	scripts/build-control-plane.sh
