@@ -66,16 +66,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("titan-dr operator started");
 
     let ctx = Arc::new(Context::new(client.clone(), &config));
-    let (recoveries, jobs): (Api<DisasterRecovery>, Api<Job>) = match &config.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
+    let (recoveries, jobs): (Api<DisasterRecovery>, Api<Job>) =
+        match config.namespace.as_deref().filter(|ns| !ns.is_empty()) {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
     // Only the Jobs this operator made are watched (and cached).
     let owned_jobs = watcher::Config::default().labels(LABEL_RECOVERY);
-    let backups: Api<Backup> = match &config.namespace {
+    let backups: Api<Backup> = match config.namespace.as_deref().filter(|ns| !ns.is_empty()) {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };

@@ -324,9 +324,19 @@ fn the_deployment_runs_the_operator_with_its_flags_as_a_restricted_pod() {
         .collect();
     let flags = operator_flags();
     assert!(flags.contains_key("TITAN_WATCH_NAMESPACE"));
+    // Set on purpose to other values than their defaults: the claim mounted at /backups,
+    // and the binary's path in the image.
+    let deliberate = BTreeMap::from([
+        ("TITAN_BACKUP_VOLUME_CLAIM", "titan-dr-backups"),
+        ("TITAN_RESTORE_COMMAND", "/usr/local/bin/titan-dr"),
+    ]);
     for (name, default) in &flags {
         if name == "TITAN_WATCH_NAMESPACE" {
             assert!(!env.contains_key(name.as_str()), "{name} is left unset");
+            continue;
+        }
+        if let Some(value) = deliberate.get(name.as_str()) {
+            assert_eq!(env[name.as_str()].value.as_deref(), Some(*value), "{name}");
             continue;
         }
         let set = env
