@@ -479,3 +479,78 @@ fn render_prints_a_runbook_that_imports_back() {
         titan_dr::runbook::import(&markdown, None).expect("the rendered runbook imports");
     assert_eq!(imported.spec.steps.len(), 7);
 }
+
+/// `titan-dr run` on the Titan example itself (with its own folder and ports):
+/// a real redis-server and the services' health endpoints come up, every
+/// validation passes, and the report has its SVG timeline.
+#[test]
+fn the_titan_example_recovers_locally_with_a_report_and_timeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let home = dir.path().join("titan");
+    let env = [
+        ("TITAN_HOME", home.display().to_string()),
+        ("TITAN_REDIS_PORT", free().to_string()),
+        ("TITAN_HTTP_PORT", free().saturating_sub(10).to_string()),
+    ];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("examples/titan/recovery.yaml")).unwrap();
+    let mut dr: DisasterRecovery = serde_yaml::from_str(&example).unwrap();
+    dr.spec.template.as_mut().unwrap().env = env
+        .iter()
+        .map(|(name, value)| k8s_openapi::api::core::v1::EnvVar {
+            name: name.to_string(),
+            value: Some(value.clone()),
+            ..Default::default()
+        })
+        .collect();
+    let file = dir.path().join("recovery.yaml");
+    std::fs::write(&file, serde_yaml::to_string(&dr).unwrap()).unwrap();
+    let report = dir.path().join("report.md");
+    let output = bin()
+        .arg("run")
+        .arg(&file)
+        .arg("--report")
+        .arg(&report)
+        .current_dir(root)
+        .output()
+        .unwrap();
+    let stop = Command::new("bash")
+        .arg(root.join("examples/titan/scripts/stop-all.sh"))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .status();
+    assert!(stop.is_ok_and(|s| s.success()));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    let report_text = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        report_text.contains("| Outcome | **Succeeded** |"),
+        "{report_text}"
+    );
+    for validation in [
+        "processes-online",
+        "redis-connectivity",
+        "websocket-connections",
+        "trading-status",
+    ] {
+        assert!(
+            report_text.contains(&format!("- **Passed** `{validation}`")),
+            "{report_text}"
+        );
+    }
+    let svg = std::fs::read_to_string(dir.path().join("report.svg")).unwrap();
+    let bars = svg.matches(r#"<rect class="attempt""#).count();
+    assert_eq!(bars, 15, "one bar per step and validation attempt:\n{svg}");
+}
