@@ -13,6 +13,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use redis_server::RedisServer;
 use titan_dr::api::backup::BackupStatus;
+use titan_dr::api::disaster_recovery::{RunPhase, StepPhase};
 use titan_dr::api::{Backup, DisasterRecovery};
 use titan_dr::backup::{BackupKey, Store};
 
@@ -63,6 +64,16 @@ fn attempt_time(b: Option<&Backup>) -> Option<String> {
         .last_schedule_time
         .as_ref()
         .map(|t| t.0.to_string())
+}
+
+/// Run `run` of a DisasterRecovery has ended, either way.
+fn run_ended(run: &'static str) -> impl Fn(Option<&DisasterRecovery>) -> bool {
+    move |d| {
+        d.and_then(|d| d.status.as_ref()).is_some_and(|s| {
+            s.run_id.as_deref() == Some(run)
+                && matches!(s.phase, Some(RunPhase::Succeeded | RunPhase::Failed))
+        })
+    }
 }
 
 fn partial_present(dir: &std::path::Path) -> bool {
@@ -252,13 +263,9 @@ async fn configuration_snapshots_and_rpo_of_a_recovery() {
         )
         .unwrap();
         drs.create(&PostParams::default(), &restore).await.unwrap();
-        let done = support::wait_for(&drs, "configuration-corruption", "the restore", LIMIT, |d: Option<&DisasterRecovery>| {
-            let phase = d.and_then(|d| d.status.as_ref()).and_then(|s| s.phase);
-            matches!(phase, Some(titan_dr::api::disaster_recovery::RunPhase::Succeeded | titan_dr::api::disaster_recovery::RunPhase::Failed))
-        })
-        .await;
+        let done = support::wait_for(&drs, "configuration-corruption", "the restore", LIMIT, run_ended("1")).await;
         let step = &done.status.unwrap().steps[0];
-        assert_eq!(step.phase, titan_dr::api::disaster_recovery::StepPhase::Succeeded, "{step:#?}");
+        assert_eq!(step.phase, StepPhase::Succeeded, "{step:#?}");
         for name in ["brain-config", "shared-config"] {
             let map = maps.get(name).await.unwrap();
             assert_eq!(map.data.unwrap()["config.json"], format!("{{\"service\": \"{name}\"}}"));
@@ -388,32 +395,11 @@ spec:
         .unwrap();
         let drs: Api<DisasterRecovery> = Api::namespaced(client.clone(), &ns);
         drs.create(&PostParams::default(), &dr).await.unwrap();
-        let done = support::wait_for(
-            &drs,
-            "database-corruption",
-            "run 1",
-            LIMIT,
-            |d: Option<&DisasterRecovery>| {
-                d.and_then(|d| d.status.as_ref()).is_some_and(|s| {
-                    s.run_id.as_deref() == Some("1")
-                        && matches!(
-                            s.phase,
-                            Some(
-                                titan_dr::api::disaster_recovery::RunPhase::Succeeded
-                                    | titan_dr::api::disaster_recovery::RunPhase::Failed
-                            )
-                        )
-                })
-            },
-        )
-        .await;
+        let done =
+            support::wait_for(&drs, "database-corruption", "run 1", LIMIT, run_ended("1")).await;
         let status = done.status.unwrap();
         let step = &status.steps[0];
-        assert_eq!(
-            step.phase,
-            titan_dr::api::disaster_recovery::StepPhase::Succeeded,
-            "{step:#?}"
-        );
+        assert_eq!(step.phase, StepPhase::Succeeded, "{step:#?}");
         assert!(
             step.output
                 .as_deref()
@@ -464,32 +450,11 @@ spec:
         )
         .await
         .unwrap();
-        let done = support::wait_for(
-            &drs,
-            "database-corruption",
-            "run 2",
-            LIMIT,
-            |d: Option<&DisasterRecovery>| {
-                d.and_then(|d| d.status.as_ref()).is_some_and(|s| {
-                    s.run_id.as_deref() == Some("2")
-                        && matches!(
-                            s.phase,
-                            Some(
-                                titan_dr::api::disaster_recovery::RunPhase::Succeeded
-                                    | titan_dr::api::disaster_recovery::RunPhase::Failed
-                            )
-                        )
-                })
-            },
-        )
-        .await;
+        let done =
+            support::wait_for(&drs, "database-corruption", "run 2", LIMIT, run_ended("2")).await;
         let status = done.status.unwrap();
         let step = &status.steps[0];
-        assert_eq!(
-            step.phase,
-            titan_dr::api::disaster_recovery::StepPhase::Failed,
-            "{step:#?}"
-        );
+        assert_eq!(step.phase, StepPhase::Failed, "{step:#?}");
         let output = step.output.clone().unwrap_or_default();
         assert!(
             output.contains(&manifest.id),

@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
@@ -96,9 +96,8 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action,
     let outcome = take_snapshot(&ctx, &backup).await;
     let mut status = match outcome {
         Ok(id) => {
-            publish(
-                &ctx,
-                &backup,
+            ctx.publish(
+                backup.object_ref(&()),
                 EventType::Normal,
                 "SnapshotTaken",
                 &format!("snapshot {id} stored"),
@@ -107,9 +106,8 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action,
             succeeded_status(&ctx, &backup, &previous)?
         }
         Err(failure) => {
-            publish(
-                &ctx,
-                &backup,
+            ctx.publish(
+                backup.object_ref(&()),
                 EventType::Warning,
                 failure.reason,
                 &failure.message,
@@ -331,20 +329,8 @@ async fn write_status(
     Ok(())
 }
 
-async fn publish(ctx: &Context, backup: &Backup, type_: EventType, reason: &str, note: &str) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Backup".into(),
-        secondary: None,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, &backup.object_ref(&())).await {
-        tracing::warn!(%error, "publishing an event failed");
-    }
-}
-
-pub fn error_policy(backup: Arc<Backup>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(backup: Arc<Backup>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.report_failure(backup.object_ref(&()), error);
     tracing::warn!(backup = %backup.name_any(), category = error.category(), %error, "reconcile failed");
     Action::requeue(Duration::from_secs(10))
 }

@@ -9,7 +9,10 @@ use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::{HostPathVolumeSource, PersistentVolumeClaimVolumeSource, Volume};
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 /// The field manager of every write the operator makes.
 pub const MANAGER: &str = "titan-dr-operator";
@@ -61,6 +64,38 @@ impl Context {
             restore_command: config.restore_command.clone(),
             backup_volume,
         }
+    }
+}
+
+impl Context {
+    /// Publishes an Event about `object`; a failure to publish is only logged.
+    pub async fn publish(
+        &self,
+        object: ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &object).await {
+            tracing::warn!(%error, "publishing an event failed");
+        }
+    }
+
+    /// Reports a failed reconcile as a Warning Event whose reason is the error's category.
+    pub fn report_failure(self: Arc<Self>, object: ObjectReference, error: &Error) {
+        let note = error.to_string();
+        let reason = error.category();
+        tokio::spawn(async move {
+            self.publish(object, EventType::Warning, reason, &note)
+                .await
+        });
     }
 }
 

@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
@@ -53,7 +53,13 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
             let status = invalid_status(&dr, &previous, &message);
             write_status(&drs, &name, &previous, &status).await?;
             if status != previous {
-                publish(&ctx, &dr, EventType::Warning, "InvalidSpec", &message).await;
+                ctx.publish(
+                    dr.object_ref(&()),
+                    EventType::Warning,
+                    "InvalidSpec",
+                    &message,
+                )
+                .await;
             }
             return Ok(Action::await_change());
         }
@@ -80,9 +86,8 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
         // The run is recorded before any of its Jobs exists, so a crash here
         // at worst starts the same run again.
         write_status(&drs, &name, &previous, &base).await?;
-        publish(
-            &ctx,
-            &dr,
+        ctx.publish(
+            dr.object_ref(&()),
             EventType::Normal,
             "RunStarted",
             &format!("run {run} started"),
@@ -427,14 +432,13 @@ async fn announce_transitions(
             Some(message) => format!("{} (attempt {}): {message}", step.name, step.attempts),
             None => format!("{} (attempt {})", step.name, step.attempts),
         };
-        publish(ctx, dr, kind, reason, &note).await;
+        ctx.publish(dr.object_ref(&()), kind, reason, &note).await;
     }
     if before.phase != after.phase {
         match after.phase {
             Some(RunPhase::Succeeded) => {
-                publish(
-                    ctx,
-                    dr,
+                ctx.publish(
+                    dr.object_ref(&()),
                     EventType::Normal,
                     "RecoverySucceeded",
                     "the run succeeded",
@@ -442,9 +446,8 @@ async fn announce_transitions(
                 .await
             }
             Some(RunPhase::Failed) => {
-                publish(
-                    ctx,
-                    dr,
+                ctx.publish(
+                    dr.object_ref(&()),
                     EventType::Warning,
                     "RecoveryFailed",
                     "the run failed",
@@ -456,21 +459,9 @@ async fn announce_transitions(
     }
 }
 
-async fn publish(ctx: &Context, dr: &DisasterRecovery, type_: EventType, reason: &str, note: &str) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, &dr.object_ref(&())).await {
-        tracing::warn!(%error, "publishing an event failed");
-    }
-}
-
 /// Invalid input waits for a change; anything else is retried soon.
-pub fn error_policy(dr: Arc<DisasterRecovery>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(dr: Arc<DisasterRecovery>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.report_failure(dr.object_ref(&()), error);
     tracing::warn!(dr = %dr.name_any(), category = error.category(), %error, "reconcile failed");
     Action::requeue(Duration::from_secs(5))
 }
