@@ -9,7 +9,7 @@ demo: build
 
 ## Every test: formatting, lints, unit and integration tests (starts the control plane when none runs).
 test: lint
-	scripts/with-cluster.sh $(CARGO) test --all-targets
+	scripts/with-cluster.sh $(CARGO) test
 
 lint:
 	$(CARGO) fmt --check

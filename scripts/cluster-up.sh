@@ -33,12 +33,12 @@ if answers && [ -f "$CLUSTER_DIR/node-agent.pid" ] && kill -0 "$(cat "$CLUSTER_D
   exit 0
 fi
 "$root/scripts/cluster-down.sh" >/dev/null 2>&1 || true
-start=$SECONDS
 # A half-started control plane is stopped, not left behind.
 trap '[ $? -eq 0 ] || "$root/scripts/cluster-down.sh" >/dev/null 2>&1' EXIT
 
 echo "building the node agent" >&2
 (cd "$root" && cargo build --quiet --bin titan-local-node)
+start=$SECONDS
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

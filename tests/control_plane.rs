@@ -125,7 +125,17 @@ async fn crds_accept_a_valid_recovery_and_reject_invalid_ones_naming_the_field()
         );
         let error = create_dr(&client, &ns, "both", &both).await.unwrap_err();
         assert!(
-            error.contains("spec.steps[1]") && error.contains("exactly one of command or args"),
+            error.contains("spec.steps[1]") && error.contains("exactly one of command, args or restore"),
+            "{error}"
+        );
+
+        let two_targets = VALID_DR.replace(
+            "args: [echo, brain]",
+            "restore: {backup: redis, configuration: {}, redis: {dataVolume: {emptyDir: {}}, address: 'r:6379'}}",
+        );
+        let error = create_dr(&client, &ns, "two-targets", &two_targets).await.unwrap_err();
+        assert!(
+            error.contains("spec.steps[1].restore") && error.contains("exactly one of redis or configuration"),
             "{error}"
         );
 
