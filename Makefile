@@ -1,5 +1,5 @@
 # titan-dr: every entry point of the project.
-.PHONY: test lint unit integration crds crds-check control-plane cluster-up cluster-down demo bench build
+.PHONY: test lint unit crds control-plane cluster-up cluster-down demo bench build
 
 CARGO ?= cargo
 
