@@ -14,3 +14,4 @@ pub mod plan;
 pub mod process;
 pub mod redis;
 pub mod runbook;
+pub mod telemetry;

@@ -14,8 +14,9 @@ use kube::runtime::controller::{self, Controller};
 use kube::runtime::watcher;
 
 use crate::api::{Backup, DisasterRecovery};
-use crate::controller::{Context, backup, disaster_recovery};
+use crate::controller::{Context, backup, disaster_recovery, measured};
 use crate::job::LABEL_RECOVERY;
+use crate::telemetry;
 
 /// Operator settings; every flag can also be set from the environment.
 #[derive(clap::Args, Debug, Clone)]
@@ -40,6 +41,9 @@ pub struct Config {
     /// The `titan-dr` command in that image.
     #[arg(long, env = "TITAN_RESTORE_COMMAND", default_value = "titan-dr")]
     pub restore_command: String,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "TITAN_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: std::net::SocketAddr,
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "TITAN_WATCH_NAMESPACE")]
     pub namespace: Option<String>,
@@ -60,12 +64,18 @@ pub fn init_tracing() {
 /// Runs the controllers until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
+    let ctx = Arc::new(Context::new(client.clone(), &config));
+    // Up before the CRDs are: /healthz answers while /readyz waits.
+    let listener = tokio::net::TcpListener::bind(config.metrics_addr).await?;
+    tokio::spawn(telemetry::serve(listener, ctx.metrics.clone()));
     let version = client.apiserver_version().await?;
     tracing::info!(version = %version.git_version, "connected to the API server");
     wait_for_crds(&client, Duration::from_secs(config.crd_wait_seconds)).await?;
+    ctx.metrics
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!("titan-dr operator started");
 
-    let ctx = Arc::new(Context::new(client.clone(), &config));
     let (recoveries, jobs): (Api<DisasterRecovery>, Api<Job>) =
         match config.namespace.as_deref().filter(|ns| !ns.is_empty()) {
             Some(ns) => (
@@ -85,7 +95,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .shutdown_on_signal()
         .run(
-            disaster_recovery::reconcile,
+            |dr, ctx| measured("disaster_recovery", dr, ctx, disaster_recovery::reconcile),
             disaster_recovery::error_policy,
             ctx.clone(),
         )
@@ -93,7 +103,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let backup_controller = Controller::new(backups, watcher::Config::default())
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .shutdown_on_signal()
-        .run(backup::reconcile, backup::error_policy, ctx)
+        .run(
+            |b, ctx| measured("backup", b, ctx, backup::reconcile),
+            backup::error_policy,
+            ctx,
+        )
         .for_each(log_result);
     futures::join!(recovery_controller, backup_controller);
     tracing::info!("titan-dr operator stopped");

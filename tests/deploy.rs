@@ -924,7 +924,13 @@ async fn the_operator_works_as_its_service_account() {
             let log = std::fs::File::create(&log_path).unwrap();
             let _operator = OperatorProcess(
                 Command::new(env!("CARGO_BIN_EXE_titan-dr"))
-                    .args(["operator", "--namespace", &ns])
+                    .args([
+                        "operator",
+                        "--namespace",
+                        &ns,
+                        "--metrics-addr",
+                        "127.0.0.1:0",
+                    ])
                     .env("KUBECONFIG", &kubeconfig)
                     // One run of history, so the second run prunes the first's Jobs.
                     .env("TITAN_KEEP_RUNS", "1")

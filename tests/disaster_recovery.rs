@@ -259,7 +259,9 @@ async fn the_titan_example_recovers_in_dependency_order() {
 #[tokio::test]
 async fn a_failing_non_critical_step_degrades_but_the_run_succeeds() {
     support::with_namespace(|client, ns| async move {
-        let _operator = support::Operator::start(&ns);
+        let metrics_port = support::free_port();
+        let metrics_addr = format!("127.0.0.1:{metrics_port}");
+        let _operator = support::Operator::start_with(&ns, &["--metrics-addr", &metrics_addr]);
         let dr = scenario(
             "non-critical",
             "    - {name: first, command: 'echo one'}\n    - {name: flaky, command: 'echo broken; exit 4', critical: false}\n    - {name: last, command: 'echo three'}",
@@ -276,6 +278,18 @@ async fn a_failing_non_critical_step_degrades_but_the_run_succeeds() {
         assert_eq!(flaky.output.as_deref(), Some("broken"));
         assert_eq!(step(&status.steps, "last").phase, StepPhase::Succeeded);
         assert_eq!(step(&status.rollback, "undo").phase, StepPhase::Pending);
+
+        // Seen from outside: the operator is ready and has counted its reconciles.
+        let (ready, _) = support::http_get(metrics_port, "/readyz").await;
+        assert!(ready.contains("200"), "{ready}");
+        let (_, metrics) = support::http_get(metrics_port, "/metrics").await;
+        let reconciles = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"titan_dr_reconciles_total{controller="disaster_recovery"} "#))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no reconcile count in:\n{metrics}"));
+        assert!(reconciles >= 4, "one reconcile per step at least: {reconciles}");
+        assert!(metrics.contains("titan_dr_reconcile_duration_seconds_bucket"), "{metrics}");
     })
     .await;
 }

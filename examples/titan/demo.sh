@@ -13,7 +13,7 @@ kubectl -n "$ns" delete disasterrecovery --all --wait=true >/dev/null
 bash examples/titan/scripts/stop-all.sh >/dev/null
 
 echo "starting the operator (log: $log)"
-"$root/target/debug/titan-dr" operator --namespace "$ns" >"$log" 2>&1 &
+"$root/target/debug/titan-dr" operator --namespace "$ns" --metrics-addr 127.0.0.1:0 >"$log" 2>&1 &
 operator=$!
 cleanup() {
   kill "$operator" 2>/dev/null || true

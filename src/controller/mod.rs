@@ -9,10 +9,15 @@ use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::{HostPathVolumeSource, PersistentVolumeClaimVolumeSource, Volume};
 use kube::Client;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+
+use crate::telemetry::Metrics;
 
 /// The field manager of every write the operator makes.
 pub const MANAGER: &str = "titan-dr-operator";
@@ -30,6 +35,7 @@ pub struct Context {
     pub restore_command: String,
     /// The backup volume as restore Jobs mount it.
     pub backup_volume: Volume,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Context {
@@ -63,8 +69,27 @@ impl Context {
             restore_image: config.restore_image.clone(),
             restore_command: config.restore_command.clone(),
             backup_volume,
+            metrics: Arc::default(),
         }
     }
+}
+
+/// Runs one reconcile and records it in the metrics, labelled `controller`.
+pub async fn measured<K, Fut>(
+    controller: &'static str,
+    object: Arc<K>,
+    ctx: Arc<Context>,
+    reconcile: impl FnOnce(Arc<K>, Arc<Context>) -> Fut,
+) -> Result<Action, Error>
+where
+    Fut: Future<Output = Result<Action, Error>>,
+{
+    let started = Instant::now();
+    let result = reconcile(object, ctx.clone()).await;
+    let failure = result.as_ref().err().map(Error::category);
+    ctx.metrics
+        .reconciled(controller, started.elapsed(), failure);
+    result
 }
 
 impl Context {

@@ -129,6 +129,11 @@ impl Operator {
 
     /// With extra command-line arguments, e.g. `--backup-dir`.
     pub fn start_with(namespace: &str, extra: &[&str]) -> Operator {
+        // Tests run operators side by side: each gets its own metrics port.
+        let mut extra = extra.to_vec();
+        if !extra.contains(&"--metrics-addr") {
+            extra.extend(["--metrics-addr", "127.0.0.1:0"]);
+        }
         let log =
             std::fs::File::create(root().join(format!("target/operator-{namespace}.log"))).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_titan-dr"))
@@ -167,4 +172,21 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A plain HTTP/1.0 GET on loopback: the status line and the body.
+pub async fn http_get(port: u16, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connecting");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
 }
