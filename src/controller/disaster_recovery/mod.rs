@@ -167,7 +167,7 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
         );
     }
 
-    let status = run_status(&ctx, &dr, base, &plan, &decision, &observed).await?;
+    let status = run_status(&ctx, &dr, base, &decision, &observed).await?;
     announce_transitions(&ctx, &dr, &previous, &status).await;
     write_status(&drs, &name, &previous, &status).await?;
     Ok(match decision.outcome {
@@ -238,11 +238,9 @@ async fn run_status(
     ctx: &Context,
     dr: &DisasterRecovery,
     base: DisasterRecoveryStatus,
-    plan: &Plan,
     decision: &crate::plan::Decision,
     observed: &BTreeMap<String, StepStatus>,
 ) -> Result<DisasterRecoveryStatus, Error> {
-    let _ = plan;
     let skipped: BTreeSet<&str> = decision.skip.iter().map(String::as_str).collect();
     let spec = &dr.spec;
     let steps = status::list_status(&spec.steps, observed, &skipped);
