@@ -412,16 +412,7 @@ impl Agent {
                 .and_then(|s| s.data)
                 .and_then(|d| d.get(&key.key).cloned())
                 .map(|b| String::from_utf8_lossy(&b.0).into_owned());
-            return match value {
-                Some(v) => Ok(v),
-                None if key.optional == Some(true) => Ok(String::new()),
-                None => Err(anyhow!(
-                    "env {}: secret key {}/{} not found",
-                    var.name,
-                    key.name,
-                    key.key
-                )),
-            };
+            return referenced(var, "secret", &key.name, &key.key, key.optional, value);
         }
         if let Some(key) = &from.config_map_key_ref {
             let map = Api::<ConfigMap>::namespaced(self.client.clone(), &ns)
@@ -430,16 +421,7 @@ impl Agent {
             let value = map
                 .and_then(|m| m.data)
                 .and_then(|d| d.get(&key.key).cloned());
-            return match value {
-                Some(v) => Ok(v),
-                None if key.optional == Some(true) => Ok(String::new()),
-                None => Err(anyhow!(
-                    "env {}: configMap key {}/{} not found",
-                    var.name,
-                    key.name,
-                    key.key
-                )),
-            };
+            return referenced(var, "configMap", &key.name, &key.key, key.optional, value);
         }
         bail!("env {}: this kind of valueFrom is not supported", var.name)
     }
@@ -577,6 +559,26 @@ fn running_statuses(containers: &[Container], started: &Time) -> Vec<serde_json:
                 "started": true, "state": {"running": {"startedAt": started}}})
         })
         .collect()
+}
+
+/// The value a secret or configMap key reference resolved to: missing is an
+/// error unless the reference is optional, as for the kubelet.
+fn referenced(
+    var: &EnvVar,
+    kind: &str,
+    name: &str,
+    key: &str,
+    optional: Option<bool>,
+    value: Option<String>,
+) -> anyhow::Result<String> {
+    match value {
+        Some(v) => Ok(v),
+        None if optional == Some(true) => Ok(String::new()),
+        None => Err(anyhow!(
+            "env {}: {kind} key {name}/{key} not found",
+            var.name
+        )),
+    }
 }
 
 /// What the container wrote to its termination-message file or, when it wrote
