@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager and etcd from the pinned Go
-# modules in tests/control-plane into a cache folder keyed by version, once per
-# machine. Prints the folder. A cold build takes 10-25 minutes on 2 cores.
+# Builds the Kubernetes binaries (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubelet, kube-proxy, kubectl) from the pinned Go modules in
+# tests/control-plane into a cache folder keyed by version, once per machine.
+# Prints the folder. A cold build takes 15-25 minutes on 2 cores.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 K8S_VERSION=$(awk '$1=="k8s.io/kubernetes" {print $2; exit}' "$root/tests/control-plane/go.mod")
@@ -29,4 +30,7 @@ build etcd go.etcd.io/etcd/server/v3 "-s -w -X go.etcd.io/etcd/api/v3/version.Gi
 build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$ldflags"
 build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$ldflags"
 build kubectl k8s.io/kubernetes/cmd/kubectl "$ldflags"
+build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler "$ldflags"
+build kubelet k8s.io/kubernetes/cmd/kubelet "$ldflags"
+build kube-proxy k8s.io/kubernetes/cmd/kube-proxy "$ldflags"
 echo "$cache"
