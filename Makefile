@@ -1,13 +1,13 @@
 # titan-dr: every entry point of the project.
-.PHONY: test lint unit crds control-plane cluster-up cluster-down demo bench build
+.PHONY: test lint unit crds control-plane node images cluster-up cluster-down demo bench build
 
 CARGO ?= cargo
 
-## The main job: the demo on a local control plane.
+## The main job: the demo on the local cluster.
 demo: build
 	scripts/with-cluster.sh examples/titan/demo.sh
 
-## Every test: formatting, lints, unit and integration tests (starts the control plane when none runs).
+## Every test: formatting, lints, unit and integration tests (starts the cluster when none runs).
 test: lint
 	scripts/with-cluster.sh $(CARGO) test
 
@@ -29,6 +29,15 @@ crds:
 
 control-plane:
 	scripts/build-control-plane.sh
+
+## containerd, CNI plugins, CoreDNS, local-path-provisioner and pause, from Go modules.
+node:
+	scripts/build-node.sh
+
+## The cluster's OCI images (operator, toolbox, redis, Titan service, pause, CoreDNS, provisioner),
+## rebuilt only when their inputs change; imported into the node when it runs.
+images:
+	scripts/build-images.sh $$( [ -S target/cluster/containerd/containerd.sock ] && echo --import )
 
 cluster-up:
 	scripts/cluster-up.sh

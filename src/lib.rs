@@ -8,7 +8,6 @@ pub mod controller;
 pub mod expect;
 pub mod job;
 pub mod local;
-pub mod node_agent;
 pub mod operator;
 pub mod plan;
 pub mod process;

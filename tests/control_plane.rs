@@ -1,13 +1,17 @@
-//! The local control plane is real: the pinned Kubernetes version answers, the
-//! CRDs' validation is enforced by the API server, and the real Job controller's
-//! Pods are run by the node agent.
+//! The local cluster is real: the pinned Kubernetes version answers, the CRDs'
+//! validation is enforced by the API server, kube-scheduler places the Job
+//! controller's Pods on a kubelet that runs them from local images with containerd,
+//! Service names resolve through CoreDNS and kube-proxy, and claims are bound to
+//! volumes that local-path-provisioner makes.
 
 mod support;
 
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
+use k8s_openapi::api::core::v1::{
+    ContainerStateTerminated, Event, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service,
+};
 use kube::api::{ApiResource, DynamicObject, ListParams, PostParams};
 use kube::runtime::wait::Condition;
 use kube::{Api, Client};
@@ -148,6 +152,11 @@ async fn crds_accept_a_valid_recovery_and_reject_invalid_ones_naming_the_field()
     .await;
 }
 
+/// What Pod Security `restricted` asks of every pod of a test namespace.
+const RESTRICTED: &str = "securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}";
+const RESTRICTED_CONTAINER: &str =
+    "securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}";
+
 fn job_yaml(name: &str, script: &str, deadline: Option<u32>) -> String {
     let deadline = deadline
         .map(|s| format!("activeDeadlineSeconds: {s}"))
@@ -163,11 +172,15 @@ spec:
   template:
     spec:
       restartPolicy: Never
+      {RESTRICTED}
       containers:
         - name: main
-          image: busybox
+          image: {image}
           command: [sh, -c, {script:?}]
-"#
+          terminationMessagePolicy: FallbackToLogsOnError
+          {RESTRICTED_CONTAINER}
+"#,
+        image = support::TOOLBOX
     )
 }
 
@@ -179,15 +192,18 @@ fn job_condition(type_: &'static str) -> impl Condition<Job> {
     }
 }
 
-async fn terminated_container(client: &Client, ns: &str, job: &str) -> ContainerStateTerminated {
+async fn job_pod(client: &Client, ns: &str, job: &str) -> Pod {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let list = pods
         .list(&ListParams::default().labels(&format!("job-name={job}")))
         .await
         .unwrap();
     assert_eq!(list.items.len(), 1, "one pod for job {job}");
-    list.items[0]
-        .status
+    list.items.into_iter().next().unwrap()
+}
+
+fn terminated(pod: &Pod) -> ContainerStateTerminated {
+    pod.status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
         .and_then(|cs| cs[0].state.as_ref())
@@ -196,16 +212,55 @@ async fn terminated_container(client: &Client, ns: &str, job: &str) -> Container
 }
 
 #[tokio::test]
-async fn a_succeeding_job_completes_with_its_output_as_termination_message() {
+async fn the_node_is_a_kubelet_of_the_pinned_version_on_containerd() {
+    let client = support::client().await;
+    let nodes = Api::<Node>::all(client).list(&ListParams::default()).await.unwrap();
+    assert_eq!(nodes.items.len(), 1, "one node");
+    let node = &nodes.items[0];
+    let status = node.status.as_ref().unwrap();
+    let info = status.node_info.as_ref().unwrap();
+    assert_eq!(info.kubelet_version, pinned_kubernetes_version());
+    assert!(
+        info.container_runtime_version.starts_with("containerd://"),
+        "{}",
+        info.container_runtime_version
+    );
+    let ready = status.conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Ready");
+    assert_eq!(ready.map(|c| c.status.as_str()), Some("True"), "{ready:?}");
+    // The node-lifecycle controller lifted the kubelet's start-up taint.
+    let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+    assert!(taints.is_empty(), "{taints:?}");
+}
+
+#[tokio::test]
+async fn a_jobs_pod_is_scheduled_and_runs_from_a_local_image() {
     support::with_namespace(|client, ns| async move {
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-        support::create_yaml::<Job>(&client, &ns, &job_yaml("hello", "echo hello; exit 0", None))
+        let script = "echo hello > /dev/termination-log";
+        support::create_yaml::<Job>(&client, &ns, &job_yaml("hello", script, None))
             .await
             .unwrap();
         support::wait_for(&jobs, "hello", "Complete", LIMIT, job_condition("Complete")).await;
-        let terminated = terminated_container(&client, &ns, "hello").await;
+        let pod = job_pod(&client, &ns, "hello").await;
+        let terminated = terminated(&pod);
         assert_eq!(terminated.exit_code, 0);
-        assert_eq!(terminated.message.as_deref(), Some("hello"));
+        assert_eq!(terminated.message.as_deref(), Some("hello\n"));
+        assert_eq!(pod.spec.as_ref().unwrap().node_name.as_deref(), Some("titan-node"));
+        let status = pod.status.as_ref().unwrap();
+        let container = &status.container_statuses.as_ref().unwrap()[0];
+        assert!(container.image_id.starts_with("sha256:") || container.image_id.contains("@sha256:"),
+            "{}", container.image_id);
+        // Bound by kube-scheduler, not by anything of ours.
+        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+        let scheduled = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("Scheduled"))
+            .expect("a Scheduled event");
+        assert_eq!(scheduled.reporting_controller.as_deref(), Some("default-scheduler"));
     })
     .await;
 }
@@ -222,21 +277,18 @@ async fn a_job_whose_command_exits_3_fails_with_exit_code_3() {
         .await
         .unwrap();
         support::wait_for(&jobs, "three", "Failed", LIMIT, job_condition("Failed")).await;
-        let terminated = terminated_container(&client, &ns, "three").await;
+        let terminated = terminated(&job_pod(&client, &ns, "three").await);
         assert_eq!(terminated.exit_code, 3);
-        assert_eq!(terminated.message.as_deref(), Some("failing"));
+        assert_eq!(terminated.message.as_deref().map(str::trim), Some("failing"));
     })
     .await;
 }
 
 #[tokio::test]
-async fn a_job_past_its_deadline_fails_deadline_exceeded_and_its_process_is_gone() {
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("pid");
+async fn a_job_past_its_deadline_fails_deadline_exceeded_and_its_pod_is_gone() {
     support::with_namespace(|client, ns| async move {
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-        let script = format!("echo $$ > {}; exec sleep 300", pidfile.display());
-        support::create_yaml::<Job>(&client, &ns, &job_yaml("slow", &script, Some(2)))
+        support::create_yaml::<Job>(&client, &ns, &job_yaml("slow", "exec sleep 300", Some(2)))
             .await
             .unwrap();
         let job = support::wait_for(&jobs, "slow", "Failed", LIMIT, job_condition("Failed")).await;
@@ -249,29 +301,91 @@ async fn a_job_past_its_deadline_fails_deadline_exceeded_and_its_process_is_gone
             .find(|c| c.type_ == "Failed")
             .unwrap();
         assert_eq!(failed.reason.as_deref(), Some("DeadlineExceeded"));
-
-        let pid = std::fs::read_to_string(&pidfile)
-            .expect("the step wrote its pid")
-            .trim()
-            .to_string();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while process_running(&pid) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "process {pid} still runs after the deadline"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let running = ListParams::default().labels("job-name=slow");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = pods.list(&running).await.unwrap().items;
+            let alive = left.iter().any(|p| {
+                p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            });
+            if !alive {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the pod still runs: {left:#?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })
     .await;
 }
 
-/// A process that was killed may stay a zombie until reaped; that is not running.
-fn process_running(pid: &str) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat
-        .rsplit(')')
-        .next()
-        .and_then(|rest| rest.split_whitespace().next());
-    !matches!(state, None | Some("Z" | "X"))
+#[tokio::test]
+async fn a_service_name_resolves_and_answers_from_a_pod() {
+    support::with_namespace(|client, ns| async move {
+        let redis = format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: redis, labels: {{app: redis}}}}
+spec:
+  {RESTRICTED}
+  containers:
+    - name: redis
+      image: localhost/titan-redis:local
+      args: [--port, "6379", --save, ""]
+      {RESTRICTED_CONTAINER}
+"#
+        );
+        support::create_yaml::<Pod>(&client, &ns, &redis).await.unwrap();
+        let service = "apiVersion: v1\nkind: Service\nmetadata: {name: cache}\nspec: {selector: {app: redis}, ports: [{port: 6379}]}";
+        support::create_yaml::<Service>(&client, &ns, service).await.unwrap();
+        let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+        let script = format!(
+            "until redis-cli -h cache.{ns}.svc.cluster.local ping > /dev/termination-log; do sleep 0.5; done"
+        );
+        support::create_yaml::<Job>(&client, &ns, &job_yaml("ping", &script, Some(60)))
+            .await
+            .unwrap();
+        support::wait_for(&jobs, "ping", "Complete", LIMIT, job_condition("Complete")).await;
+        let terminated = terminated(&job_pod(&client, &ns, "ping").await);
+        assert_eq!(terminated.message.as_deref(), Some("PONG\n"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_claim_is_bound_to_a_volume_the_provisioner_made_and_keeps_its_data() {
+    support::with_namespace(|client, ns| async move {
+        let claim = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\nspec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 16Mi}}}";
+        support::create_yaml::<PersistentVolumeClaim>(&client, &ns, claim).await.unwrap();
+        let with_claim = |name: &str, script: &str| {
+            job_yaml(name, script, Some(60)).replace(
+                "      containers:\n",
+                "      volumes: [{name: data, persistentVolumeClaim: {claimName: data}}]\n      containers:\n",
+            ) + "          volumeMounts: [{name: data, mountPath: /data}]\n"
+        };
+        let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+        support::create_yaml::<Job>(&client, &ns, &with_claim("write", "echo kept > /data/file"))
+            .await
+            .unwrap();
+        support::wait_for(&jobs, "write", "Complete", LIMIT, job_condition("Complete")).await;
+        let script = "cat /data/file > /dev/termination-log";
+        support::create_yaml::<Job>(&client, &ns, &with_claim("read", script)).await.unwrap();
+        support::wait_for(&jobs, "read", "Complete", LIMIT, job_condition("Complete")).await;
+        let terminated = terminated(&job_pod(&client, &ns, "read").await);
+        assert_eq!(terminated.message.as_deref(), Some("kept\n"));
+
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let bound = claims.get("data").await.unwrap();
+        assert_eq!(bound.status.and_then(|s| s.phase).as_deref(), Some("Bound"));
+        let volume = bound.spec.and_then(|s| s.volume_name).expect("a volume name");
+        let pv = Api::<PersistentVolume>::all(client.clone()).get(&volume).await.unwrap();
+        let annotations = pv.metadata.annotations.unwrap_or_default();
+        assert_eq!(
+            annotations.get("pv.kubernetes.io/provisioned-by").map(String::as_str),
+            Some("rancher.io/local-path"),
+            "{annotations:?}"
+        );
+    })
+    .await;
 }

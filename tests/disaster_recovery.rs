@@ -1,5 +1,5 @@
-//! The DisasterRecovery controller against the real control plane: the
-//! operator binary runs scenarios as Jobs that the node agent executes.
+//! The DisasterRecovery controller on the real cluster: the operator, installed by its
+//! chart, runs scenarios as Jobs whose pods the kubelet runs from local images.
 
 mod support;
 
@@ -32,14 +32,15 @@ metadata: {{name: {name}}}
 spec:
   scenario: {name}
   objectives: {{rto: 10m}}
-  template: {{image: toolbox:1.0}}
+  template: {{image: {toolbox}}}
   steps:
 {steps}
   validations:
 {validations}
   rollback:
 {rollback}
-"#
+"#,
+        toolbox = support::TOOLBOX
     ))
 }
 
@@ -102,57 +103,43 @@ fn job_complete(job: &Job) -> bool {
     })
 }
 
-/// The Titan example with its own home folder and ports, so tests run side by side.
-struct TitanExample {
-    home: tempfile::TempDir,
-    env: Vec<(String, String)>,
+/// The Titan system of `examples/titan/kubernetes` in the test namespace, brought up, then
+/// struck by the disaster the scenario recovers from: every workload scaled to zero.
+async fn deploy_titan_and_take_it_down(ns: &str) {
+    let overlay = tempfile::tempdir().unwrap();
+    let base = support::root().join("examples/titan/kubernetes");
+    std::fs::write(
+        overlay.path().join("kustomization.yaml"),
+        format!("namespace: {ns}\nresources: [{}]\n", base.display()),
+    )
+    .unwrap();
+    let overlay_path = overlay.path().display().to_string();
+    let ns = ns.to_string();
+    tokio::task::spawn_blocking(move || {
+        let kubectl = |args: &[&str]| {
+            support::run(
+                std::process::Command::new(support::kubectl())
+                    .args(["--namespace", &ns])
+                    .args(args)
+                    .env("KUBECONFIG", support::kubeconfig()),
+            )
+        };
+        kubectl(&["apply", "--server-side", "-k", &overlay_path]);
+        let workloads = "deployments,statefulsets";
+        let part_of = "app.kubernetes.io/part-of=titan";
+        for workload in kubectl(&["get", workloads, "-l", part_of, "-o", "name"]).lines() {
+            kubectl(&["rollout", "status", workload, "--timeout=120s"]);
+        }
+        kubectl(&["scale", workloads, "-l", part_of, "--replicas=0"]);
+        kubectl(&["wait", "pods", "-l", part_of, "--for=delete", "--timeout=120s"]);
+    })
+    .await
+    .expect("deploying the Titan example");
 }
 
-impl TitanExample {
-    fn new() -> Self {
-        let home = tempfile::tempdir().unwrap();
-        let env = vec![
-            ("TITAN_HOME".to_string(), home.path().display().to_string()),
-            (
-                "TITAN_REDIS_PORT".to_string(),
-                support::free_port().to_string(),
-            ),
-            // Five consecutive ports from a free one; collisions are unlikely on loopback.
-            (
-                "TITAN_HTTP_PORT".to_string(),
-                (support::free_port().saturating_sub(10)).to_string(),
-            ),
-        ];
-        TitanExample { home, env }
-    }
-
-    fn resource(&self) -> DisasterRecovery {
-        let text =
-            std::fs::read_to_string(support::root().join("examples/titan/recovery.yaml")).unwrap();
-        let mut dr = parse(&text);
-        let template = dr.spec.template.as_mut().unwrap();
-        template.env = self
-            .env
-            .iter()
-            .map(|(name, value)| EnvVar {
-                name: name.clone(),
-                value: Some(value.clone()),
-                ..Default::default()
-            })
-            .collect();
-        dr
-    }
-}
-
-impl Drop for TitanExample {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("bash")
-            .arg(support::root().join("examples/titan/scripts/stop-all.sh"))
-            .envs(self.env.iter().cloned())
-            .env("TITAN_HOME", self.home.path())
-            .stdout(std::process::Stdio::null())
-            .status();
-    }
+fn titan_recovery() -> DisasterRecovery {
+    let path = support::root().join("examples/titan/kubernetes/recovery.yaml");
+    parse(&std::fs::read_to_string(path).unwrap())
 }
 
 /// Job events in the order the API server recorded them: (job, appeared | completed).
@@ -180,16 +167,16 @@ async fn record_job_events(
 
 #[tokio::test]
 async fn the_titan_example_recovers_in_dependency_order() {
-    let example = TitanExample::new();
     support::with_namespace(|client, ns| async move {
-        let _operator = support::Operator::start(&ns);
+        deploy_titan_and_take_it_down(&ns).await;
+        let _operator = support::Operator::install(&ns).await;
         let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let recorder = tokio::spawn(record_job_events(
             client.clone(),
             ns.clone(),
             events.clone(),
         ));
-        let api = create(&client, &ns, &example.resource()).await;
+        let api = create(&client, &ns, &titan_recovery()).await;
         let status = wait_finished(&api, "complete-system-failure").await;
         recorder.abort();
 
@@ -259,9 +246,7 @@ async fn the_titan_example_recovers_in_dependency_order() {
 #[tokio::test]
 async fn a_failing_non_critical_step_degrades_but_the_run_succeeds() {
     support::with_namespace(|client, ns| async move {
-        let metrics_port = support::free_port();
-        let metrics_addr = format!("127.0.0.1:{metrics_port}");
-        let _operator = support::Operator::start_with(&ns, &["--metrics-addr", &metrics_addr]);
+        let operator = support::Operator::install(&ns).await;
         let dr = scenario(
             "non-critical",
             "    - {name: first, command: 'echo one'}\n    - {name: flaky, command: 'echo broken; exit 4', critical: false}\n    - {name: last, command: 'echo three'}",
@@ -280,9 +265,10 @@ async fn a_failing_non_critical_step_degrades_but_the_run_succeeds() {
         assert_eq!(step(&status.rollback, "undo").phase, StepPhase::Pending);
 
         // Seen from outside: the operator is ready and has counted its reconciles.
-        let (ready, _) = support::http_get(metrics_port, "/readyz").await;
+        let pod = operator.pod_ip();
+        let (ready, _) = support::http_get(&pod, 8080, "/readyz").await;
         assert!(ready.contains("200"), "{ready}");
-        let (_, metrics) = support::http_get(metrics_port, "/metrics").await;
+        let (_, metrics) = support::http_get(&pod, 8080, "/metrics").await;
         let reconciles = metrics
             .lines()
             .find_map(|l| l.strip_prefix(r#"titan_dr_reconciles_total{controller="disaster_recovery"} "#))
@@ -297,7 +283,7 @@ async fn a_failing_non_critical_step_degrades_but_the_run_succeeds() {
 #[tokio::test]
 async fn a_failing_critical_step_skips_the_rest_and_rolls_back() {
     support::with_namespace(|client, ns| async move {
-        let _operator = support::Operator::start(&ns);
+        let _operator = support::Operator::install(&ns).await;
         let dr = scenario(
             "critical",
             "    - {name: first, command: 'echo one'}\n    - {name: broken, command: 'echo no disk >&2; exit 2'}\n    - {name: after, command: 'echo never'}",
@@ -327,7 +313,7 @@ async fn a_failing_critical_step_skips_the_rest_and_rolls_back() {
 #[tokio::test]
 async fn expectations_timeouts_and_retries() {
     support::with_namespace(|client, ns| async move {
-        let _operator = support::Operator::start(&ns);
+        let _operator = support::Operator::install(&ns).await;
         let dr = scenario(
             "expectations",
             concat!(
@@ -367,7 +353,7 @@ async fn expectations_timeouts_and_retries() {
 #[tokio::test]
 async fn an_invalid_graph_creates_no_job_and_names_the_problem() {
     support::with_namespace(|client, ns| async move {
-        let _operator = support::Operator::start(&ns);
+        let _operator = support::Operator::install(&ns).await;
         let mut cycle = scenario(
             "cycle",
             "    - {name: a, command: 'echo a', component: x}",
@@ -449,8 +435,8 @@ const CRASH_STEPS: &str = concat!(
 async fn an_operator_killed_mid_run_finishes_it_with_the_same_result_and_no_duplicate_jobs() {
     support::with_namespace(|client, ns| async move {
         let validations = "    - {name: check, command: 'echo ok', expect: {outputContains: ok}}";
+        let operator = support::Operator::install(&ns).await;
         let reference = {
-            let _operator = support::Operator::start(&ns);
             let api = create(
                 &client,
                 &ns,
@@ -465,12 +451,10 @@ async fn an_operator_killed_mid_run_finishes_it_with_the_same_result_and_no_dupl
             &scenario("crashy", CRASH_STEPS, validations, "    []"),
         )
         .await;
-        // Kill the operator at several points of the run, restarting it each time.
-        let mut operator = support::Operator::start(&ns);
+        // Kill the operator's pod at several points of the run; its Deployment restarts it.
         for pause_ms in [300, 900, 1700, 2600, 3400] {
             tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-            operator.kill();
-            operator = support::Operator::start(&ns);
+            operator.kill().await;
         }
         let status = wait_finished(&api, "crashy").await;
         drop(operator);
@@ -490,7 +474,7 @@ async fn an_operator_killed_mid_run_finishes_it_with_the_same_result_and_no_dupl
 #[tokio::test]
 async fn changing_run_now_starts_a_new_run_with_fresh_jobs() {
     support::with_namespace(|client, ns| async move {
-        let _operator = support::Operator::start(&ns);
+        let _operator = support::Operator::install(&ns).await;
         let dr = scenario(
             "drill",
             "    - {name: only, command: 'echo drill'}",
@@ -541,31 +525,23 @@ const PARITY_STEPS: &str = concat!(
     "    - {name: tolerated, command: 'echo meh; exit 5', critical: false}\n",
     "    - {name: unmet, command: 'echo nope', expect: {outputContains: PONG}, critical: false}\n",
     "    - {name: slow, command: 'sleep 30', timeout: 2s, critical: false}\n",
-    "    - {name: second-try, command: 'test -f $MARKER || { touch $MARKER; exit 1; }', retries: 1}\n",
+    "    - {name: second-try, command: 'test \"$TITAN_ATTEMPT\" -ge 2 || exit 1', retries: 1}\n",
     "    - {name: fatal, command: 'echo disk gone >&2; exit 9'}\n",
     "    - {name: never, command: 'echo never'}",
 );
 
 #[tokio::test]
 async fn the_operator_and_a_local_run_give_the_same_step_outcomes() {
-    let local_marker = tempfile::tempdir().unwrap();
-    let cluster_marker = tempfile::tempdir().unwrap();
-    let with_marker = |dir: &tempfile::TempDir| {
-        let mut dr = scenario(
+    let parity = || {
+        scenario(
             "parity",
             PARITY_STEPS,
             "    - {name: check, command: 'echo ok'}",
             "    - {name: undo, command: 'echo undo'}\n    - {name: undo-fails, command: 'exit 3'}",
-        );
-        dr.spec.template.as_mut().unwrap().env = vec![EnvVar {
-            name: "MARKER".into(),
-            value: Some(dir.path().join("marker").display().to_string()),
-            ..Default::default()
-        }];
-        dr
+        )
     };
 
-    let local_dr = with_marker(&local_marker);
+    let local_dr = parity();
     let plan = titan_dr::plan::Plan::new(&local_dr.spec).unwrap();
     let logs = tempfile::tempdir().unwrap();
     let options = titan_dr::local::executor::Options {
@@ -588,9 +564,9 @@ async fn the_operator_and_a_local_run_give_the_same_step_outcomes() {
         })
         .collect();
 
-    let cluster_dr = with_marker(&cluster_marker);
+    let cluster_dr = parity();
     support::with_namespace(|client, ns| async move {
-        let _operator = support::Operator::start(&ns);
+        let _operator = support::Operator::install(&ns).await;
         let api = create(&client, &ns, &cluster_dr).await;
         let status = wait_finished(&api, "parity").await;
         let mut cluster: Vec<(String, StepPhase, u32, Option<i32>)> = status

@@ -52,8 +52,8 @@ pub async fn client() -> Client {
     Client::try_from(config).expect("a client")
 }
 
-/// Runs `test` in a fresh namespace that is deleted afterwards, also when the
-/// test panics.
+/// Runs `test` in a fresh namespace (Pod Security `restricted` enforced) that is deleted
+/// afterwards, also when the test panics.
 pub async fn with_namespace<F, Fut>(test: F)
 where
     F: FnOnce(Client, String) -> Fut,
@@ -63,6 +63,10 @@ where
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let mut namespace = Namespace::default();
     namespace.metadata.generate_name = Some("titan-test-".into());
+    // What a careful user's namespace enforces: every pod of a test must pass it.
+    namespace.metadata.labels = Some(
+        [("pod-security.kubernetes.io/enforce".to_string(), "restricted".to_string())].into(),
+    );
     let created = namespaces
         .create(&PostParams::default(), &namespace)
         .await
@@ -116,52 +120,158 @@ where
         .await
 }
 
-/// The operator binary, running against the test control plane and watching
-/// one namespace; killed when dropped.
-pub struct Operator {
-    child: std::process::Child,
+/// Runs a command to completion, failing the test with its output when it fails.
+pub fn run(command: &mut std::process::Command) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+/// A tool built by one of the scripts, which print the folder they built it into.
+fn tool(script: &str, name: &str) -> PathBuf {
+    let folder = run(std::process::Command::new(root().join(script))
+        .stderr(std::process::Stdio::inherit()));
+    PathBuf::from(folder.trim()).join(name)
+}
+
+/// helm, built from its Go module by `scripts/build-helm.sh`.
+pub fn helm() -> PathBuf {
+    static HELM: OnceLock<PathBuf> = OnceLock::new();
+    HELM.get_or_init(|| tool("scripts/build-helm.sh", "helm"))
+        .clone()
+}
+
+/// kubectl of the pinned Kubernetes version.
+pub fn kubectl() -> PathBuf {
+    static KUBECTL: OnceLock<PathBuf> = OnceLock::new();
+    KUBECTL
+        .get_or_init(|| tool("scripts/build-control-plane.sh", "kubectl"))
+        .clone()
+}
+
+/// The image every test step runs in (built by `scripts/build-images.sh`).
+pub const TOOLBOX: &str = "localhost/titan-toolbox:local";
+
+/// The operator, installed into the test namespace by `helm install` of `charts/titan-dr`
+/// with the locally built image, watching only that namespace and running as its own
+/// ServiceAccount; uninstalled when dropped.
+pub struct Operator(Release);
+
+/// A helm release of the operator in a namespace.
+#[derive(Clone)]
+struct Release {
+    namespace: String,
+    release: String,
 }
 
 impl Operator {
-    pub fn start(namespace: &str) -> Operator {
-        Operator::start_with(namespace, &[])
+    pub async fn install(namespace: &str) -> Operator {
+        Operator::install_with(namespace, &[]).await
     }
 
-    /// With extra command-line arguments, e.g. `--backup-dir`.
-    pub fn start_with(namespace: &str, extra: &[&str]) -> Operator {
-        // Tests run operators side by side: each gets its own metrics port.
-        let mut extra = extra.to_vec();
-        if !extra.contains(&"--metrics-addr") {
-            extra.extend(["--metrics-addr", "127.0.0.1:0"]);
+    /// With more chart values, `key=value` as `helm --set` takes them.
+    pub async fn install_with(namespace: &str, values: &[&str]) -> Operator {
+        let suffix = namespace.rsplit('-').next().unwrap_or(namespace);
+        let release = format!("titan-dr-{suffix}");
+        let mut command = std::process::Command::new(helm());
+        command
+            .args(["install", &release])
+            .arg(root().join("charts/titan-dr"))
+            .args(["--namespace", namespace, "--skip-crds", "--wait", "--timeout", "120s"])
+            .args(["--set", "image.repository=localhost/titan-dr,image.tag=local"])
+            .args(["--set", "image.pullPolicy=Never"])
+            .args(["--set", &format!("operator.watchNamespace={namespace}")])
+            .args(["--set", "operator.logLevel=info\\,titan_dr=debug"])
+            .env("KUBECONFIG", kubeconfig());
+        for value in values {
+            command.args(["--set", value]);
         }
-        let log =
-            std::fs::File::create(root().join(format!("target/operator-{namespace}.log"))).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_titan-dr"))
-            .args(["operator", "--namespace", namespace])
-            .args(extra)
-            .env("KUBECONFIG", kubeconfig())
-            .env("RUST_LOG", "info,titan_dr=debug")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting the operator");
-        Operator { child }
+        let operator = Operator(Release {
+            namespace: namespace.to_string(),
+            release,
+        });
+        tokio::task::spawn_blocking(move || run(&mut command))
+            .await
+            .expect("helm install");
+        operator
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// The running operator pod's address (metrics on port 8080).
+    pub fn pod_ip(&self) -> String {
+        self.0.kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            &self.0.selector(),
+            "--field-selector=status.phase=Running",
+            "-o",
+            "jsonpath={.items[0].status.podIP}",
+        ])
     }
 
-    /// Kills the operator with SIGKILL: no chance to clean up or finish a write.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Kills the operator's pod at once (no grace period: like SIGKILL, no chance to finish
+    /// a write) and waits until its Deployment has a new one ready.
+    pub async fn kill(&self) {
+        let release = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let selector = release.selector();
+            let deployment = format!("deployment/{}", release.release);
+            release.kubectl(&["delete", "pods", "-l", &selector, "--grace-period=0", "--force"]);
+            release.kubectl(&["rollout", "status", &deployment, "--timeout=120s"]);
+            release.kubectl(&["wait", "pods", "-l", &selector, "--for=condition=Ready", "--timeout=120s"]);
+        })
+        .await
+        .expect("restarting the operator");
+    }
+
+    /// What the operator logged so far.
+    pub fn logs(&self) -> String {
+        self.0.logs()
+    }
+}
+
+impl Release {
+    fn kubectl(&self, args: &[&str]) -> String {
+        run(std::process::Command::new(kubectl())
+            .args(["--namespace", &self.namespace])
+            .args(args)
+            .env("KUBECONFIG", kubeconfig()))
+    }
+
+    fn selector(&self) -> String {
+        format!("app.kubernetes.io/instance={}", self.release)
+    }
+
+    fn logs(&self) -> String {
+        self.kubectl(&["logs", &format!("deployment/{}", self.release), "--tail=-1"])
     }
 }
 
 impl Drop for Operator {
     fn drop(&mut self) {
-        self.kill();
+        // Its log stays behind for whoever reads a failed test.
+        let Release { namespace, release } = &self.0;
+        let log = root().join(format!("target/operator-{namespace}.log"));
+        let deployment = format!("deployment/{release}");
+        if let Ok(output) = std::process::Command::new(kubectl())
+            .args(["--namespace", namespace, "logs", &deployment, "--tail=-1"])
+            .env("KUBECONFIG", kubeconfig())
+            .output()
+        {
+            let _ = std::fs::write(log, output.stdout);
+        }
+        let _ = std::process::Command::new(helm())
+            .args(["uninstall", release, "--namespace", namespace, "--wait=false"])
+            .env("KUBECONFIG", kubeconfig())
+            .output();
     }
 }
 
@@ -174,10 +284,10 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A plain HTTP/1.0 GET on loopback: the status line and the body.
-pub async fn http_get(port: u16, path: &str) -> (String, String) {
+/// A plain HTTP/1.0 GET: the status line and the body.
+pub async fn http_get(host: &str, port: u16, path: &str) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let mut stream = tokio::net::TcpStream::connect((host, port))
         .await
         .expect("connecting");
     let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");

@@ -5,6 +5,7 @@ usage: titan-service.py NAME PORT [DEPENDENCY_URL ...]
 /health answers 200 only while every dependency's /health answers 200.
 """
 import json
+import os
 import sys
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,4 +43,6 @@ class Health(BaseHTTPRequestHandler):
         pass
 
 
-ThreadingHTTPServer(("127.0.0.1", port), Health).serve_forever()
+# Loopback on a plain server; every address in a pod (the image sets TITAN_SERVICE_BIND).
+bind = os.environ.get("TITAN_SERVICE_BIND", "127.0.0.1")
+ThreadingHTTPServer((bind, port), Health).serve_forever()
