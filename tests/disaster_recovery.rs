@@ -106,14 +106,15 @@ fn job_complete(job: &Job) -> bool {
 /// The Titan system of `examples/titan/kubernetes` in the test namespace, brought up, then
 /// struck by the disaster the scenario recovers from: every workload scaled to zero.
 async fn deploy_titan_and_take_it_down(ns: &str) {
-    let overlay = tempfile::tempdir().unwrap();
-    let base = support::root().join("examples/titan/kubernetes");
+    // kustomize takes a base only by a relative path.
+    let overlay = support::root().join(format!("target/overlays/{ns}"));
+    std::fs::create_dir_all(&overlay).unwrap();
     std::fs::write(
-        overlay.path().join("kustomization.yaml"),
-        format!("namespace: {ns}\nresources: [{}]\n", base.display()),
+        overlay.join("kustomization.yaml"),
+        format!("namespace: {ns}\nresources: [../../../examples/titan/kubernetes]\n"),
     )
     .unwrap();
-    let overlay_path = overlay.path().display().to_string();
+    let overlay_path = overlay.display().to_string();
     let ns = ns.to_string();
     tokio::task::spawn_blocking(move || {
         let kubectl = |args: &[&str]| {
