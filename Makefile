@@ -1,5 +1,5 @@
 # titan-dr: every entry point of the project.
-.PHONY: test lint unit crds control-plane node images cluster-up cluster-down demo bench build
+.PHONY: test lint unit crds control-plane node images cluster-up cluster-down demo bench build titan-step
 
 CARGO ?= cargo
 
@@ -9,18 +9,23 @@ demo: build
 
 ## Every test: formatting, lints, unit and integration tests (starts the cluster when none runs).
 test: lint
-	scripts/with-cluster.sh $(CARGO) test
+	scripts/with-cluster.sh $(CARGO) test --workspace
 
 lint:
-	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## Tests that need no control plane: unit tests, CRD drift, the local executor end to end.
 unit:
 	$(CARGO) test --lib --bins --test crds --test local_run
+	$(CARGO) test -p titan-step
 
 build:
 	$(CARGO) build --bins
+
+## titan-step, the step containers' entrypoint, fully static; prints the binary's path.
+titan-step:
+	scripts/build-titan-step.sh
 
 ## Regenerate the committed CRDs from the Rust types, and their copies in manifests/ and charts/.
 crds:
