@@ -104,9 +104,9 @@ if [ "${1:-}" = --import ]; then
     grep -qxF "$name $digest" <<<"$have" && continue
     file=$IMAGES_DIR/${name%%:*}.tar
     file=${file/localhost\//}
-    ctr images import --no-unpack=false "$file" >/dev/null
+    ctr images import "$file" >/dev/null 2>&1
     # Pinned: the kubelet's image garbage collection never removes them.
-    ctr images label "$name" io.cri-containerd.pinned=pinned >/dev/null
+    ctr images label "$name" io.cri-containerd.pinned=pinned >/dev/null 2>&1
     echo "imported $name ($digest)" >&2
   done <"$IMAGES_DIR/index"
 fi

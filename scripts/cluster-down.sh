@@ -60,7 +60,9 @@ command -v iptables >/dev/null && {
       iptables -t "$table" -X "$chain" 2>/dev/null
     done
   done
-  while iptables -D INPUT -d "$NODE_IP" ! -i lo ! -i titan0 -j DROP 2>/dev/null; do :; done
+  while iptables -D INPUT -d "$NODE_IP" -j TITAN-NODE 2>/dev/null; do :; done
+  iptables -F TITAN-NODE 2>/dev/null
+  iptables -X TITAN-NODE 2>/dev/null
 }
 ip addr del "$NODE_IP/32" dev lo 2>/dev/null
 

@@ -56,8 +56,14 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 sysctl -n vm.overcommit_memory kernel.panic kernel.panic_on_oops net.ipv4.ip_forward |
   paste -sd' ' >"$CLUSTER_DIR/sysctl.saved"
 ip addr show dev lo | grep -q " $NODE_IP/" || ip addr add "$NODE_IP/32" dev lo
-iptables -C INPUT -d "$NODE_IP" ! -i lo ! -i titan0 -j DROP 2>/dev/null ||
-  iptables -I INPUT -d "$NODE_IP" ! -i lo ! -i titan0 -j DROP
+# The node address answers this machine and its pods only.
+if ! iptables -S TITAN-NODE >/dev/null 2>&1; then
+  iptables -N TITAN-NODE
+  iptables -A TITAN-NODE -i lo -j RETURN
+  iptables -A TITAN-NODE -i titan0 -j RETURN
+  iptables -A TITAN-NODE -j DROP
+  iptables -I INPUT -d "$NODE_IP" -j TITAN-NODE
+fi
 for fixed in /var/lib/kubelet /run/netns /var/lib/cni; do
   [ -e "$fixed" ] || echo "$fixed" >>"$CLUSTER_DIR/created-paths"
 done

@@ -260,7 +260,7 @@ async fn a_jobs_pod_is_scheduled_and_runs_from_a_local_image() {
             .into_iter()
             .find(|e| e.reason.as_deref() == Some("Scheduled"))
             .expect("a Scheduled event");
-        assert_eq!(scheduled.reporting_controller.as_deref(), Some("default-scheduler"));
+        assert_eq!(scheduled.reporting_component.as_deref(), Some("default-scheduler"));
     })
     .await;
 }
@@ -332,7 +332,7 @@ spec:
   containers:
     - name: redis
       image: localhost/titan-redis:local
-      args: [--port, "6379", --save, ""]
+      args: [--port, "6379", --save, "", --protected-mode, "no"]
       {RESTRICTED_CONTAINER}
 "#
         );
