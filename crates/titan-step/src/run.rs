@@ -150,6 +150,12 @@ pub fn capture(argv: &[OsString], echo: &mut dyn Write) -> Outcome {
         None => wait(&mut child),
     };
     CHILD_GROUP.store(0, Ordering::SeqCst);
+    // What the program left running dies now, as it would anyway once this process, PID 1 of
+    // the container, exits and the kernel ends the rest of the PID namespace.
+    // SAFETY: kill(2) has no memory effects; a group already gone gives ESRCH.
+    unsafe {
+        libc::kill(-group, libc::SIGKILL);
+    }
     let exit_code = status
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
