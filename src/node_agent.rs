@@ -1,10 +1,11 @@
 //! The local node agent (`titan-local-node`): plays the kubelet for a control
 //! plane that has none, so the real Job controller's Pods actually run.
 //!
-//! It registers a Ready Node, binds every unscheduled Pod to it, runs each
-//! container's command as a local process (env, working directory, hostPath /
-//! emptyDir / configMap / secret volumes as bind mounts in a private mount
-//! namespace), and writes the Pod status back. A Pod that is deleted or passes
+//! It registers a Ready Node, binds every unscheduled Pod to it, runs its init
+//! containers one after the other and then each container's command as a local
+//! process (env, working directory, hostPath / emptyDir / configMap / secret
+//! volumes as bind mounts in a private mount namespace), and writes the Pod
+//! status back. A Pod that is deleted or passes
 //! its `activeDeadlineSeconds` has its process group killed.
 //!
 //! Differences from the kubelet, on purpose: images are not pulled (the command
@@ -243,52 +244,56 @@ impl Agent {
         let deadline = spec
             .active_deadline_seconds
             .map(|s| Duration::from_secs(s.max(0) as u64));
-        let mut processes = Vec::new();
-        for container in &spec.containers {
+        // Init containers one after the other, each to success, before the containers start.
+        let mut init_statuses = Vec::new();
+        let mut initialized = true;
+        let mut deadline_exceeded = false;
+        for container in spec.init_containers.iter().flatten() {
             let process = self
                 .container_process(pod, container, &dir, &volumes)
                 .await?;
-            processes.push(process);
+            let outcome = process::run(&process.spec, cancel, deadline).await;
+            let ended = terminated_status(&process, outcome, &started);
+            init_statuses.push(ended.status);
+            deadline_exceeded |= ended.deadline_exceeded;
+            if ended.exit_code != 0 {
+                initialized = false;
+                break;
+            }
         }
-        let outcomes = join_all(processes.iter().map(|p| async move {
-            (
-                process::run(&p.spec, cancel, deadline).await,
-                Time(Timestamp::now()),
+        let mut all_succeeded = initialized;
+        let statuses: Vec<_> = if initialized {
+            let mut processes = Vec::new();
+            for container in &spec.containers {
+                let process = self
+                    .container_process(pod, container, &dir, &volumes)
+                    .await?;
+                processes.push(process);
+            }
+            let outcomes = join_all(
+                processes
+                    .iter()
+                    .map(|p| async move { process::run(&p.spec, cancel, deadline).await }),
             )
-        }))
-        .await;
-
-        let mut statuses = Vec::new();
-        let mut all_succeeded = true;
-        let mut deadline_exceeded = false;
-        for (p, (outcome, finished)) in processes.iter().zip(outcomes) {
-            let (code, message, reason) = match outcome {
-                Ok(outcome) => {
-                    deadline_exceeded |= outcome.stopped == Some(Stopped::DeadlineExceeded);
-                    let reason = if outcome.exit_code == 0 {
-                        "Completed"
-                    } else {
-                        "Error"
-                    };
-                    (
-                        outcome.exit_code,
-                        termination_message(&p.message_file, &p.spec.log_path),
-                        reason,
-                    )
-                }
-                Err(error) => (
-                    128,
-                    format!("could not start the container: {error}"),
-                    "StartError",
-                ),
-            };
-            all_succeeded &= code == 0;
-            statuses.push(json!({
-                "name": p.name, "image": p.image, "imageID": "", "ready": false, "restartCount": 0, "started": false,
-                "state": {"terminated": {"exitCode": code, "reason": reason, "message": message,
-                    "startedAt": started, "finishedAt": finished}},
-            }));
-        }
+            .await;
+            let ended: Vec<_> = processes
+                .iter()
+                .zip(outcomes)
+                .map(|(p, outcome)| terminated_status(p, outcome, &started))
+                .collect();
+            all_succeeded &= ended.iter().all(|e| e.exit_code == 0);
+            deadline_exceeded |= ended.iter().any(|e| e.deadline_exceeded);
+            ended.into_iter().map(|e| e.status).collect()
+        } else {
+            // As the kubelet shows containers that never started after a failed init container.
+            spec.containers
+                .iter()
+                .map(|c| {
+                    json!({"name": c.name, "image": c.image, "imageID": "", "ready": false, "restartCount": 0,
+                        "started": false, "state": {"waiting": {"reason": "PodInitializing"}}})
+                })
+                .collect()
+        };
         if self.stopping.load(Ordering::SeqCst) {
             return self
                 .write_failed(
@@ -311,6 +316,9 @@ impl Agent {
         } else {
             ("Failed", None)
         };
+        if !init_statuses.is_empty() {
+            self.write_init_statuses(pod, &init_statuses).await?;
+        }
         self.write_status(pod, phase, reason, &statuses, Some(&started))
             .await?;
         if cancel.is_cancelled() {
@@ -503,6 +511,24 @@ impl Agent {
             .await
     }
 
+    async fn write_init_statuses(
+        &self,
+        pod: &Pod,
+        statuses: &[serde_json::Value],
+    ) -> anyhow::Result<()> {
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        let patch = json!({"status": {"initContainerStatuses": statuses}});
+        api.patch_status(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+        .with_context(|| format!("writing init container status of pod {}", pod.name_any()))?;
+        Ok(())
+    }
+
     async fn write_status(
         &self,
         pod: &Pod,
@@ -541,6 +567,52 @@ impl Agent {
         .await
         .with_context(|| format!("writing status of pod {}", pod.name_any()))?;
         Ok(())
+    }
+}
+
+/// A container that ended, as its status reports it.
+struct Ended {
+    status: serde_json::Value,
+    exit_code: i32,
+    deadline_exceeded: bool,
+}
+
+/// The `terminated` status of a container whose process ended (or never started).
+fn terminated_status(
+    p: &ContainerProcess,
+    outcome: std::io::Result<process::Outcome>,
+    started: &Time,
+) -> Ended {
+    let (code, message, reason, deadline_exceeded) = match outcome {
+        Ok(outcome) => {
+            let reason = if outcome.exit_code == 0 {
+                "Completed"
+            } else {
+                "Error"
+            };
+            (
+                outcome.exit_code,
+                termination_message(&p.message_file, &p.spec.log_path),
+                reason,
+                outcome.stopped == Some(Stopped::DeadlineExceeded),
+            )
+        }
+        Err(error) => (
+            128,
+            format!("could not start the container: {error}"),
+            "StartError",
+            false,
+        ),
+    };
+    let finished = Time(Timestamp::now());
+    Ended {
+        status: json!({
+            "name": p.name, "image": p.image, "imageID": "", "ready": false, "restartCount": 0, "started": false,
+            "state": {"terminated": {"exitCode": code, "reason": reason, "message": message,
+                "startedAt": started, "finishedAt": finished}},
+        }),
+        exit_code: code,
+        deadline_exceeded,
     }
 }
 
