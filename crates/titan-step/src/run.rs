@@ -260,7 +260,8 @@ mod tests {
 
     #[test]
     fn the_tail_is_cut_at_a_character_and_the_echo_is_whole() {
-        // 3000 "é" are 6000 bytes: the tail is the last 4000, 2000 whole characters.
+        // 3000 "é" and a newline are 6001 bytes; the last 4000 begin inside an "é", which is
+        // dropped: 1999 of them and the newline are left.
         let mut echo = Vec::new();
         let outcome = capture(
             &sh("i=0; while [ $i -lt 3000 ]; do printf é; i=$((i+1)); done; printf '\\n'"),
