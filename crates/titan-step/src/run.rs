@@ -72,13 +72,18 @@ pub struct Outcome {
 /// ends (a failure to write is reported on stderr). Returns the exit code to exit with.
 pub fn run(argv: &[OsString], message_file: &Path, echo: &mut dyn Write) -> i32 {
     let outcome = capture(argv, echo);
-    if let Err(error) = std::fs::write(message_file, outcome.tail.text()) {
+    write_message(message_file, &outcome.tail.text());
+    outcome.exit_code
+}
+
+/// Writes the termination message; a failure is reported on stderr, and changes no exit code.
+pub fn write_message(message_file: &Path, text: &str) {
+    if let Err(error) = std::fs::write(message_file, text) {
         eprintln!(
             "titan-step: cannot write the termination message to {}: {error}",
             message_file.display()
         );
     }
-    outcome.exit_code
 }
 
 /// Runs `argv` to its end, with stdout and stderr on one pipe (interleaved as written),
