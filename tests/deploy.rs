@@ -354,6 +354,11 @@ fn the_deployment_runs_the_operator_with_its_flags_as_a_restricted_pod() {
             "{name} is no flag of the operator"
         );
     }
+    assert_eq!(
+        env["TITAN_OPERATOR_IMAGE"].value.as_deref(),
+        container.image.as_deref(),
+        "step pods' init containers and restore steps use the operator's own image"
+    );
     let pod_name = env["POD_NAME"].value_from.as_ref().unwrap();
     assert_eq!(
         pod_name.field_ref.as_ref().unwrap().field_path,
@@ -424,6 +429,14 @@ fn the_dockerfile_and_the_chart_follow_the_crate() {
         "the Deployment's runAsUser"
     );
     assert!(dockerfile.contains("--bin titan-dr"));
+    // titan-step, static, where TITAN_STEP_PATH says by default.
+    assert!(dockerfile.contains(r#"RUSTFLAGS="-C target-feature=+crt-static""#));
+    assert!(dockerfile.contains("-p titan-step"));
+    let step_path = operator_flags()["TITAN_STEP_PATH"].clone().unwrap();
+    assert!(
+        dockerfile.contains(&format!("/out/titan-step {step_path}\n")),
+        "the image holds titan-step at {step_path}"
+    );
     let chart = &documents(&read("charts/titan-dr/Chart.yaml"), "Chart.yaml")[0];
     assert_eq!(chart["appVersion"], env!("CARGO_PKG_VERSION"));
 }
@@ -538,6 +551,10 @@ fn the_chart_values_change_what_they_say() {
         .map(|e| (e.name.as_str(), e.value.as_deref()))
         .collect();
     assert_eq!(env["TITAN_WATCH_NAMESPACE"], Some("titan"));
+    assert_eq!(
+        env["TITAN_OPERATOR_IMAGE"],
+        Some("ghcr.io/titan-dr/titan-dr:9.9.9")
+    );
     assert_eq!(env["TITAN_KEEP_RUNS"], Some("5"));
     let backups = pod.volumes.iter().flatten().find(|v| v.name == "backups");
     assert!(backups.unwrap().empty_dir.is_some());
@@ -931,6 +948,8 @@ async fn the_operator_works_as_its_service_account() {
                         "--metrics-addr",
                         "127.0.0.1:0",
                     ])
+                    .arg("--titan-step-path")
+                    .arg(support::titan_step())
                     .env("KUBECONFIG", &kubeconfig)
                     // One run of history, so the second run prunes the first's Jobs.
                     .env("TITAN_KEEP_RUNS", "1")

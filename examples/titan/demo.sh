@@ -13,7 +13,10 @@ kubectl -n "$ns" delete disasterrecovery --all --wait=true >/dev/null
 bash examples/titan/scripts/stop-all.sh >/dev/null
 
 echo "starting the operator (log: $log)"
-"$root/target/debug/titan-dr" operator --namespace "$ns" --metrics-addr 127.0.0.1:0 >"$log" 2>&1 &
+# Step pods install titan-step from "the operator's image", which on the local node is this
+# machine (`make build` builds it).
+"$root/target/debug/titan-dr" operator --namespace "$ns" --metrics-addr 127.0.0.1:0 \
+  --titan-step-path "$root/target/debug/titan-step" >"$log" 2>&1 &
 operator=$!
 cleanup() {
   kill "$operator" 2>/dev/null || true

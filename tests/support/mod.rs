@@ -116,6 +116,47 @@ where
         .await
 }
 
+/// The titan-step binary, built (once per test run) into the target folder of the titan-dr
+/// binary under test. Step pods' init containers copy it from "the operator's image", which on
+/// the local node is this machine: the operators of the tests get it as `--titan-step-path`.
+pub fn titan_step() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        // <target>/<profile folder>/titan-dr
+        let titan_dr = PathBuf::from(env!("CARGO_BIN_EXE_titan-dr"));
+        let profile_dir = titan_dr.parent().expect("a profile folder").to_path_buf();
+        let target_dir = profile_dir.parent().expect("a target folder");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = std::process::Command::new(cargo);
+        build
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "titan-step",
+                "--bin",
+                "titan-step",
+            ])
+            .arg("--manifest-path")
+            .arg(root().join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(target_dir);
+        match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => {}
+            Some("release") => {
+                build.arg("--release");
+            }
+            Some(profile) => {
+                build.args(["--profile", profile]);
+            }
+        }
+        let status = build.status().expect("running cargo build -p titan-step");
+        assert!(status.success(), "building titan-step failed: {status}");
+        profile_dir.join("titan-step")
+    })
+    .clone()
+}
+
 /// The operator binary, running against the test control plane and watching
 /// one namespace; killed when dropped.
 pub struct Operator {
@@ -134,10 +175,13 @@ impl Operator {
         if !extra.contains(&"--metrics-addr") {
             extra.extend(["--metrics-addr", "127.0.0.1:0"]);
         }
+        let titan_step = titan_step();
         let log =
             std::fs::File::create(root().join(format!("target/operator-{namespace}.log"))).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_titan-dr"))
             .args(["operator", "--namespace", namespace])
+            .arg("--titan-step-path")
+            .arg(&titan_step)
             .args(extra)
             .env("KUBECONFIG", kubeconfig())
             .env("RUST_LOG", "info,titan_dr=debug")
