@@ -21,7 +21,7 @@ unit:
 	$(CARGO) test -p titan-step
 
 build:
-	$(CARGO) build --bins
+	$(CARGO) build --workspace --bins
 
 ## titan-step, the step containers' entrypoint, fully static; prints the binary's path.
 titan-step:

@@ -3,17 +3,21 @@
 //! and the attempt, so the same attempt always yields the same Job.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, PodSecurityContext, PodSpec,
+    PodTemplateSpec, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::api::disaster_recovery::{RestoreStep, Step};
+use crate::api::disaster_recovery::{JobTemplate, RestoreStep, Step};
 use crate::api::{Backup, DisasterRecovery};
 use crate::plan::{StepKind, parse_duration};
 
@@ -25,16 +29,15 @@ pub const LABEL_ATTEMPT: &str = "dr.titan.io/attempt";
 /// Keeps a cluster-autoscaler scale-down from evicting a recovery step.
 pub const SAFE_TO_EVICT: &str = "cluster-autoscaler.kubernetes.io/safe-to-evict";
 
-/// Bytes of output kept in the termination message (the kubelet allows 4096).
-pub const OUTPUT_TAIL_BYTES: usize = 3072;
-
-/// Runs the step's command with its output both in the pod log and, tail only,
-/// in the termination message, and exits with the command's own exit code.
-const WRAPPER: &str = r#"dir=$(mktemp -d 2>/dev/null || echo /tmp)
-{ "$@" 2>&1; echo $? > "$dir/rc"; } | tee "$dir/out"
-rc=$(cat "$dir/rc" 2>/dev/null || echo 1)
-tail -c 3072 "$dir/out" > /dev/termination-log 2>/dev/null
-exit "$rc""#;
+/// The emptyDir through which the init container hands titan-step to the step's container.
+pub const TITAN_STEP_VOLUME: &str = "titan-step";
+const TITAN_STEP_DIR: &str = "/titan-step";
+/// Where the step's container finds titan-step, its entrypoint.
+pub const TITAN_STEP: &str = "/titan-step/titan-step";
+/// The init container that copies titan-step out of the operator's image.
+pub const INSTALL_CONTAINER: &str = "install-titan-step";
+/// The container that runs the step.
+pub const STEP_CONTAINER: &str = "step";
 
 /// The deterministic name of an attempt's Job: `<resource>-<run>-<step>-<index>`,
 /// shortened with a hash when longer than a DNS label allows.
@@ -58,12 +61,25 @@ pub fn kind_label(kind: StepKind) -> &'static str {
     }
 }
 
+/// What every Job is built with besides the resource: the operator's settings, and for a
+/// restore step what the controller looked up.
+#[derive(Debug, Clone)]
+pub struct JobSetup {
+    /// The operator's own image: it runs the init container that installs titan-step, and
+    /// restore steps.
+    pub operator_image: String,
+    /// Path of titan-step inside the operator's image.
+    pub titan_step_path: String,
+    /// `activeDeadlineSeconds` of a step without `timeout`; zero sets none.
+    pub default_timeout: Duration,
+    /// How restore steps run; a restore step without it fails saying so.
+    pub restore: Option<RestoreSetup>,
+}
+
 /// Where a restore Job finds the snapshots and the `titan-dr` binary.
 #[derive(Debug, Clone)]
 pub struct RestoreSetup {
-    /// Image holding `titan-dr` (the operator's own).
-    pub image: String,
-    /// The `titan-dr` command inside that image.
+    /// The `titan-dr` command inside the operator's image.
     pub command: String,
     /// The operator's backup volume (a PVC, or a hostPath on a local node).
     pub backup_volume: Volume,
@@ -168,14 +184,87 @@ fn restore_parts(
     Ok((argv, volumes, mounts))
 }
 
+/// The restricted defaults of every step pod (what Pod Security `restricted` asks), under the
+/// template's and the step's own settings.
+fn pod_security_context(template: &JobTemplate, step: &Step) -> PodSecurityContext {
+    let defaults = PodSecurityContext {
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    overlay(
+        defaults,
+        [
+            template.pod_security_context.as_ref(),
+            step.pod_security_context.as_ref(),
+        ],
+    )
+}
+
+/// The restricted defaults of the step's containers, under the template's and the step's.
+fn container_security_context(template: &JobTemplate, step: &Step) -> SecurityContext {
+    let defaults = SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        run_as_non_root: Some(true),
+        ..Default::default()
+    };
+    overlay(
+        defaults,
+        [
+            template.security_context.as_ref(),
+            step.security_context.as_ref(),
+        ],
+    )
+}
+
+/// `base` with every field a layer sets taken from that layer, one layer after the other:
+/// objects merge field by field, anything else (a list, a number) is replaced, as a JSON
+/// merge patch of the serialized objects does.
+fn overlay<'a, T>(base: T, layers: impl IntoIterator<Item = Option<&'a T>>) -> T
+where
+    T: Serialize + DeserializeOwned + 'a,
+{
+    fn merge(into: &mut Value, from: Value) {
+        match (into, from) {
+            (Value::Object(into), Value::Object(from)) => {
+                for (key, value) in from {
+                    merge(into.entry(key).or_insert(Value::Null), value);
+                }
+            }
+            (into, from) => *into = from,
+        }
+    }
+    let Ok(mut merged) = serde_json::to_value(&base) else {
+        return base;
+    };
+    for layer in layers.into_iter().flatten() {
+        if let Ok(layer) = serde_json::to_value(layer) {
+            merge(&mut merged, layer);
+        }
+    }
+    // The merge of two objects of one type is of that type; the fallback is only a guard.
+    serde_json::from_value(merged).unwrap_or(base)
+}
+
 /// The Job for one attempt (numbered from 1) of a step of the given run.
+///
+/// No shell is needed in the step's image: an init container copies titan-step from the
+/// operator's image into an emptyDir, and the step's container runs its program through it,
+/// which keeps the output's tail as the termination message and the program's exit code.
 pub fn build_job(
     dr: &DisasterRecovery,
     run: &str,
     kind: StepKind,
     step: &Step,
     attempt: u32,
-    restore: Option<&RestoreSetup>,
+    setup: &JobSetup,
 ) -> Job {
     let recovery = dr.name_any();
     let index = attempt.saturating_sub(1);
@@ -187,42 +276,55 @@ pub fn build_job(
         (LABEL_ATTEMPT.to_string(), index.to_string()),
     ]);
     let template = dr.spec.template.clone().unwrap_or_default();
-    let mut image = step.image.clone().or(template.image).unwrap_or_default();
+    let mut image = step.image.clone().or(template.image.clone());
     let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
-    let argv = match (&step.command, &step.args, &step.restore, restore) {
-        (Some(command), _, _, _) => vec!["/bin/sh".to_string(), "-c".to_string(), command.clone()],
-        (None, Some(args), _, _) => args.clone(),
-        (None, None, Some(spec), Some(setup)) => {
-            match restore_parts(spec, setup, &dr.namespace().unwrap_or_default()) {
-                Ok((argv, v, m)) => {
-                    image = setup.image.clone();
+    let argv = match (&step.command, &step.args, &step.restore) {
+        (Some(command), _, _) => Ok(vec!["/bin/sh".into(), "-c".into(), command.clone()]),
+        (None, Some(args), _) => Ok(args.clone()),
+        (None, None, Some(spec)) => {
+            // Restore steps run `titan-dr`, which only the operator's image holds.
+            image = Some(setup.operator_image.clone());
+            let namespace = dr.namespace().unwrap_or_default();
+            match &setup.restore {
+                Some(restore) => restore_parts(spec, restore, &namespace).map(|(argv, v, m)| {
                     (volumes, mounts) = (v, m);
                     argv
-                }
-                // Reported by the step itself, so the failure shows in its status.
-                Err(problem) => vec![
-                    "/bin/sh".into(),
-                    "-c".into(),
-                    format!("echo {problem:?} >&2; exit 1"),
-                ],
+                }),
+                None => Err("restore steps are not set up in this operator".to_string()),
             }
         }
-        _ => Vec::new(),
+        (None, None, None) => Err("the step has neither command, args nor restore".to_string()),
     };
-    let mut command = vec![
-        "/bin/sh".to_string(),
-        "-c".to_string(),
-        WRAPPER.to_string(),
-        "titan-step".to_string(),
-    ];
-    command.extend(argv);
-    let mut env: Vec<EnvVar> = template.env;
+    let command = match argv {
+        Ok(argv) => [TITAN_STEP, "run", "--"]
+            .map(String::from)
+            .into_iter()
+            .chain(argv)
+            .collect(),
+        // Reported by the step itself, so the failure shows in its status.
+        Err(problem) => vec![TITAN_STEP.to_string(), "fail".to_string(), problem],
+    };
+    volumes.push(Volume {
+        name: TITAN_STEP_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    });
+    let titan_step_mount = |read_only: bool| VolumeMount {
+        name: TITAN_STEP_VOLUME.into(),
+        mount_path: TITAN_STEP_DIR.into(),
+        read_only: Some(read_only),
+        ..Default::default()
+    };
+    mounts.push(titan_step_mount(true));
+    let mut env: Vec<EnvVar> = template.env.clone();
     env.extend(step.env.iter().cloned());
     let deadline = step
         .timeout
         .as_deref()
         .and_then(|t| parse_duration(t).ok())
+        .or(Some(setup.default_timeout).filter(|d| !d.is_zero()))
         .map(|d| d.as_secs_f64().ceil().max(1.0) as i64);
+    let security_context = container_security_context(&template, step);
 
     Job {
         metadata: ObjectMeta {
@@ -246,33 +348,30 @@ pub fn build_job(
                 }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
-                    volumes: (!volumes.is_empty()).then_some(volumes),
-                    service_account_name: template.service_account_name,
-                    // What Pod Security `restricted` asks of a pod.
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..Default::default()
-                        }),
+                    volumes: Some(volumes),
+                    service_account_name: template.service_account_name.clone(),
+                    security_context: Some(pod_security_context(&template, step)),
+                    init_containers: Some(vec![Container {
+                        name: INSTALL_CONTAINER.into(),
+                        image: Some(setup.operator_image.clone()),
+                        command: Some(vec![
+                            setup.titan_step_path.clone(),
+                            "install".into(),
+                            TITAN_STEP.into(),
+                        ]),
+                        termination_message_policy: Some("FallbackToLogsOnError".into()),
+                        volume_mounts: Some(vec![titan_step_mount(false)]),
+                        security_context: Some(security_context.clone()),
                         ..Default::default()
-                    }),
+                    }]),
                     containers: vec![Container {
-                        name: "step".into(),
-                        image: Some(image),
+                        name: STEP_CONTAINER.into(),
+                        image,
                         command: Some(command),
                         env: (!env.is_empty()).then_some(env),
                         termination_message_policy: Some("FallbackToLogsOnError".into()),
-                        volume_mounts: (!mounts.is_empty()).then_some(mounts),
-                        security_context: Some(SecurityContext {
-                            allow_privilege_escalation: Some(false),
-                            capabilities: Some(Capabilities {
-                                drop: Some(vec!["ALL".into()]),
-                                ..Default::default()
-                            }),
-                            run_as_non_root: Some(true),
-                            ..Default::default()
-                        }),
+                        volume_mounts: Some(mounts),
+                        security_context: Some(security_context),
                         ..Default::default()
                     }],
                     ..Default::default()
@@ -324,10 +423,29 @@ spec:
         assert_ne!(long, job_name(&"r".repeat(40), "12", &"s".repeat(40), 4));
     }
 
+    fn setup() -> JobSetup {
+        JobSetup {
+            operator_image: "titan-dr:0.1.0".into(),
+            titan_step_path: "/usr/local/bin/titan-step".into(),
+            default_timeout: Duration::from_secs(30 * 60),
+            restore: None,
+        }
+    }
+
+    fn pod_of(job: Job) -> PodSpec {
+        job.spec.unwrap().template.spec.unwrap()
+    }
+
+    /// The pod of the first attempt of `dr.spec.steps[index]`, with [`setup`].
+    fn step_pod(dr: &DisasterRecovery, index: usize) -> PodSpec {
+        let step = &dr.spec.steps[index];
+        pod_of(build_job(dr, "1", StepKind::Step, step, 1, &setup()))
+    }
+
     #[test]
-    fn a_job_carries_labels_owner_deadline_and_the_wrapped_command() {
+    fn a_job_carries_labels_owner_deadline_and_the_step_command() {
         let dr = recovery();
-        let job = build_job(&dr, "1", StepKind::Step, &dr.spec.steps[0], 2, None);
+        let job = build_job(&dr, "1", StepKind::Step, &dr.spec.steps[0], 2, &setup());
         assert_eq!(
             job.metadata.name.as_deref(),
             Some("complete-system-failure-1-start-redis-1")
@@ -352,11 +470,12 @@ spec:
         assert_eq!(pod.service_account_name.as_deref(), Some("titan-recovery"));
         let container = &pod.containers[0];
         assert_eq!(container.image.as_deref(), Some("toolbox:1.0"));
-        let command = container.command.as_ref().unwrap();
         assert_eq!(
-            &command[3..],
+            container.command.as_deref().unwrap(),
             [
-                "titan-step",
+                TITAN_STEP,
+                "run",
+                "--",
                 "/bin/sh",
                 "-c",
                 "redis-server --daemonize yes"
@@ -375,41 +494,170 @@ spec:
     #[test]
     fn args_run_without_a_shell_and_the_step_image_wins() {
         let dr = recovery();
-        let job = build_job(&dr, "3", StepKind::Validation, &dr.spec.steps[1], 1, None);
-        let pod = job.spec.unwrap().template.spec.unwrap();
+        let job = build_job(
+            &dr,
+            "3",
+            StepKind::Validation,
+            &dr.spec.steps[1],
+            1,
+            &setup(),
+        );
+        let pod = pod_of(job);
         assert_eq!(pod.containers[0].image.as_deref(), Some("redis:7"));
+        let command = pod.containers[0].command.clone().unwrap();
+        assert_eq!(command, [TITAN_STEP, "run", "--", "redis-cli", "ping"]);
+        // Neither the step nor the init container needs a shell in its image.
+        let init = &pod.init_containers.as_ref().unwrap()[0];
+        for argv in [&command, init.command.as_ref().unwrap()] {
+            assert!(!argv.iter().any(|a| a.contains("sh")), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn an_init_container_hands_titan_step_to_the_step_through_an_empty_dir() {
+        let dr = recovery();
+        let pod = step_pod(&dr, 0);
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == TITAN_STEP_VOLUME)
+            .expect("the titan-step volume");
+        assert!(volume.empty_dir.is_some());
+
+        let init = pod.init_containers.as_deref().unwrap();
+        assert_eq!(init.len(), 1);
+        let init = &init[0];
+        assert_eq!(init.name, INSTALL_CONTAINER);
+        assert_eq!(init.image.as_deref(), Some("titan-dr:0.1.0"));
         assert_eq!(
-            &pod.containers[0].command.as_ref().unwrap()[3..],
-            ["titan-step", "redis-cli", "ping"]
+            init.command.as_deref().unwrap(),
+            ["/usr/local/bin/titan-step", "install", TITAN_STEP]
+        );
+        let step = &pod.containers[0];
+        assert_eq!(pod.containers.len(), 1);
+        assert_eq!(step.name, STEP_CONTAINER);
+        assert_eq!(
+            step.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
+        let mount_of = |c: &Container| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.name == TITAN_STEP_VOLUME)
+                .map(|m| (m.mount_path.clone(), m.read_only))
+        };
+        assert_eq!(mount_of(init), Some(("/titan-step".into(), Some(false))));
+        assert_eq!(mount_of(step), Some(("/titan-step".into(), Some(true))));
+        assert!(TITAN_STEP.starts_with("/titan-step/"));
+        // Restricted, like the step.
+        assert_eq!(init.security_context, step.security_context);
+        assert_eq!(
+            init.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
         );
     }
 
-    #[tokio::test]
-    async fn the_wrapper_keeps_the_exit_code_and_the_output() {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("out.log");
-        let script = WRAPPER.replace(
-            "/dev/termination-log",
-            &dir.path().join("msg").display().to_string(),
-        );
-        let status = tokio::process::Command::new("/bin/sh")
-            .args([
-                "-c",
-                &script,
-                "titan-step",
-                "/bin/sh",
-                "-c",
-                "echo to-out; echo to-err >&2; exit 7",
-            ])
-            .stdout(std::fs::File::create(&out).unwrap())
-            .status()
-            .await
-            .unwrap();
-        assert_eq!(status.code(), Some(7));
-        assert_eq!(std::fs::read_to_string(&out).unwrap(), "to-out\nto-err\n");
+    #[test]
+    fn a_step_without_timeout_gets_the_default_deadline() {
+        let mut dr = recovery();
+        dr.spec.steps[0].timeout = None;
+        let step = &dr.spec.steps[0];
+        let job = build_job(&dr, "1", StepKind::Step, step, 1, &setup());
+        assert_eq!(job.spec.unwrap().active_deadline_seconds, Some(1800));
+        let none = JobSetup {
+            default_timeout: Duration::ZERO,
+            ..setup()
+        };
+        let job = build_job(&dr, "1", StepKind::Step, step, 1, &none);
+        assert_eq!(job.spec.unwrap().active_deadline_seconds, None);
+    }
+
+    #[test]
+    fn a_restore_step_that_cannot_be_built_fails_through_titan_step() {
+        let mut dr = recovery();
+        dr.spec.steps[0] = serde_yaml::from_str(
+            "{name: restore-redis, restore: {backup: redis, configuration: {}}}",
+        )
+        .unwrap();
+        let step = &dr.spec.steps[0];
+        let with_restore = JobSetup {
+            restore: Some(RestoreSetup {
+                command: "/usr/local/bin/titan-dr".into(),
+                backup_volume: Volume::default(),
+                backup: None,
+            }),
+            ..setup()
+        };
+        let pod = pod_of(build_job(&dr, "1", StepKind::Step, step, 1, &with_restore));
+        let container = &pod.containers[0];
+        // The operator's image, which has no shell.
+        assert_eq!(container.image.as_deref(), Some("titan-dr:0.1.0"));
         assert_eq!(
-            std::fs::read_to_string(dir.path().join("msg")).unwrap(),
-            "to-out\nto-err\n"
+            container.command.as_deref().unwrap(),
+            [TITAN_STEP, "fail", "Backup redis does not exist"]
         );
+        assert!(pod.init_containers.is_some());
+    }
+
+    #[test]
+    fn the_restricted_defaults_stay_under_a_steps_run_as_user() {
+        let mut dr = recovery();
+        dr.spec.steps[0].security_context =
+            Some(serde_yaml::from_str("{runAsUser: 1000}").unwrap());
+        let pod = step_pod(&dr, 0);
+        let security = pod.containers[0].security_context.clone().unwrap();
+        assert_eq!(security.run_as_user, Some(1000));
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        let drop = security.capabilities.unwrap().drop.unwrap();
+        assert_eq!(drop, ["ALL"]);
+        let pod_security = pod.security_context.unwrap();
+        assert_eq!(pod_security.run_as_non_root, Some(true));
+        assert_eq!(
+            pod_security.seccomp_profile.unwrap().type_,
+            "RuntimeDefault"
+        );
+    }
+
+    #[test]
+    fn the_step_overlays_the_template_which_overlays_the_defaults() {
+        let mut dr = recovery();
+        let template = dr.spec.template.as_mut().unwrap();
+        template.security_context = Some(
+            serde_yaml::from_str(
+                "{runAsUser: 100, runAsGroup: 100, capabilities: {add: [NET_BIND_SERVICE]}}",
+            )
+            .unwrap(),
+        );
+        template.pod_security_context =
+            Some(serde_yaml::from_str("{fsGroup: 100, runAsNonRoot: false}").unwrap());
+        let step = &mut dr.spec.steps[0];
+        step.security_context = Some(serde_yaml::from_str("{runAsUser: 200}").unwrap());
+        step.pod_security_context = Some(serde_yaml::from_str("{fsGroup: 200}").unwrap());
+        let pod = step_pod(&dr, 0);
+
+        let security = pod.containers[0].security_context.clone().unwrap();
+        assert_eq!(security.run_as_user, Some(200), "the step wins");
+        assert_eq!(security.run_as_group, Some(100), "the template stays");
+        assert_eq!(security.run_as_non_root, Some(true), "the default stays");
+        let capabilities = security.capabilities.unwrap();
+        assert_eq!(capabilities.add.unwrap(), ["NET_BIND_SERVICE"]);
+        assert_eq!(capabilities.drop.unwrap(), ["ALL"], "merged field by field");
+        let pod_security = pod.security_context.unwrap();
+        assert_eq!(pod_security.fs_group, Some(200));
+        assert_eq!(
+            pod_security.run_as_non_root,
+            Some(false),
+            "the template wins"
+        );
+        assert!(pod_security.seccomp_profile.is_some());
+
+        // The other step sets nothing: the template's settings over the defaults.
+        let pod = step_pod(&dr, 1);
+        let security = pod.containers[0].security_context.clone().unwrap();
+        assert_eq!(security.run_as_user, Some(100));
+        assert_eq!(pod.security_context.unwrap().fs_group, Some(100));
     }
 }

@@ -35,12 +35,24 @@ pub struct Config {
     /// they mount `--backup-dir` as a hostPath (a single local node).
     #[arg(long, env = "TITAN_BACKUP_VOLUME_CLAIM")]
     pub backup_volume_claim: Option<String>,
-    /// Image of restore Jobs: the operator's own, which holds `titan-dr`.
-    #[arg(long, env = "TITAN_RESTORE_IMAGE", default_value = concat!("ghcr.io/titan-dr/titan-dr:", env!("CARGO_PKG_VERSION")))]
-    pub restore_image: String,
-    /// The `titan-dr` command in that image.
+    /// The operator's own image: every step pod's init container copies titan-step out of
+    /// it, and restore steps run `titan-dr` in it.
+    #[arg(long, env = "TITAN_OPERATOR_IMAGE", default_value = concat!("ghcr.io/titan-dr/titan-dr:", env!("CARGO_PKG_VERSION")))]
+    pub operator_image: String,
+    /// Path of the static titan-step binary in the operator's image.
+    #[arg(
+        long,
+        env = "TITAN_STEP_PATH",
+        default_value = "/usr/local/bin/titan-step"
+    )]
+    pub titan_step_path: String,
+    /// The `titan-dr` command in the operator's image, run by restore steps.
     #[arg(long, env = "TITAN_RESTORE_COMMAND", default_value = "titan-dr")]
     pub restore_command: String,
+    /// Deadline (`activeDeadlineSeconds`) of a step attempt whose step sets no `timeout`, as a
+    /// Go-style duration; `0` sets none.
+    #[arg(long, env = "TITAN_DEFAULT_STEP_TIMEOUT", default_value = "30m", value_parser = crate::plan::parse_duration)]
+    pub default_step_timeout: Duration,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "TITAN_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: std::net::SocketAddr,
@@ -132,4 +144,40 @@ pub async fn wait_for_crds(client: &Client, limit: Duration) -> anyhow::Result<(
             })??;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Config;
+
+    #[derive(clap::Parser)]
+    struct Command {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[test]
+    fn the_step_settings_have_defaults_and_parse_durations() {
+        let config = Command::parse_from(["operator"]).config;
+        assert_eq!(config.default_step_timeout.as_secs(), 30 * 60);
+        assert_eq!(config.titan_step_path, "/usr/local/bin/titan-step");
+        assert!(
+            config
+                .operator_image
+                .starts_with("ghcr.io/titan-dr/titan-dr:")
+        );
+        let config = Command::parse_from([
+            "operator",
+            "--default-step-timeout",
+            "1h30m",
+            "--operator-image",
+            "registry.example/titan-dr:1",
+        ])
+        .config;
+        assert_eq!(config.default_step_timeout.as_secs(), 90 * 60);
+        assert_eq!(config.operator_image, "registry.example/titan-dr:1");
+        assert!(Command::try_parse_from(["operator", "--default-step-timeout", "soon"]).is_err());
+    }
 }

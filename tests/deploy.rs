@@ -354,6 +354,11 @@ fn the_deployment_runs_the_operator_with_its_flags_as_a_restricted_pod() {
             "{name} is no flag of the operator"
         );
     }
+    assert_eq!(
+        env["TITAN_OPERATOR_IMAGE"].value.as_deref(),
+        container.image.as_deref(),
+        "step pods' init containers and restore steps use the operator's own image"
+    );
     let pod_name = env["POD_NAME"].value_from.as_ref().unwrap();
     assert_eq!(
         pod_name.field_ref.as_ref().unwrap().field_path,
@@ -424,6 +429,14 @@ fn the_dockerfile_and_the_chart_follow_the_crate() {
         "the Deployment's runAsUser"
     );
     assert!(dockerfile.contains("--bin titan-dr"));
+    // titan-step, static, where TITAN_STEP_PATH says by default.
+    assert!(dockerfile.contains(r#"RUSTFLAGS="-C target-feature=+crt-static""#));
+    assert!(dockerfile.contains("-p titan-step"));
+    let step_path = operator_flags()["TITAN_STEP_PATH"].clone().unwrap();
+    assert!(
+        dockerfile.contains(&format!("/out/titan-step {step_path}\n")),
+        "the image holds titan-step at {step_path}"
+    );
     let chart = &documents(&read("charts/titan-dr/Chart.yaml"), "Chart.yaml")[0];
     assert_eq!(chart["appVersion"], env!("CARGO_PKG_VERSION"));
 }
@@ -538,6 +551,10 @@ fn the_chart_values_change_what_they_say() {
         .map(|e| (e.name.as_str(), e.value.as_deref()))
         .collect();
     assert_eq!(env["TITAN_WATCH_NAMESPACE"], Some("titan"));
+    assert_eq!(
+        env["TITAN_OPERATOR_IMAGE"],
+        Some("ghcr.io/titan-dr/titan-dr:9.9.9")
+    );
     assert_eq!(env["TITAN_KEEP_RUNS"], Some("5"));
     let backups = pod.volumes.iter().flatten().find(|v| v.name == "backups");
     assert!(backups.unwrap().empty_dir.is_some());
@@ -894,123 +911,83 @@ fn run_finished(run: &'static str) -> impl Fn(Option<&DisasterRecovery>) -> bool
     }
 }
 
-/// The whole DisasterRecovery path with nothing but the ClusterRole's permissions: CRD wait,
-/// watches, Jobs, Pods, status, Events, the Backup lookup of RPOMet and pruning old runs.
+/// The whole DisasterRecovery path with nothing but the chart's RBAC: the operator installed
+/// by `helm install` with the local image runs as its ServiceAccount — CRD wait, watches,
+/// Jobs, Pods, status, Events, the Backup lookup of RPOMet and pruning old runs.
 #[tokio::test]
 async fn the_operator_works_as_its_service_account() {
     support::with_namespace(|client, ns| async move {
-        let name = grant_service_account(&client, &ns).await;
-        let body = async {
-            let request = TokenRequest {
-                spec: Some(TokenRequestSpec {
-                    expiration_seconds: Some(3600),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-            let token = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-                .create_token_request("titan-dr", &PostParams::default(), &request)
-                .await
-                .expect("a token for the ServiceAccount")
-                .status
-                .and_then(|s| s.token)
-                .expect("a token in the answer");
-            let folder = tempfile::tempdir().unwrap();
-            let kubeconfig = folder.path().join("kubeconfig");
-            token_kubeconfig(&token, &kubeconfig);
+        // One run of history, so the second run prunes the first's Jobs.
+        let operator = support::Operator::install_with(&ns, &["operator.keepRuns=1"]).await;
+        let drs: Api<DisasterRecovery> = Api::namespaced(client.clone(), &ns);
+        let dr: DisasterRecovery =
+            serde_yaml::from_str(&SCENARIO.replace("toolbox:1.0", support::TOOLBOX)).unwrap();
+        drs.create(&PostParams::default(), &dr).await.unwrap();
+        let done = support::wait_for(
+            &drs,
+            "as-service-account",
+            "run 1 to finish as the ServiceAccount",
+            LIMIT,
+            run_finished("1"),
+        )
+        .await;
+        let status = done.status.unwrap();
+        assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:#?}");
+        // The Backup lookup was allowed: a missing Backup, not an error.
+        let rpo = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "RPOMet")
+            .expect("RPOMet");
+        assert_eq!(rpo.reason, "BackupNotFound", "{rpo:?}");
 
-            std::fs::create_dir_all(root().join("target")).unwrap();
-            let log_path = root().join(format!("target/operator-deploy-{ns}.log"));
-            let log = std::fs::File::create(&log_path).unwrap();
-            let _operator = OperatorProcess(
-                Command::new(env!("CARGO_BIN_EXE_titan-dr"))
-                    .args([
-                        "operator",
-                        "--namespace",
-                        &ns,
-                        "--metrics-addr",
-                        "127.0.0.1:0",
-                    ])
-                    .env("KUBECONFIG", &kubeconfig)
-                    // One run of history, so the second run prunes the first's Jobs.
-                    .env("TITAN_KEEP_RUNS", "1")
-                    .env("RUST_LOG", "info,titan_dr=debug")
-                    .stdout(log.try_clone().unwrap())
-                    .stderr(log)
-                    .spawn()
-                    .expect("starting the operator"),
-            );
+        // A second run deletes the first's Jobs (deletecollection).
+        let now = serde_json::json!({"metadata": {"annotations": {
+            titan_dr::controller::disaster_recovery::RUN_NOW: "2"
+        }}});
+        drs.patch(
+            "as-service-account",
+            &PatchParams::default(),
+            &Patch::Merge(&now),
+        )
+        .await
+        .unwrap();
+        let done = support::wait_for(
+            &drs,
+            "as-service-account",
+            "run 2 to finish as the ServiceAccount",
+            LIMIT,
+            run_finished("2"),
+        )
+        .await;
+        assert_eq!(done.status.unwrap().phase, Some(RunPhase::Succeeded));
+        let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+        let first_run = ListParams::default().labels(&format!(
+            "{LABEL_RECOVERY}=as-service-account,{LABEL_RUN}=1"
+        ));
+        assert!(
+            jobs.list(&first_run).await.unwrap().items.is_empty(),
+            "run 1's Jobs are pruned"
+        );
 
-            let drs: Api<DisasterRecovery> = Api::namespaced(client.clone(), &ns);
-            let dr: DisasterRecovery = serde_yaml::from_str(SCENARIO).unwrap();
-            drs.create(&PostParams::default(), &dr).await.unwrap();
-            let done = support::wait_for(
-                &drs,
-                "as-service-account",
-                "run 1 to finish as the ServiceAccount",
-                LIMIT,
-                run_finished("1"),
-            )
-            .await;
-            let status = done.status.unwrap();
-            assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:#?}");
-            // The Backup lookup was allowed: a missing Backup, not an error.
-            let rpo = status
-                .conditions
-                .iter()
-                .find(|c| c.type_ == "RPOMet")
-                .expect("RPOMet");
-            assert_eq!(rpo.reason, "BackupNotFound", "{rpo:?}");
+        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+        let published = events.list(&ListParams::default()).await.unwrap().items;
+        let reasons: BTreeSet<&str> = published
+            .iter()
+            .filter(|e| e.reporting_controller.as_deref() == Some("titan-dr-operator"))
+            .filter_map(|e| e.reason.as_deref())
+            .collect();
+        for reason in ["RunStarted", "StepSucceeded", "RecoverySucceeded"] {
+            assert!(reasons.contains(reason), "no {reason} Event: {reasons:?}");
+        }
 
-            // A second run deletes the first's Jobs (deletecollection).
-            let now = serde_json::json!({"metadata": {"annotations": {
-                titan_dr::controller::disaster_recovery::RUN_NOW: "2"
-            }}});
-            drs.patch(
-                "as-service-account",
-                &PatchParams::default(),
-                &Patch::Merge(&now),
-            )
-            .await
-            .unwrap();
-            let done = support::wait_for(
-                &drs,
-                "as-service-account",
-                "run 2 to finish as the ServiceAccount",
-                LIMIT,
-                run_finished("2"),
-            )
-            .await;
-            assert_eq!(done.status.unwrap().phase, Some(RunPhase::Succeeded));
-            let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-            let first_run = ListParams::default().labels(&format!(
-                "{LABEL_RECOVERY}=as-service-account,{LABEL_RUN}=1"
-            ));
+        let log = operator.logs();
+        for word in ["forbidden", "Forbidden"] {
             assert!(
-                jobs.list(&first_run).await.unwrap().items.is_empty(),
-                "run 1's Jobs are pruned"
+                !log.contains(word),
+                "the operator was refused something:\n{log}"
             );
-
-            let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-            let published = events.list(&ListParams::default()).await.unwrap().items;
-            let reasons: BTreeSet<&str> = published
-                .iter()
-                .filter(|e| e.reporting_controller.as_deref() == Some("titan-dr-operator"))
-                .filter_map(|e| e.reason.as_deref())
-                .collect();
-            for reason in ["RunStarted", "StepSucceeded", "RecoverySucceeded"] {
-                assert!(reasons.contains(reason), "no {reason} Event: {reasons:?}");
-            }
-
-            let log = std::fs::read_to_string(&log_path).unwrap();
-            for word in ["forbidden", "Forbidden"] {
-                assert!(
-                    !log.contains(word),
-                    "the operator was refused something:\n{log}"
-                );
-            }
-        };
-        finally(body, revoke(&client, &name)).await;
+        }
     })
     .await;
 }

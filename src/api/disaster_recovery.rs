@@ -1,7 +1,7 @@
 //! The `DisasterRecovery` resource: one recovery scenario, its component graph,
 //! its steps, validations and rollback, and the status of its current run.
 
-use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::api::core::v1::{EnvVar, PodSecurityContext, SecurityContext};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -144,6 +144,16 @@ pub struct JobTemplate {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub env: Vec<EnvVar>,
+    /// Security settings of every step's container, laid field by field over the operator's
+    /// restricted defaults (runAsNonRoot, no privilege escalation, all capabilities dropped);
+    /// a step's own `securityContext` is laid over these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
+    /// Security settings of every step's Pod, laid field by field over the operator's
+    /// restricted defaults (runAsNonRoot, seccomp RuntimeDefault); a step's own
+    /// `podSecurityContext` is laid over these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_security_context: Option<PodSecurityContext>,
 }
 
 /// One recovery step, validation or rollback step: a command run as a Kubernetes Job.
@@ -195,6 +205,15 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub env: Vec<EnvVar>,
+    /// Security settings of this step's container (e.g. `runAsUser`), laid field by field
+    /// over `template.securityContext` and the operator's restricted defaults, which stay for
+    /// every field not set here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
+    /// Security settings of this step's Pod (e.g. `fsGroup`), laid field by field over
+    /// `template.podSecurityContext` and the operator's restricted defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_security_context: Option<PodSecurityContext>,
 }
 
 impl Step {

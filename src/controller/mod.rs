@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
+use crate::job::JobSetup;
 use crate::telemetry::Metrics;
 
 /// The field manager of every write the operator makes.
@@ -30,8 +31,9 @@ pub struct Context {
     pub keep_runs: u32,
     /// The operator's backup volume; every Backup's destination is a folder in it.
     pub backup_dir: PathBuf,
-    /// Image and command of `titan-dr` for restore Jobs.
-    pub restore_image: String,
+    /// What every Job is built with; the controller adds the restore part for restore steps.
+    pub job_setup: JobSetup,
+    /// The `titan-dr` command in the operator's image, for restore Jobs.
     pub restore_command: String,
     /// The backup volume as restore Jobs mount it.
     pub backup_volume: Volume,
@@ -66,7 +68,12 @@ impl Context {
             client,
             keep_runs: config.keep_runs,
             backup_dir: config.backup_dir.clone(),
-            restore_image: config.restore_image.clone(),
+            job_setup: JobSetup {
+                operator_image: config.operator_image.clone(),
+                titan_step_path: config.titan_step_path.clone(),
+                default_timeout: config.default_step_timeout,
+                restore: None,
+            },
             restore_command: config.restore_command.clone(),
             backup_volume,
             metrics: Arc::default(),

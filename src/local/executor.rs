@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -18,10 +18,6 @@ use crate::api::disaster_recovery::{DisasterRecovery, Step, StepPhase};
 use crate::expect::{self, Finished};
 use crate::plan::{Attempt, Outcome, Plan, PlannedStep, RunState, StepKind};
 use crate::process::{self, ProcessSpec, Stopped};
-
-/// How much of an attempt's output is kept and judged: the 4 KiB a Kubernetes termination
-/// message holds, so that expectations see what they would see in the cluster.
-pub const OUTPUT_TAIL_BYTES: usize = 4096;
 
 /// How often a running run reports [`Observer::tick`], for a live display.
 const TICK: Duration = Duration::from_millis(200);
@@ -396,7 +392,7 @@ impl<'a> Run<'a> {
             return;
         };
         let step = self.spec_step(record.kind, &record.name);
-        let output = process::tail_file(&ended.log, OUTPUT_TAIL_BYTES, usize::MAX);
+        let output = output_tail(&ended.log);
         let (exit_code, phase, message, interrupted) = match &ended.result {
             Err(error) => (
                 None,
@@ -467,6 +463,18 @@ impl<'a> Run<'a> {
     }
 }
 
+/// What `expect` judges of an attempt: the tail of its log, kept by the same [`titan_step::Tail`]
+/// and [`titan_step::OUTPUT_TAIL_BYTES`] as titan-step keeps it in a step's container, so a
+/// local run and a run in the cluster judge the same text. A missing log is empty.
+fn output_tail(log: &Path) -> String {
+    let mut tail = titan_step::Tail::new(titan_step::OUTPUT_TAIL_BYTES);
+    if let Ok(mut file) = std::fs::File::open(log) {
+        // A log that cannot be read to its end keeps the tail of what was read.
+        let _ = std::io::copy(&mut file, &mut tail);
+    }
+    tail.text()
+}
+
 /// `command` runs with `/bin/sh -c`, as in the step's container; `args` runs as it is.
 fn argv(step: &Step) -> Vec<String> {
     match (&step.command, &step.args) {
@@ -492,6 +500,21 @@ mod tests {
         )
         .expect("the resource parses");
         assert_eq!(unavailable_env(&resource), ["template/TOKEN", "a/POD"]);
+    }
+
+    #[test]
+    fn the_judged_output_is_the_tail_titan_step_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("step-1.log");
+        let output: Vec<u8> = "é".repeat(3000).into_bytes();
+        std::fs::write(&log, &output).unwrap();
+        let tail = output_tail(&log);
+        assert_eq!(
+            tail,
+            titan_step::tail_text(&output, titan_step::OUTPUT_TAIL_BYTES)
+        );
+        assert_eq!(tail, "é".repeat(2000));
+        assert_eq!(output_tail(&dir.path().join("missing.log")), "");
     }
 
     #[test]

@@ -103,22 +103,9 @@ pub fn install(dest: &Path) -> io::Result<()> {
 /// goes to the log and becomes the termination message.
 pub fn fail(message: &str, message_file: &Path) {
     eprintln!("{message}");
-    let mut text = message.to_owned();
-    text.truncate(floor_char_boundary(&text, crate::OUTPUT_TAIL_BYTES));
-    if let Err(error) = std::fs::write(message_file, text) {
-        eprintln!(
-            "titan-step: cannot write the termination message to {}: {error}",
-            message_file.display()
-        );
-    }
-}
-
-fn floor_char_boundary(text: &str, max: usize) -> usize {
-    let mut end = max.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    end
+    // Held to the tail's bounds like any output, so the kubelet never cuts it.
+    let text = crate::tail_text(message.as_bytes(), crate::OUTPUT_TAIL_BYTES);
+    run::write_message(message_file, &text);
 }
 
 #[cfg(test)]

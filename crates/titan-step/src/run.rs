@@ -72,13 +72,18 @@ pub struct Outcome {
 /// ends (a failure to write is reported on stderr). Returns the exit code to exit with.
 pub fn run(argv: &[OsString], message_file: &Path, echo: &mut dyn Write) -> i32 {
     let outcome = capture(argv, echo);
-    if let Err(error) = std::fs::write(message_file, outcome.tail.text()) {
+    write_message(message_file, &outcome.tail.text());
+    outcome.exit_code
+}
+
+/// Writes the termination message; a failure is reported on stderr, and changes no exit code.
+pub fn write_message(message_file: &Path, text: &str) {
+    if let Err(error) = std::fs::write(message_file, text) {
         eprintln!(
             "titan-step: cannot write the termination message to {}: {error}",
             message_file.display()
         );
     }
-    outcome.exit_code
 }
 
 /// Runs `argv` to its end, with stdout and stderr on one pipe (interleaved as written),
@@ -150,6 +155,12 @@ pub fn capture(argv: &[OsString], echo: &mut dyn Write) -> Outcome {
         None => wait(&mut child),
     };
     CHILD_GROUP.store(0, Ordering::SeqCst);
+    // What the program left running dies now, as it would anyway once this process, PID 1 of
+    // the container, exits and the kernel ends the rest of the PID namespace.
+    // SAFETY: kill(2) has no memory effects; a group already gone gives ESRCH.
+    unsafe {
+        libc::kill(-group, libc::SIGKILL);
+    }
     let exit_code = status
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
@@ -254,7 +265,8 @@ mod tests {
 
     #[test]
     fn the_tail_is_cut_at_a_character_and_the_echo_is_whole() {
-        // 3000 "é" are 6000 bytes: the tail is the last 4000, 2000 whole characters.
+        // 3000 "é" and a newline are 6001 bytes; the last 4000 begin inside an "é", which is
+        // dropped: 1999 of them and the newline are left.
         let mut echo = Vec::new();
         let outcome = capture(
             &sh("i=0; while [ $i -lt 3000 ]; do printf é; i=$((i+1)); done; printf '\\n'"),

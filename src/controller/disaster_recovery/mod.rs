@@ -127,18 +127,11 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
         let Some(step) = spec_steps.get(attempt.name.as_str()) else {
             continue;
         };
-        let setup = match &step.restore {
-            Some(restore) => Some(restore_setup(&ctx, &ns, &restore.backup).await?),
-            None => None,
-        };
-        let job = build_job(
-            &dr,
-            &run,
-            attempt.kind,
-            step,
-            attempt.number,
-            setup.as_ref(),
-        );
+        let mut setup = ctx.job_setup.clone();
+        if let Some(restore) = &step.restore {
+            setup.restore = Some(restore_setup(&ctx, &ns, &restore.backup).await?);
+        }
+        let job = build_job(&dr, &run, attempt.kind, step, attempt.number, &setup);
         let job_name = job.name_any();
         match jobs.create(&PostParams::default(), &job).await {
             Ok(_) => {}
@@ -176,11 +169,11 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
     })
 }
 
-/// What a restore Job needs: the operator's image and the named Backup.
+/// What a restore Job needs besides the operator's image: `titan-dr`, the backup volume and
+/// the named Backup.
 async fn restore_setup(ctx: &Context, ns: &str, backup: &str) -> Result<RestoreSetup, Error> {
     let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), ns);
     Ok(RestoreSetup {
-        image: ctx.restore_image.clone(),
         command: ctx.restore_command.clone(),
         backup_volume: ctx.backup_volume.clone(),
         backup: backups.get_opt(backup).await.map_err(Error::Observe)?,
