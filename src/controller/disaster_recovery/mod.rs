@@ -7,6 +7,7 @@
 //! deterministic, so a restarted operator neither duplicates nor re-runs work.
 
 mod observe;
+pub mod pod_start;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
