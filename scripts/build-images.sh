@@ -8,6 +8,7 @@
 #                                     redis-cli, kubectl; user 65532
 #   localhost/titan-redis:local       redis-server and redis-cli from Debian; user 65532
 #   localhost/titan-service:local     the Titan example service (Debian's python3)
+#   localhost/titan-busybox-root:local  busybox as root, for tests of a root image
 #   localhost/pause:local, localhost/coredns:local, localhost/local-path-provisioner:local
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -77,6 +78,12 @@ image localhost/titan-toolbox:local "{
   \"files\": {\"/etc/ssl/certs/ca-certificates.crt\": \"$certs\"},
   \"symlinks\": {$applets},
   \"text\": {$base_text}, \"dirs\": {$base_dirs}}"
+
+# A root image, as most public images are: what a step under runAsNonRoot meets in the wild.
+image localhost/titan-busybox-root:local "{
+  \"name\": \"localhost/titan-busybox-root:local\", \"entrypoint\": [\"/bin/sh\"],
+  \"binaries\": {\"/usr/bin/busybox\": \"$(command -v busybox)\"},
+  \"symlinks\": {$applets}, \"dirs\": {$base_dirs}}"
 
 image localhost/titan-redis:local "{
   \"name\": \"localhost/titan-redis:local\", \"user\": \"65532:65532\", \"workdir\": \"/data\",

@@ -4,13 +4,15 @@ use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::runtime::wait::{await_condition, conditions};
-use kube::{Api, Client, CustomResourceExt};
+use kube::{Api, Client, CustomResourceExt, ResourceExt};
 
 use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::{self, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
 use crate::api::{Backup, DisasterRecovery};
@@ -62,6 +64,10 @@ pub struct Config {
     /// How many resources are reconciled at once.
     #[arg(long, env = "TITAN_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
+    /// How long a step's pod may fail to pull its image, find no node, or be refused by
+    /// admission before its attempt fails (errors that cannot clear fail it at once).
+    #[arg(long, env = "TITAN_POD_START_GRACE", default_value = "60s", value_parser = crate::plan::parse_duration)]
+    pub pod_start_grace: Duration,
 }
 
 pub fn init_tracing() {
@@ -96,14 +102,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ),
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
-    // Only the Jobs this operator made are watched (and cached).
+    // Only the Jobs this operator made, and their Pods, are watched (and cached).
     let owned_jobs = watcher::Config::default().labels(LABEL_RECOVERY);
     let backups: Api<Backup> = match config.namespace.as_deref().filter(|ns| !ns.is_empty()) {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    let pods: Api<Pod> = match config.namespace.as_deref().filter(|ns| !ns.is_empty()) {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let recovery_controller = Controller::new(recoveries, watcher::Config::default())
-        .owns(jobs, owned_jobs)
+        .owns(jobs, owned_jobs.clone())
+        // A pod that cannot start changes itself, not its Job: its changes wake the run too.
+        .watches(pods, owned_jobs, recovery_of_pod)
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .shutdown_on_signal()
         .run(
@@ -124,6 +136,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     futures::join!(recovery_controller, backup_controller);
     tracing::info!("titan-dr operator stopped");
     Ok(())
+}
+
+/// The DisasterRecovery a step's Pod belongs to, from its labels.
+fn recovery_of_pod(pod: Pod) -> Option<ObjectRef<DisasterRecovery>> {
+    let recovery = pod.labels().get(LABEL_RECOVERY)?;
+    Some(ObjectRef::new(recovery).within(&pod.namespace()?))
 }
 
 async fn log_result<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, E>) {

@@ -54,14 +54,16 @@ const OPERATOR_USES: &[(&str, &str, &str)] = &[
     ("dr.titan.io", "backups/status", "get"),
     ("dr.titan.io", "backups/status", "patch"),
     ("dr.titan.io", "backups/status", "update"),
-    // One Job per attempt, watched through `.owns()`; old runs deleted by label.
+    // One Job per attempt, watched through `.owns()`; old runs deleted by label; an attempt
+    // whose pod cannot start recorded on its Job and stopped (patch).
     ("batch", "jobs", "get"),
     ("batch", "jobs", "list"),
     ("batch", "jobs", "watch"),
     ("batch", "jobs", "create"),
+    ("batch", "jobs", "patch"),
     ("batch", "jobs", "delete"),
     ("batch", "jobs", "deletecollection"),
-    // Termination messages of finished attempts.
+    // Termination messages of finished attempts; watched for pods that cannot start.
     ("", "pods", "get"),
     ("", "pods", "list"),
     ("", "pods", "watch"),
@@ -76,7 +78,9 @@ const OPERATOR_USES: &[(&str, &str, &str)] = &[
     ("", "configmaps", "watch"),
     ("", "configmaps", "create"),
     ("", "configmaps", "patch"),
-    // kube-runtime's Recorder: create, then patch a repeated event's series.
+    // kube-runtime's Recorder: create, then patch a repeated event's series. A Job without a
+    // Pod: its FailedCreate Events (list).
+    ("events.k8s.io", "events", "list"),
     ("events.k8s.io", "events", "create"),
     ("events.k8s.io", "events", "patch"),
     // Waiting for the CRDs to be Established.

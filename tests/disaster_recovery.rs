@@ -592,3 +592,159 @@ async fn the_operator_and_a_local_run_give_the_same_step_outcomes() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Pods that cannot start. DRAFTS, not yet run: they need a real kubelet and kube-scheduler
+// (the local node agent pulls no image and binds every pod), so they are ignored until the
+// node is up: `cargo test --test disaster_recovery -- --ignored pod_`.
+
+/// A present image that runs as root (its USER is 0): every step pod sets runAsNonRoot.
+/// An image whose user is root, as most public images' are (`scripts/build-images.sh`).
+const ROOT_IMAGE: &str = "localhost/titan-busybox-root:local";
+
+/// A one-step scenario whose step is `step` (YAML flow mapping).
+fn single_step(name: &str, step: &str) -> DisasterRecovery {
+    scenario(name, &format!("    - {step}"), "    []", "    []")
+}
+
+/// Waits for the run of `dr` to fail and returns its only step's status, once its Job is
+/// seen to carry the verdict and to have been stopped, its pod gone rather than retrying.
+async fn failed_to_start(
+    client: &Client,
+    ns: &str,
+    api: &Api<DisasterRecovery>,
+    dr: &str,
+) -> StepStatus {
+    let status = wait_finished(api, dr).await;
+    assert_eq!(status.phase, Some(RunPhase::Failed), "{status:#?}");
+    let only = status.steps[0].clone();
+    assert_eq!(
+        (only.phase, only.attempts),
+        (StepPhase::Failed, 1),
+        "{only:#?}"
+    );
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let job = jobs.get(only.job.as_deref().unwrap()).await.unwrap();
+    let recorded = job.annotations().get("dr.titan.io/failed-to-start");
+    assert_eq!(
+        recorded,
+        only.message.as_ref(),
+        "the Job carries the step's message"
+    );
+    assert_eq!(job.spec.as_ref().unwrap().active_deadline_seconds, Some(1));
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    let of_job =
+        ListParams::default().labels(&format!("batch.kubernetes.io/job-name={}", job.name_any()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !pods.list(&of_job).await.unwrap().items.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stopped Job's pod is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    only
+}
+
+/// The step's message starts with `prefix` and says every one of `parts`.
+fn assert_message(step: &StepStatus, prefix: &str, parts: &[&str]) {
+    let message = step.message.as_deref().unwrap_or_default();
+    assert!(message.starts_with(prefix), "{message}");
+    for part in parts {
+        assert!(
+            message.contains(part),
+            "{part:?} is missing from: {message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn pod_with_an_absent_image_fails_after_the_grace_period_also_across_a_restart() {
+    support::with_namespace(|client, ns| async move {
+        // The steps' pull policy is the default (IfNotPresent for a tag): ErrImagePull, then
+        // ImagePullBackOff. ErrImageNeverPull needs `imagePullPolicy: Never`, which no step
+        // field sets.
+        let operator = support::Operator::install_with(&ns, &["operator.podStartGrace=10s"]).await;
+        let dr = single_step(
+            "absent",
+            "{name: pull, image: 'localhost:1/titan-dr-absent:never', command: 'true'}",
+        );
+        let api = create(&client, &ns, &dr).await;
+        // Killed while the grace period is being counted: the next operator counts from the
+        // pod's own times.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        operator.kill().await;
+        let step = failed_to_start(&client, &ns, &api, "absent").await;
+        let image = "localhost:1/titan-dr-absent:never";
+        assert_message(&step, "pod cannot start for ", &[image]);
+        let message = step.message.unwrap_or_default();
+        assert!(
+            message.contains("ErrImagePull") || message.contains("ImagePullBackOff"),
+            "{message}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pod_of_a_root_image_under_run_as_non_root_fails_at_once() {
+    support::with_namespace(|client, ns| async move {
+        // The default grace (60s): a hard error does not wait for it.
+        let _operator = support::Operator::install(&ns).await;
+        let step = format!("{{name: rooted, image: '{ROOT_IMAGE}', command: 'id'}}");
+        let api = create(&client, &ns, &single_step("rooted", &step)).await;
+        let step = failed_to_start(&client, &ns, &api, "rooted").await;
+        let hard = "pod cannot start: CreateContainerConfigError: ";
+        assert_message(
+            &step,
+            hard,
+            &["container has runAsNonRoot and image will run as root"],
+        );
+        let took = titan_dr::controller::disaster_recovery::status::elapsed(
+            step.started_at.as_ref().unwrap(),
+            step.finished_at.as_ref().unwrap(),
+        );
+        assert!(took < Duration::from_secs(30), "failed after {took:?}");
+    })
+    .await;
+}
+
+/// A Backup of ConfigMaps, for a restore step to name; its own snapshots do not matter here.
+async fn config_backup(client: &Client, ns: &str) {
+    let backup = "apiVersion: dr.titan.io/v1alpha1\nkind: Backup\nmetadata: {name: config}\nspec:\n  source: {configMaps: {selector: {matchLabels: {app: none}}}}\n  destination: {path: config}\n  encryption: {secretRef: {name: backup-key}}\n";
+    support::create_yaml::<titan_dr::api::Backup>(client, ns, backup)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn pod_refused_by_pod_security_fails_with_the_admission_error() {
+    support::with_namespace(|client, ns| async move {
+        // Test namespaces enforce `restricted`, which forbids a privileged container.
+        let _operator =
+            support::Operator::install_with(&ns, &["operator.podStartGrace=10s"]).await;
+        let step = "{name: privileged, command: 'true', securityContext: {privileged: true, allowPrivilegeEscalation: true}}";
+        let api = create(&client, &ns, &single_step("refused", step)).await;
+        let step = failed_to_start(&client, &ns, &api, "refused").await;
+        let why = ["violates PodSecurity \"restricted:latest\"", "privileged"];
+        assert_message(&step, "pod refused: FailedCreate: Error creating: pods ", &why);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pod_no_node_can_take_fails_after_the_grace_period() {
+    support::with_namespace(|client, ns| async move {
+        // A restore step whose Redis data volume is a claim that does not exist: the
+        // scheduler finds no node for its pod.
+        let _operator =
+            support::Operator::install_with(&ns, &["operator.podStartGrace=10s"]).await;
+        config_backup(&client, &ns).await;
+        let step = "{name: restore, restore: {backup: config, redis: {address: 'nowhere:6379', dataVolume: {persistentVolumeClaim: {claimName: titan-no-such-claim}}}}}";
+        let api = create(&client, &ns, &single_step("nowhere", step)).await;
+        let step = failed_to_start(&client, &ns, &api, "nowhere").await;
+        let why = "persistentvolumeclaim \"titan-no-such-claim\" not found";
+        assert_message(&step, "pod unschedulable for ", &[why]);
+    })
+    .await;
+}

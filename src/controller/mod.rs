@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{HostPathVolumeSource, PersistentVolumeClaimVolu
 use kube::Client;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::controller::Action;
@@ -29,6 +29,9 @@ pub struct Context {
     pub recorder: Recorder,
     /// How many runs of a DisasterRecovery keep their Jobs for history.
     pub keep_runs: u32,
+    /// How long a pod may fail to pull its image, or find no node, before its
+    /// attempt fails.
+    pub pod_start_grace: Duration,
     /// The operator's backup volume; every Backup's destination is a folder in it.
     pub backup_dir: PathBuf,
     /// What every Job is built with; the controller adds the restore part for restore steps.
@@ -67,6 +70,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             keep_runs: config.keep_runs,
+            pod_start_grace: config.pod_start_grace,
             backup_dir: config.backup_dir.clone(),
             job_setup: JobSetup {
                 operator_image: config.operator_image.clone(),
@@ -143,6 +147,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("stopping Job {job}, whose pod cannot start: {source}")]
+    StopJob {
+        job: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("writing status: {0}")]
     WriteStatus(#[source] kube::Error),
     #[error("pruning old runs: {0}")]
@@ -156,6 +166,7 @@ impl Error {
         match self {
             Error::Observe(_) => "ObserveFailed",
             Error::CreateJob { .. } => "CreateJobFailed",
+            Error::StopJob { .. } => "StopJobFailed",
             Error::WriteStatus(_) => "WriteStatusFailed",
             Error::Prune(_) => "PruneFailed",
             Error::Backup(_) => "BackupStoreFailed",

@@ -1,12 +1,15 @@
 //! The DisasterRecovery controller: from a scenario to ordered Jobs to status.
 //!
-//! Each reconcile is a pipeline — which run → validate → observe Jobs → decide
-//! (pure plan) → create Jobs → write status — and never waits: Job changes wake
-//! it again through `.owns()`. Every decision is derived from the Jobs of the
-//! run (found by label) and the status, never from memory, and Job names are
-//! deterministic, so a restarted operator neither duplicates nor re-runs work.
+//! Each reconcile is a pipeline — which run → validate → observe Jobs → stop
+//! attempts whose pod cannot start → decide (pure plan) → create Jobs → write
+//! status — and never waits: Job and Pod changes wake it again (`.owns()`,
+//! `.watches()`), and a grace period being counted by a requeue. Every decision
+//! is derived from the Jobs of the run (found by label), their Pods and Events,
+//! and the status, never from memory, and Job names are deterministic, so a
+//! restarted operator neither duplicates nor re-runs work.
 
 mod observe;
+pub mod pod_start;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,6 +18,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -23,6 +27,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
+use self::pod_start::{StartFailure, StartVerdict};
 use self::status::{RpoVerdict, RunFacts};
 use crate::api::disaster_recovery::{
     DisasterRecoveryStatus, RunPhase, Step, StepPhase, StepStatus,
@@ -39,6 +44,8 @@ pub const RUN_NOW: &str = "dr.titan.io/run-now";
 /// Safety net: a run in progress is looked at again this often even when no
 /// Job changes (Job changes normally wake it at once).
 const RECHECK: Duration = Duration::from_secs(60);
+/// The soonest a requeue comes back, also for a grace period about to end.
+const SOONEST: Duration = Duration::from_secs(1);
 
 #[tracing::instrument(skip_all, fields(dr = %dr.name_any(), ns = dr.namespace().unwrap_or_default()))]
 pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -100,10 +107,14 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
     // Observe the run's Jobs.
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let selector = format!("{LABEL_RECOVERY}={name},{LABEL_RUN}={run}");
-    let run_jobs = jobs
+    let mut run_jobs = jobs
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(Error::Observe)?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    // Attempts whose pod cannot start are failed on their Job first, so that
+    // observe below, and any later operator, sees a failed attempt.
+    let recheck = stop_unstartable(&ctx, &ns, &selector, &pods, &mut run_jobs.items).await?;
     let spec_steps: BTreeMap<&str, &Step> =
         all_steps(&dr).map(|(_, s)| (s.name.as_str(), s)).collect();
     let recorded: BTreeMap<&str, &StepStatus> = base
@@ -113,7 +124,6 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
         .chain(&base.rollback)
         .map(|s| (s.name.as_str(), s))
         .collect();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let mut observed =
         observe::observe_steps(&pods, &run_jobs.items, &spec_steps, &recorded).await?;
 
@@ -165,8 +175,63 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
     write_status(&drs, &name, &previous, &status).await?;
     Ok(match decision.outcome {
         Some(_) => Action::await_change(),
-        None => Action::requeue(RECHECK),
+        None => Action::requeue(recheck.max(SOONEST)),
     })
+}
+
+/// Stops the attempts among `jobs` whose pod cannot start, replacing their
+/// Jobs with the stopped ones; returns when to look again at the latest (a
+/// grace period running out, or a stop to retry).
+async fn stop_unstartable(
+    ctx: &Context,
+    ns: &str,
+    selector: &str,
+    pods: &Api<Pod>,
+    jobs: &mut [Job],
+) -> Result<Duration, Error> {
+    let events: Api<Event> = Api::namespaced(ctx.client.clone(), ns);
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let now = Timestamp::now();
+    let grace = ctx.pod_start_grace;
+    let mut recheck = RECHECK;
+    for (index, verdict) in observe::pod_starts(pods, &events, selector, jobs, now, grace).await? {
+        match verdict {
+            StartVerdict::Wait { recheck: None } => {}
+            StartVerdict::Wait {
+                recheck: Some(after),
+            } => recheck = recheck.min(after),
+            StartVerdict::CannotStart(failure) => {
+                match stop_attempt(&api, &jobs[index], &failure, now).await? {
+                    Some(stopped) => jobs[index] = stopped,
+                    None => recheck = SOONEST,
+                }
+            }
+        }
+    }
+    Ok(recheck)
+}
+
+/// Records on the Job why its pod cannot start, and stops it (see
+/// [`pod_start::stop_patch`]). `None` when the Job changed or went away since
+/// it was read: the next reconcile judges it again.
+async fn stop_attempt(
+    jobs: &Api<Job>,
+    job: &Job,
+    failure: &StartFailure,
+    now: Timestamp,
+) -> Result<Option<Job>, Error> {
+    let name = job.name_any();
+    tracing::info!(job = %name, reason = %failure.message, "stopping an attempt whose pod cannot start");
+    let patch = pod_start::stop_patch(job, failure, now);
+    let params = PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
+    match jobs.patch(&name, &params, &Patch::Merge(&patch)).await {
+        Ok(stopped) => Ok(Some(stopped)),
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(None),
+        Err(source) => Err(Error::StopJob { job: name, source }),
+    }
 }
 
 /// What a restore Job needs besides the operator's image: `titan-dr`, the backup volume and

@@ -2,13 +2,17 @@
 //! the cluster, so an operator restarted at any moment sees the same run.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
+use super::pod_start::{self, StartVerdict};
 use crate::api::disaster_recovery::{Step, StepPhase, StepStatus};
 use crate::controller::Error;
 use crate::expect::{Finished, judge};
@@ -76,7 +80,13 @@ pub async fn observe_steps(
                 .or(first.metadata.creation_timestamp.clone()),
             ..Default::default()
         };
-        if let Some(end) = job_end(latest) {
+        // A recorded start failure wins over whatever the Job says: the
+        // operator stopped it, so even a late completion is not a success.
+        if let Some(failure) = pod_start::recorded(latest) {
+            status.phase = StepPhase::Failed;
+            status.finished_at = failure.at.or_else(|| job_end(latest).and_then(|e| e.at));
+            status.message = Some(failure.message);
+        } else if let Some(end) = job_end(latest) {
             status.finished_at = end.at;
             match recorded.get(name) {
                 Some(before)
@@ -101,6 +111,52 @@ pub async fn observe_steps(
         observed.insert(name.to_string(), status);
     }
     Ok(observed)
+}
+
+/// The verdict on every unfinished attempt of the run not yet recorded as
+/// unable to start, by index into `jobs`. One Pod list for the run (`selector`)
+/// when there is such an attempt; a Job's Events only while it has no Pod.
+pub async fn pod_starts(
+    pods: &Api<Pod>,
+    events: &Api<Event>,
+    selector: &str,
+    jobs: &[Job],
+    now: Timestamp,
+    grace: Duration,
+) -> Result<Vec<(usize, StartVerdict)>, Error> {
+    let open: Vec<usize> = (0..jobs.len())
+        .filter(|&i| job_end(&jobs[i]).is_none() && pod_start::recorded(&jobs[i]).is_none())
+        .collect();
+    if open.is_empty() {
+        return Ok(Vec::new());
+    }
+    let run_pods = pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(Error::Observe)?
+        .items;
+    let mut verdicts = Vec::with_capacity(open.len());
+    for index in open {
+        let job = &jobs[index];
+        let uid = job.uid().unwrap_or_default();
+        let of_job: Vec<&Pod> = run_pods
+            .iter()
+            .filter(|p| p.owner_references().iter().any(|o| o.uid == uid))
+            .collect();
+        let found = if pod_start::wants_events(job, &of_job, now) {
+            let fields = format!("regarding.uid={uid},reason=FailedCreate");
+            events
+                .list(&ListParams::default().fields(&fields))
+                .await
+                .map_err(Error::Observe)?
+                .items
+        } else {
+            Vec::new()
+        };
+        let verdict = pod_start::assess(job, &of_job, &found, now, grace);
+        verdicts.push((index, verdict));
+    }
+    Ok(verdicts)
 }
 
 /// Whether a phase is the end of an attempt.
@@ -130,4 +186,80 @@ async fn finished_attempt(pods: &Api<Pod>, job: &str, timed_out: bool) -> Result
         output: terminated.and_then(|t| t.message).unwrap_or_default(),
         timed_out,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+
+    /// A client of an address nothing listens on: a test using it makes no call.
+    async fn unused_client() -> kube::Client {
+        let kubeconfig = Kubeconfig::from_yaml(
+            "clusters: [{name: none, cluster: {server: 'http://127.0.0.1:9'}}]\n\
+             contexts: [{name: none, context: {cluster: none, user: none}}]\n\
+             users: [{name: none, user: {}}]\n\
+             current-context: none\n",
+        )
+        .unwrap();
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// A Job the operator stopped because its pod could not start; `conditions`
+    /// is what the Job controller did afterwards.
+    fn stopped_job(conditions: &str) -> Job {
+        serde_yaml::from_str(&format!(
+            r#"
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: restore-1-start-redis-0
+  namespace: titan
+  creationTimestamp: "2026-11-25T02:00:00Z"
+  labels: {{dr.titan.io/step: start-redis, dr.titan.io/attempt: "0"}}
+  annotations:
+    dr.titan.io/failed-to-start: 'pod cannot start: ErrImageNeverPull: Container image "localhost/nope:1" is not present with pull policy of Never'
+    dr.titan.io/failed-to-start-at: "2026-11-25T02:00:04Z"
+spec: {{template: {{}}}}
+status: {{startTime: "2026-11-25T02:00:00Z", conditions: {conditions}}}
+"#
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_recorded_start_failure_fails_the_attempt_whatever_the_job_says() {
+        let pods: Api<Pod> = Api::namespaced(unused_client().await, "titan");
+        let step: Step = serde_yaml::from_str("{name: start-redis, command: 'true'}").unwrap();
+        let steps = BTreeMap::from([("start-redis", &step)]);
+        for conditions in [
+            // Not yet failed by the Job controller.
+            "[]",
+            "[{type: Failed, status: 'True', reason: DeadlineExceeded, lastTransitionTime: '2026-11-25T02:00:05Z'}]",
+            // Completed in a race with the stop: still not a success.
+            "[{type: Complete, status: 'True', lastTransitionTime: '2026-11-25T02:00:05Z'}]",
+        ] {
+            let jobs = [stopped_job(conditions)];
+            let observed = observe_steps(&pods, &jobs, &steps, &BTreeMap::new())
+                .await
+                .unwrap();
+            let status = &observed["start-redis"];
+            assert_eq!(status.phase, StepPhase::Failed, "{conditions}");
+            assert_eq!(
+                status.message.as_deref(),
+                Some(
+                    r#"pod cannot start: ErrImageNeverPull: Container image "localhost/nope:1" is not present with pull policy of Never"#
+                )
+            );
+            assert_eq!(
+                status.finished_at,
+                Some(Time("2026-11-25T02:00:04Z".parse().unwrap()))
+            );
+            assert_eq!((status.attempts, status.exit_code), (1, None));
+        }
+    }
 }
