@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::api::disaster_recovery::{JobTemplate, RestoreStep, Step};
+use crate::api::disaster_recovery::{JobTemplate, RedisRestart, RestoreStep, Step};
 use crate::api::{Backup, DisasterRecovery};
 use crate::plan::{StepKind, parse_duration};
 
@@ -26,6 +26,9 @@ pub const LABEL_RUN: &str = "dr.titan.io/run";
 pub const LABEL_STEP: &str = "dr.titan.io/step";
 pub const LABEL_KIND: &str = "dr.titan.io/kind";
 pub const LABEL_ATTEMPT: &str = "dr.titan.io/attempt";
+/// Every attempt's environment says which attempt it is (1 for the first): a step can tell a
+/// retry from its first run. Set the same way by the local executor.
+pub const ATTEMPT_ENV: &str = "TITAN_ATTEMPT";
 /// Keeps a cluster-autoscaler scale-down from evicting a recovery step.
 pub const SAFE_TO_EVICT: &str = "cluster-autoscaler.kubernetes.io/safe-to-evict";
 
@@ -97,7 +100,8 @@ type RestoreParts = (Vec<String>, Vec<Volume>, Vec<VolumeMount>);
 
 /// The command line and volumes of a restore step: `titan-dr backup restore`
 /// (or `restore-config`), which verifies before it touches anything; a Redis
-/// restore then checks the restarted Redis.
+/// restore then restarts Redis (`SHUTDOWN NOSAVE` unless told otherwise; no shell) and
+/// checks the restarted Redis.
 fn restore_parts(
     restore: &RestoreStep,
     setup: &RestoreSetup,
@@ -162,8 +166,11 @@ fn restore_parts(
         format!("--check-redis={}", redis.address),
         format!("--check-timeout={}", wait.as_secs().max(1)),
     ]);
-    if let Some(command) = &redis.restart_command {
-        argv.push(format!("--then={command}"));
+    match (&redis.restart_command, redis.restart) {
+        (Some(_), Some(_)) => return Err("set restart or restartCommand, not both".into()),
+        (Some(command), None) => argv.push(format!("--then={command}")),
+        (None, None | Some(RedisRestart::Shutdown)) => argv.push("--shutdown-redis".into()),
+        (None, Some(RedisRestart::External)) => {}
     }
     volumes.push(data_volume);
     mounts.push(mount("redis-data", REDIS_DATA_MOUNT, false));
@@ -204,9 +211,10 @@ fn pod_security_context(template: &JobTemplate, step: &Step) -> PodSecurityConte
     )
 }
 
-/// The restricted defaults of the step's containers, under the template's and the step's.
-fn container_security_context(template: &JobTemplate, step: &Step) -> SecurityContext {
-    let defaults = SecurityContext {
+/// What Pod Security `restricted` asks of a container. The init container that hands over
+/// titan-step keeps exactly this: what a step loosens for itself is not lent to it.
+fn restricted_container() -> SecurityContext {
+    SecurityContext {
         allow_privilege_escalation: Some(false),
         capabilities: Some(Capabilities {
             drop: Some(vec!["ALL".into()]),
@@ -214,9 +222,13 @@ fn container_security_context(template: &JobTemplate, step: &Step) -> SecurityCo
         }),
         run_as_non_root: Some(true),
         ..Default::default()
-    };
+    }
+}
+
+/// The restricted defaults of the step's container, under the template's and the step's.
+fn container_security_context(template: &JobTemplate, step: &Step) -> SecurityContext {
     overlay(
-        defaults,
+        restricted_container(),
         [
             template.security_context.as_ref(),
             step.security_context.as_ref(),
@@ -316,7 +328,12 @@ pub fn build_job(
         ..Default::default()
     };
     mounts.push(titan_step_mount(true));
-    let mut env: Vec<EnvVar> = template.env.clone();
+    let mut env = vec![EnvVar {
+        name: ATTEMPT_ENV.into(),
+        value: Some(attempt.to_string()),
+        ..Default::default()
+    }];
+    env.extend(template.env.iter().cloned());
     env.extend(step.env.iter().cloned());
     let deadline = step
         .timeout
@@ -361,7 +378,7 @@ pub fn build_job(
                         ]),
                         termination_message_policy: Some("FallbackToLogsOnError".into()),
                         volume_mounts: Some(vec![titan_step_mount(false)]),
-                        security_context: Some(security_context.clone()),
+                        security_context: Some(restricted_container()),
                         ..Default::default()
                     }]),
                     containers: vec![Container {
@@ -488,7 +505,7 @@ spec:
             .iter()
             .map(|e| e.name.as_str())
             .collect();
-        assert_eq!(env, ["A", "B"]);
+        assert_eq!(env, [ATTEMPT_ENV, "A", "B"]);
     }
 
     #[test]
@@ -551,8 +568,9 @@ spec:
         assert_eq!(mount_of(init), Some(("/titan-step".into(), Some(false))));
         assert_eq!(mount_of(step), Some(("/titan-step".into(), Some(true))));
         assert!(TITAN_STEP.starts_with("/titan-step/"));
-        // Restricted, like the step.
+        // Restricted, like the step by default.
         assert_eq!(init.security_context, step.security_context);
+        assert_eq!(init.security_context, Some(restricted_container()));
         assert_eq!(
             init.termination_message_policy.as_deref(),
             Some("FallbackToLogsOnError")
@@ -599,6 +617,133 @@ spec:
             [TITAN_STEP, "fail", "Backup redis does not exist"]
         );
         assert!(pod.init_containers.is_some());
+    }
+
+    /// The pod of a restore step whose `restore.redis` is `redis` (YAML flow mapping), of a
+    /// Backup with a password, with the operator's backup claim.
+    fn redis_restore_pod(redis: &str) -> PodSpec {
+        let mut dr = recovery();
+        dr.spec.steps[0] = serde_yaml::from_str(&format!(
+            "{{name: restore-redis, restore: {{backup: redis, redis: {redis}}}}}"
+        ))
+        .unwrap();
+        let backup: Backup = serde_yaml::from_str(
+            "apiVersion: dr.titan.io/v1alpha1\nkind: Backup\nmetadata: {name: redis, namespace: titan}\nspec:\n  source: {redis: {address: 'redis:6379', passwordSecretRef: {name: redis-auth, key: password}}}\n  destination: {path: redis}\n  encryption: {secretRef: {name: backup-key}}\n",
+        )
+        .unwrap();
+        let claim: Volume = serde_yaml::from_str(
+            "{name: x, persistentVolumeClaim: {claimName: titan-dr-backups, readOnly: true}}",
+        )
+        .unwrap();
+        let with_restore = JobSetup {
+            restore: Some(RestoreSetup {
+                command: "/usr/local/bin/titan-dr".into(),
+                backup_volume: claim,
+                backup: Some(backup),
+            }),
+            ..setup()
+        };
+        let step = &dr.spec.steps[0];
+        pod_of(build_job(&dr, "1", StepKind::Step, step, 1, &with_restore))
+    }
+
+    const DATA: &str = "dataVolume: {persistentVolumeClaim: {claimName: redis-data}}";
+
+    #[test]
+    fn a_redis_restore_shuts_redis_down_by_default_without_a_shell() {
+        let pod = redis_restore_pod(&format!("{{{DATA}, address: 'redis:6379', wait: 90s}}"));
+        let container = &pod.containers[0];
+        assert_eq!(container.image.as_deref(), Some("titan-dr:0.1.0"));
+        assert_eq!(
+            container.command.as_deref().unwrap(),
+            [
+                TITAN_STEP,
+                "run",
+                "--",
+                "/usr/local/bin/titan-dr",
+                "backup",
+                "restore",
+                "--dir=/var/run/titan-dr/backups/redis",
+                "--key-file=/var/run/titan-dr/key/key",
+                "--snapshot=latest",
+                "--to=/var/run/titan-dr/redis-data/dump.rdb",
+                "--check-redis=redis:6379",
+                "--check-timeout=90",
+                "--shutdown-redis",
+                "--check-password-file=/var/run/titan-dr/redis-auth/password",
+            ]
+        );
+        let volumes: Vec<(&str, serde_json::Value)> = pod
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| {
+                let mut source = serde_json::to_value(v).unwrap();
+                source.as_object_mut().unwrap().remove("name");
+                (v.name.as_str(), source)
+            })
+            .collect();
+        let claim = |name: &str, read_only: Option<bool>| {
+            let mut claim = serde_json::json!({"persistentVolumeClaim": {"claimName": name}});
+            if let Some(read_only) = read_only {
+                claim["persistentVolumeClaim"]["readOnly"] = read_only.into();
+            }
+            claim
+        };
+        let secret = |name: &str| serde_json::json!({"secret": {"secretName": name}});
+        assert_eq!(
+            volumes,
+            [
+                ("backups", claim("titan-dr-backups", Some(true))),
+                ("key", secret("backup-key")),
+                ("redis-data", claim("redis-data", None)),
+                ("redis-auth", secret("redis-auth")),
+                (TITAN_STEP_VOLUME, serde_json::json!({"emptyDir": {}})),
+            ]
+        );
+        let mounts: Vec<(&str, &str, Option<bool>)> = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.name.as_str(), m.mount_path.as_str(), m.read_only))
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                ("backups", "/var/run/titan-dr/backups", Some(true)),
+                ("key", "/var/run/titan-dr/key", Some(true)),
+                ("redis-data", "/var/run/titan-dr/redis-data", Some(false)),
+                ("redis-auth", "/var/run/titan-dr/redis-auth", Some(true)),
+                (TITAN_STEP_VOLUME, "/titan-step", Some(true)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_redis_restore_restarts_as_told() {
+        let argv = |redis: &str| {
+            let pod = redis_restore_pod(&format!("{{{DATA}, address: 'redis:6379', {redis}}}"));
+            pod.containers[0].command.clone().unwrap()
+        };
+        let shutdown = "--shutdown-redis".to_string();
+        assert!(argv("restart: Shutdown").contains(&shutdown));
+        let external = argv("restart: External");
+        assert!(!external.contains(&shutdown), "{external:?}");
+        assert!(
+            !external.iter().any(|a| a.starts_with("--then")),
+            "{external:?}"
+        );
+        let command = argv("restartCommand: 'systemctl restart redis'");
+        assert!(!command.contains(&shutdown), "{command:?}");
+        assert!(command.contains(&"--then=systemctl restart redis".to_string()));
+        assert_eq!(
+            argv("restart: Shutdown, restartCommand: 'true'"),
+            [
+                TITAN_STEP,
+                "fail",
+                "set restart or restartCommand, not both"
+            ]
+        );
     }
 
     #[test]
@@ -653,6 +798,12 @@ spec:
             "the template wins"
         );
         assert!(pod_security.seccomp_profile.is_some());
+        let init = &pod.init_containers.as_ref().unwrap()[0];
+        assert_eq!(
+            init.security_context,
+            Some(restricted_container()),
+            "nothing a step loosens reaches the init container"
+        );
 
         // The other step sets nothing: the template's settings over the defaults.
         let pod = step_pod(&dr, 1);

@@ -240,7 +240,12 @@ pub struct RestoreStep {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^(latest|[0-9]{8}T[0-9]{6}Z)$"))]
     pub snapshot: Option<String>,
-    /// Where a Redis snapshot goes and how the restored Redis is checked.
+    /// Where a Redis snapshot goes, how Redis is restarted on it and how the restored Redis
+    /// is checked. The verified RDB is written into `dataVolume` while Redis runs, then Redis
+    /// is restarted. Between the two Redis must not save (no `save` rule may fire, nothing may
+    /// call `BGSAVE`: run it with `--save ""`), or it writes its own dataset over the restored
+    /// file; and AOF must be off (`--appendonly no`), or Redis loads its append-only file at
+    /// start instead of the RDB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisRestore>,
     /// Restore a configuration snapshot: its ConfigMaps and Secrets are server-side
@@ -253,9 +258,12 @@ pub struct RestoreStep {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct ConfigurationRestore {}
 
-/// The Redis a snapshot is restored to.
+/// The Redis a snapshot is restored to. The restore Job writes the verified RDB into the data
+/// volume while Redis runs, then makes it load the file by restarting it (`restart`, or
+/// `restartCommand`); see `RestoreStep.redis` for what Redis must not do in between.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.restart) && has(self.restartCommand))").message("set restart or restartCommand, not both"))]
 pub struct RedisRestore {
     /// The volume holding Redis's data directory (e.g. a persistentVolumeClaim or hostPath).
     #[schemars(schema_with = "volume_source_schema")]
@@ -263,17 +271,40 @@ pub struct RedisRestore {
     /// Path of the RDB file inside that volume (default `dump.rdb`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
-    /// `host:port` of the Redis to check after the restore: once it has restarted, its key
-    /// count must equal the snapshot's.
+    /// `host:port` of the Redis restored to (e.g. its Service, `redis:6379`): `restart:
+    /// Shutdown` stops it there, and once it has restarted its key count must equal the
+    /// snapshot's.
     pub address: String,
-    /// A shell command, run in the restore Job once the file is in place, that restarts
-    /// Redis (without it, the step waits for Redis to be restarted by something else).
+    /// How Redis is made to load the restored file: see [`RedisRestart`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RedisRestart>,
+    /// A shell command, run with `/bin/sh -c` in the restore Job once the file is in place,
+    /// that restarts Redis; instead of `restart`. The restore Job runs the operator's image,
+    /// which as shipped has no shell: this needs an operator image that has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_command: Option<String>,
     /// How long to wait for the restarted Redis (default `60s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub wait: Option<String>,
+}
+
+/// How Redis is made to load the restored file, when `restartCommand` is not set.
+/// `Shutdown` (the default): the restore Job sends `SHUTDOWN NOSAVE` to `address` (with the
+/// Backup's `passwordSecretRef`, if any), so Redis exits without saving over the file, and
+/// whatever runs it starts it again on that file: the kubelet, for a Pod or StatefulSet
+/// (`restartPolicy: Always`) whose Redis container mounts `dataVolume` at its `dir`. Needs
+/// no shell. `External`: nothing is sent; the step waits for Redis to be restarted by
+/// something else.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum RedisRestart {
+    /// `SHUTDOWN NOSAVE` over the Redis protocol; its supervisor starts it again.
+    #[default]
+    Shutdown,
+    /// Nothing: something else restarts Redis.
+    External,
 }
 
 /// A core/v1 volume source (`hostPath`, `persistentVolumeClaim`, ...), kept as given.

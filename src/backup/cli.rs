@@ -60,8 +60,13 @@ enum BackupSubcommand {
         #[arg(long)]
         to: PathBuf,
         /// A shell command run once the file is in place, e.g. one that restarts Redis.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "shutdown_redis")]
         then: Option<String>,
+        /// Once the file is in place, send `SHUTDOWN NOSAVE` to the Redis at `--check-redis`
+        /// (with `--check-password-file`): it exits without saving over the restored file,
+        /// and its supervisor (the kubelet, systemd) starts it again on it. Needs no shell.
+        #[arg(long, requires = "check_redis")]
+        shutdown_redis: bool,
         /// After the restore, wait until the Redis at this address has restarted and check
         /// that it holds as many keys as the snapshot; fail on a mismatch.
         #[arg(long)]
@@ -145,6 +150,7 @@ pub fn run(command: BackupCommand) -> anyhow::Result<()> {
             snapshot,
             to,
             then,
+            shutdown_redis,
             check_redis,
             check_password_file,
             check_timeout,
@@ -152,6 +158,10 @@ pub fn run(command: BackupCommand) -> anyhow::Result<()> {
             let store = existing_store(&dir)?;
             let key = BackupKey::from_file(&key_file)?;
             let id = store.resolve(&snapshot)?;
+            let password = check_password_file
+                .as_deref()
+                .map(read_password)
+                .transpose()?;
             let manifest = store
                 .restore(&id, &key, &to)
                 .with_context(|| format!("refusing to restore; {} is untouched", to.display()))?;
@@ -170,10 +180,11 @@ pub fn run(command: BackupCommand) -> anyhow::Result<()> {
                     bail!("the command after the restore failed ({status}): {command}");
                 }
             }
+            if let (true, Some(address)) = (shutdown_redis, &check_redis) {
+                shutdown_nosave(address, password.as_deref(), Duration::from_secs(10))?;
+                println!("sent SHUTDOWN NOSAVE to Redis at {address}");
+            }
             if let Some(address) = check_redis {
-                let password = check_password_file
-                    .map(|f| fs::read_to_string(f).map(|p| p.trim_end().to_owned()))
-                    .transpose()?;
                 let keys = manifest
                     .keys
                     .context("the snapshot's manifest has no key count")?;
@@ -404,6 +415,74 @@ fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// Stops the Redis at `address` with `SHUTDOWN NOSAVE`, so that it exits without writing its
+/// dataset over the file just restored. Done when the server closes the connection; an error
+/// reply (a refused password, `Errors trying to SHUTDOWN`) is the error. Plain RESP over a
+/// socket: a client library would send commands of its own first.
+fn shutdown_nosave(address: &str, password: Option<&str>, timeout: Duration) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader, ErrorKind};
+    use std::net::{TcpStream, ToSocketAddrs};
+    let unreachable = || format!("Redis at {address} is unreachable");
+    let mut last = std::io::Error::new(ErrorKind::NotFound, "the name resolves to no address");
+    let mut connected = None;
+    for addr in address.to_socket_addrs().with_context(unreachable)? {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(stream) => {
+                connected = Some(stream);
+                break;
+            }
+            Err(err) => last = err,
+        }
+    }
+    let stream = connected.ok_or(last).with_context(unreachable)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut reader = BufReader::new(stream);
+    // One reply line; `None` when the server closed the connection.
+    let mut reply = |command: &redis::Cmd| -> anyhow::Result<Option<String>> {
+        reader
+            .get_mut()
+            .write_all(&command.get_packed_command())
+            .with_context(|| format!("writing to Redis at {address}"))?;
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => Ok(None),
+            Ok(_) => Ok(Some(line.trim_end().to_owned())),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(err).with_context(|| format!("reading from Redis at {address}")),
+        }
+    };
+    if let Some(password) = password {
+        match reply(redis::cmd("AUTH").arg(password))? {
+            Some(line) if line.starts_with('+') => {}
+            Some(line) => bail!(
+                "Redis at {address} refused the password: {}",
+                error_text(&line)
+            ),
+            None => bail!("Redis at {address} closed the connection at AUTH"),
+        }
+    }
+    match reply(redis::cmd("SHUTDOWN").arg("NOSAVE"))? {
+        None => Ok(()),
+        Some(line) => bail!(
+            "Redis at {address} did not shut down: {}",
+            error_text(&line)
+        ),
+    }
+}
+
+/// The text of an error reply line, without its `-`.
+fn error_text(line: &str) -> &str {
+    line.strip_prefix('-').unwrap_or(line)
+}
+
 /// Waits until the Redis at `address` restarted after the restore (its uptime is
 /// shorter than the time since the file was placed), then compares its key count
 /// with the snapshot's.
@@ -468,4 +547,111 @@ fn keyspace_keys(info: &str) -> u64 {
             })
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// A fake Redis on a loopback port for one connection: for each exchange it reads the
+    /// command it expects, then answers with the reply, or closes the connection on `None`.
+    fn fake_redis(exchanges: Vec<(redis::Cmd, Option<&'static str>)>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            for (command, reply) in exchanges {
+                let expected = command.get_packed_command();
+                let mut got = vec![0u8; expected.len()];
+                stream.read_exact(&mut got).unwrap();
+                assert_eq!(
+                    String::from_utf8_lossy(&got),
+                    String::from_utf8_lossy(&expected)
+                );
+                match reply {
+                    Some(reply) => stream.write_all(reply.as_bytes()).unwrap(),
+                    None => return,
+                }
+            }
+        });
+        address
+    }
+
+    fn shutdown() -> redis::Cmd {
+        redis::cmd("SHUTDOWN").arg("NOSAVE").clone()
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn shutdown_authenticates_then_is_done_when_redis_closes_the_connection() {
+        let auth = redis::cmd("AUTH").arg("pw with spaces").clone();
+        let address = fake_redis(vec![(auth, Some("+OK\r\n")), (shutdown(), None)]);
+        shutdown_nosave(&address, Some("pw with spaces"), TIMEOUT).unwrap();
+        let address = fake_redis(vec![(shutdown(), None)]);
+        shutdown_nosave(&address, None, TIMEOUT).unwrap();
+    }
+
+    #[test]
+    fn a_redis_that_refuses_to_shut_down_or_the_password_fails_the_restore() {
+        let refusal = "-ERR Errors trying to SHUTDOWN. Check logs.\r\n";
+        let address = fake_redis(vec![(shutdown(), Some(refusal))]);
+        let err = shutdown_nosave(&address, None, TIMEOUT).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "Redis at {address} did not shut down: ERR Errors trying to SHUTDOWN. Check logs."
+            )
+        );
+        let wrong = "-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+        let auth = redis::cmd("AUTH").arg("nope").clone();
+        let address = fake_redis(vec![(auth, Some(wrong))]);
+        let err = shutdown_nosave(&address, Some("nope"), TIMEOUT).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "Redis at {address} refused the password: WRONGPASS"
+            )),
+            "{err}"
+        );
+    }
+
+    #[derive(clap::Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        backup: BackupCommand,
+    }
+
+    #[test]
+    fn shutdown_needs_the_address_and_excludes_a_restart_command() {
+        use clap::Parser;
+        let restore = ["titan-dr", "restore", "--dir=d", "--key-file=k", "--to=f"];
+        let parse = |more: &[&str]| Cli::try_parse_from(restore.iter().chain(more));
+        assert!(parse(&["--shutdown-redis", "--check-redis=redis:6379"]).is_ok());
+        let alone = parse(&["--shutdown-redis"]).unwrap_err();
+        assert!(alone.to_string().contains("--check-redis"), "{alone}");
+        let both = parse(&["--shutdown-redis", "--check-redis=r:1", "--then=true"]).unwrap_err();
+        assert_eq!(
+            both.kind(),
+            clap::error::ErrorKind::ArgumentConflict,
+            "{both}"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_redis_is_named() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let err = shutdown_nosave(&address, None, TIMEOUT).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("Redis at {address} is unreachable")
+        );
+    }
 }
