@@ -260,7 +260,7 @@ async fn a_failing_non_critical_step_degrades_but_the_run_succeeds() {
         assert_eq!(condition(&status, "Ready").0, "True");
         let flaky = step(&status.steps, "flaky");
         assert_eq!((flaky.phase, flaky.exit_code), (StepPhase::Failed, Some(4)));
-        assert_eq!(flaky.output.as_deref(), Some("broken"));
+        assert_eq!(flaky.output.as_deref(), Some("broken\n"));
         assert_eq!(step(&status.steps, "last").phase, StepPhase::Succeeded);
         assert_eq!(step(&status.rollback, "undo").phase, StepPhase::Pending);
 

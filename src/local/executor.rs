@@ -357,7 +357,7 @@ impl<'a> Run<'a> {
             .join(format!("{}-{}.log", attempt.name, attempt.number));
         let spec = ProcessSpec {
             argv: argv(step),
-            env: self.env(step),
+            env: self.env(step, attempt.number),
             working_dir: Some(self.options.workdir.clone()),
             log_path: log.clone(),
             mounts: Vec::new(),
@@ -451,14 +451,16 @@ impl<'a> Run<'a> {
         list.iter().find(|s| s.name == name)
     }
 
-    /// The template's env, then the step's, which wins for a name in both (as in a Pod, where
+    /// Which attempt it is, the template's env, then the step's, which wins for a name in both (as in a Pod, where
     /// the later entry of a duplicate name wins). Only literal values: see [`unavailable_env`].
-    fn env(&self, step: &Step) -> Vec<(String, String)> {
+    fn env(&self, step: &Step, attempt: u32) -> Vec<(String, String)> {
         let template = self.resource.spec.template.iter().flat_map(|t| &t.env);
-        template
+        let literal = template
             .chain(&step.env)
             .filter(|e| e.value_from.is_none())
-            .map(|EnvVar { name, value, .. }| (name.clone(), value.clone().unwrap_or_default()))
+            .map(|EnvVar { name, value, .. }| (name.clone(), value.clone().unwrap_or_default()));
+        std::iter::once((crate::job::ATTEMPT_ENV.to_string(), attempt.to_string()))
+            .chain(literal)
             .collect()
     }
 }
