@@ -1,33 +1,40 @@
-//! The Backup controller against the real control plane and real redis-servers:
-//! scheduled, encrypted snapshots with retention, failures reported, RPO.
+//! The Backup controller on the real cluster: the operator, installed by its chart, takes
+//! scheduled, encrypted snapshots of a Redis that runs in a pod, keeps them on its backup
+//! volume with retention, reports failures and RPO, and restores them from Jobs: ConfigMaps
+//! by server-side apply under the Job's ServiceAccount, Redis into its running pod.
+//!
+//! The test reaches Redis through its pod IP and reads the snapshot files where the node keeps
+//! the backup volume (the PersistentVolume's host path): nothing runs on the host but the test.
 
-mod redis_server;
 mod support;
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use redis_server::RedisServer;
 use titan_dr::api::backup::BackupStatus;
 use titan_dr::api::disaster_recovery::{RunPhase, StepPhase};
 use titan_dr::api::{Backup, DisasterRecovery};
 use titan_dr::backup::{BackupKey, Store};
 
 const LIMIT: Duration = Duration::from_secs(150);
+const REDIS_IMAGE: &str = "localhost/titan-redis:local";
 
-async fn create_key_secret(client: &Client, ns: &str, key: &BackupKey) {
+async fn create_secret(client: &Client, ns: &str, name: &str, key: &str, value: &str) {
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
-            name: Some("backup-key".into()),
+            name: Some(name.into()),
             ..Default::default()
         },
         data: Some(BTreeMap::from([(
-            "key".to_string(),
-            ByteString(key.to_key_file().into_bytes()),
+            key.to_string(),
+            ByteString(value.as_bytes().to_vec()),
         )])),
         ..Default::default()
     };
@@ -35,6 +42,10 @@ async fn create_key_secret(client: &Client, ns: &str, key: &BackupKey) {
         .create(&PostParams::default(), &secret)
         .await
         .unwrap();
+}
+
+async fn create_key_secret(client: &Client, ns: &str, key: &BackupKey) {
+    create_secret(client, ns, "backup-key", "key", &key.to_key_file()).await;
 }
 
 fn backup(name: &str, source: &str, schedule: Option<&str>, path: &str) -> Backup {
@@ -76,41 +87,233 @@ fn run_ended(run: &'static str) -> impl Fn(Option<&DisasterRecovery>) -> bool {
     }
 }
 
-fn partial_present(dir: &std::path::Path) -> bool {
+/// The size of the snapshot being written into `dir`, if one is.
+fn partial_size(dir: &Path) -> Option<u64> {
     std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
-        })
-        .unwrap_or(false)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .find_map(|e| e.metadata().ok().map(|m| m.len()))
 }
+
+/// Where the node keeps the volume bound to a claim (local-path makes hostPath volumes).
+async fn claim_path(client: &Client, ns: &str, claim: &str) -> PathBuf {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let bound = support::wait_for(
+        &claims,
+        claim,
+        "the claim to be bound",
+        LIMIT,
+        |c: Option<&PersistentVolumeClaim>| {
+            c.and_then(|c| c.spec.as_ref()?.volume_name.as_ref())
+                .is_some()
+        },
+    )
+    .await;
+    let volume = bound.spec.and_then(|s| s.volume_name).unwrap();
+    let pv = Api::<PersistentVolume>::all(client.clone())
+        .get(&volume)
+        .await
+        .unwrap();
+    let spec = pv.spec.unwrap();
+    let path = spec
+        .host_path
+        .map(|h| h.path)
+        .or(spec.local.map(|l| l.path))
+        .unwrap_or_else(|| panic!("volume {volume} has no path on the node"));
+    PathBuf::from(path)
+}
+
+/// The operator's backup volume on the node: the chart's claim `<release>-backups`.
+async fn backup_volume(client: &Client, ns: &str) -> PathBuf {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let of_chart = ListParams::default().labels("app.kubernetes.io/part-of=titan-dr");
+    let names: Vec<String> = claims
+        .list(&of_chart)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .filter(|n| n.ends_with("-backups"))
+        .collect();
+    assert_eq!(names.len(), 1, "the chart's backup claim: {names:?}");
+    claim_path(client, ns, &names[0]).await
+}
+
+/// A Redis pod named `name` (restricted, restarted by the kubelet when it exits) behind a
+/// Service of the same name, with `--save ""` and AOF off; `extra` goes to redis-server,
+/// `password` comes from the Secret `redis-auth`, and `claim` is mounted at its `--dir`.
+/// Returns the pod's IP once it is ready.
+async fn start_redis(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    extra: &[&str],
+    password: bool,
+    claim: Option<&str>,
+) -> String {
+    let mut args: Vec<&str> = vec![
+        "--port",
+        "6379",
+        "--dir",
+        "/data",
+        "--dbfilename",
+        "dump.rdb",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        // A snapshot does not wait for more replicas to join its diskless sync.
+        "--repl-diskless-sync-delay",
+        "0",
+    ];
+    if password {
+        // The kubelet expands $(VAR) in args.
+        args.extend(["--requirepass", "$(REDIS_PASSWORD)"]);
+    } else {
+        args.extend(["--protected-mode", "no"]);
+    }
+    args.extend(extra);
+    let mut container = serde_json::json!({
+        "name": "redis",
+        "image": REDIS_IMAGE,
+        "args": args,
+        "ports": [{"containerPort": 6379}],
+        "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+    });
+    let mut pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "restartPolicy": "Always",
+            "terminationGracePeriodSeconds": 5,
+            "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+        },
+    });
+    if password {
+        container["env"] = serde_json::json!([{"name": "REDIS_PASSWORD",
+            "valueFrom": {"secretKeyRef": {"name": "redis-auth", "key": "password"}}}]);
+    }
+    if let Some(claim) = claim {
+        container["volumeMounts"] = serde_json::json!([{"name": "data", "mountPath": "/data"}]);
+        pod["spec"]["volumes"] =
+            serde_json::json!([{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]);
+    }
+    pod["spec"]["containers"] = serde_json::json!([container]);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(pod).unwrap(),
+    )
+    .await
+    .unwrap();
+    let service = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"selector": {"app": name}, "ports": [{"port": 6379}]},
+    });
+    let service = Api::<Service>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(service).unwrap(),
+        )
+        .await
+        .unwrap();
+    let running = support::wait_for(&pods, name, "Redis ready", LIMIT, pod_ready).await;
+    // Through the Service too (kube-proxy's rules serve the node as they serve pods): a
+    // Backup without a schedule makes one attempt only.
+    let cluster_ip = service.spec.and_then(|s| s.cluster_ip).unwrap();
+    let password = password.then_some(REDIS_PASSWORD);
+    tokio::task::spawn_blocking(move || drop(connect(&cluster_ip, password)))
+        .await
+        .unwrap();
+    running.status.and_then(|s| s.pod_ip).unwrap()
+}
+
+fn pod_ready(pod: Option<&Pod>) -> bool {
+    let conditions = pod.and_then(|p| p.status.as_ref()?.conditions.as_ref());
+    conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// How often the Redis container of pod `name` was restarted.
+async fn restarts(client: &Client, ns: &str, name: &str) -> i32 {
+    let pod = Api::<Pod>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap();
+    pod.status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c.first().map(|c| c.restart_count))
+        .unwrap()
+}
+
+/// A connection from the test to the Redis at `ip` (a pod's or a Service's), retried while
+/// it comes up.
+fn connect(ip: &str, password: Option<&str>) -> redis::Connection {
+    let auth = password.map(|p| format!(":{p}@")).unwrap_or_default();
+    let client = redis::Client::open(format!("redis://{auth}{ip}:6379/")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = client
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .and_then(|mut con| redis::cmd("PING").query::<String>(&mut con).map(|_| con));
+        match attempt {
+            Ok(con) => return con,
+            Err(err) if std::time::Instant::now() > deadline => {
+                panic!("Redis at {ip} does not answer: {err}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Kills a pod at once: no grace period, like a node losing it.
+async fn kill_pod(client: &Client, ns: &str, name: &str) {
+    let now = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .delete(name, &now)
+        .await
+        .unwrap();
+}
+
+/// How many keys the first Redis holds (of 200 bytes, uncompressed: 4 MiB of RDB); a
+/// snapshot is quick unless `rdb-key-save-delay` slows it down.
+const KEYS: u64 = 20_000;
 
 #[tokio::test]
 async fn scheduled_snapshots_keep_the_last_three_and_survive_redis_dying_mid_snapshot() {
-    let backups_dir = tempfile::tempdir().unwrap();
     let key = BackupKey::generate();
-    // Big enough that a snapshot takes a while: the kill lands mid-transfer.
-    let mut redis_a = RedisServer::start(&["--rdbcompression", "no"]);
-    let mut con = redis_a.client();
-    let _: () = redis::cmd("DEBUG")
-        .arg("POPULATE")
-        .arg(150_000)
-        .arg("key")
-        .arg(1000)
-        .query(&mut con)
-        .unwrap();
-    let backup_dir_arg = backups_dir.path().display().to_string();
-    let store_dir = backups_dir.path().join("redis");
-
     support::with_namespace(|client, ns| async move {
-        let _operator = support::Operator::start_with(&ns, &["--backup-dir", &backup_dir_arg]);
+        let _operator = support::Operator::install(&ns).await;
         create_key_secret(&client, &ns, &key).await;
+        let ip_a = start_redis(
+            &client,
+            &ns,
+            "redis-a",
+            &["--rdbcompression", "no"],
+            false,
+            None,
+        )
+        .await;
+        let mut con = connect(&ip_a, None);
+        for chunk in 0..KEYS / 1000 {
+            let mut pipe = redis::pipe();
+            for i in chunk * 1000..(chunk + 1) * 1000 {
+                pipe.set(format!("key:{i}"), format!("{i:0>200}")).ignore();
+            }
+            let () = pipe.query(&mut con).unwrap();
+        }
         let api: Api<Backup> = Api::namespaced(client.clone(), &ns);
-        let source = format!("{{redis: {{address: '{}'}}}}", redis_a.address());
+        let source = "{redis: {address: 'redis-a:6379'}}";
         api.create(
             &PostParams::default(),
-            &backup("redis", &source, Some("* * * * *"), "redis"),
+            &backup("redis", source, Some("* * * * *"), "redis"),
         )
         .await
         .unwrap();
@@ -125,26 +328,38 @@ async fn scheduled_snapshots_keep_the_last_three_and_survive_redis_dying_mid_sna
         )
         .await;
         let snapshot = &first.status.as_ref().unwrap().snapshots[0];
-        assert_eq!(snapshot.keys, Some(150_000));
+        assert_eq!(snapshot.keys, Some(KEYS));
         assert!(snapshot.location.starts_with("redis/") && snapshot.location.ends_with(".rdb.age"));
         assert_eq!(ready(Some(&first)).unwrap().0, "True");
+        let store_dir = backup_volume(&client, &ns).await.join("redis");
 
-        // 2: the next tick; Redis dies while the snapshot streams.
+        // 2: the next tick; Redis dies while the snapshot streams. Its fork now sleeps a
+        // millisecond or more per key: the transfer takes a minute instead of a moment.
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("rdb-key-save-delay")
+            .arg(1000)
+            .query(&mut con)
+            .unwrap();
         let deadline = tokio::time::Instant::now() + LIMIT;
-        while !partial_present(&store_dir) {
+        // The store writes through a 1 MiB buffer: once the partial file has grown, the RDB
+        // is arriving.
+        while partial_size(&store_dir).is_none_or(|size| size == 0) {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "no second snapshot started"
+                "no second snapshot streamed; partial: {:?}",
+                partial_size(&store_dir)
             );
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        redis_a.kill();
+        kill_pod(&client, &ns, "redis-a").await;
         let failed =
             support::wait_for(&api, "redis", "Ready=False", LIMIT, |b: Option<&Backup>| {
                 ready(b).is_some_and(|r| r.0 == "False")
             })
             .await;
         let (_, reason, message) = ready(Some(&failed)).unwrap();
+        eprintln!("the attempt Redis died in: {reason}: {message}");
         assert!(
             matches!(reason.as_str(), "ConnectionLost" | "RedisUnreachable"),
             "{reason}: {message}"
@@ -157,21 +372,20 @@ async fn scheduled_snapshots_keep_the_last_three_and_survive_redis_dying_mid_sna
             "the failed attempt left a snapshot"
         );
         assert!(listing.problems.is_empty(), "{:?}", listing.problems);
-        assert!(!partial_present(&store_dir));
+        assert_eq!(partial_size(&store_dir), None, "a partial snapshot is left");
         store
             .verify(&listing.snapshots[0].id, &key)
             .expect("the first snapshot still verifies");
 
         // 3: a new Redis; the spec change triggers an attempt at once. 4 and 5: the schedule.
-        let redis_b = RedisServer::start(&[]);
-        let mut con = redis_b.client();
-        let _: () = redis::cmd("SET")
+        let ip_b = start_redis(&client, &ns, "redis-b", &[], false, None).await;
+        let mut con = connect(&ip_b, None);
+        let () = redis::cmd("SET")
             .arg("after")
             .arg("recovery")
             .query(&mut con)
             .unwrap();
-        let patch =
-            serde_json::json!({"spec": {"source": {"redis": {"address": redis_b.address()}}}});
+        let patch = serde_json::json!({"spec": {"source": {"redis": {"address": "redis-b:6379"}}}});
         api.patch("redis", &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .unwrap();
@@ -204,23 +418,47 @@ async fn scheduled_snapshots_keep_the_last_three_and_survive_redis_dying_mid_sna
         }
         assert_eq!(status.snapshots[0].keys, Some(1));
         assert!(status.last_successful_time.is_some());
-        drop(redis_b);
     })
     .await;
 }
 
+/// A ServiceAccount `name` allowed only what `restore-config` does: get, create and patch
+/// (server-side apply) ConfigMaps and Secrets in the namespace.
+async fn config_restorer(client: &Client, ns: &str, name: &str) {
+    let objects = format!(
+        r#"
+- {{apiVersion: v1, kind: ServiceAccount, metadata: {{name: {name}}}}}
+- apiVersion: rbac.authorization.k8s.io/v1
+  kind: Role
+  metadata: {{name: {name}}}
+  rules: [{{apiGroups: [""], resources: [configmaps, secrets], verbs: [get, create, patch]}}]
+- apiVersion: rbac.authorization.k8s.io/v1
+  kind: RoleBinding
+  metadata: {{name: {name}}}
+  roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {name}}}
+  subjects: [{{kind: ServiceAccount, name: {name}, namespace: {ns}}}]
+"#
+    );
+    let [account, role, binding]: [serde_yaml::Value; 3] = serde_yaml::from_str(&objects).unwrap();
+    let yaml = |v: serde_yaml::Value| serde_yaml::to_string(&v).unwrap();
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    support::create_yaml::<ServiceAccount>(client, ns, &yaml(account))
+        .await
+        .unwrap();
+    support::create_yaml::<Role>(client, ns, &yaml(role))
+        .await
+        .unwrap();
+    support::create_yaml::<RoleBinding>(client, ns, &yaml(binding))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn configuration_snapshots_and_rpo_of_a_recovery() {
-    let backups_dir = tempfile::tempdir().unwrap();
     let key = BackupKey::generate();
-    let backup_dir_arg = backups_dir.path().display().to_string();
-    let store_dir = backups_dir.path().join("config");
     support::with_namespace(|client, ns| async move {
-        let restore_command = env!("CARGO_BIN_EXE_titan-dr");
-        let _operator = support::Operator::start_with(
-            &ns,
-            &["--backup-dir", &backup_dir_arg, "--restore-command", restore_command],
-        );
+        let _operator = support::Operator::install(&ns).await;
         create_key_secret(&client, &ns, &key).await;
         let labels = BTreeMap::from([("app".to_string(), "titan".to_string())]);
         for name in ["brain-config", "shared-config"] {
@@ -244,7 +482,7 @@ async fn configuration_snapshots_and_rpo_of_a_recovery() {
         let snapshot = &done.status.unwrap().snapshots[0];
         assert_eq!(snapshot.keys, Some(2), "the two labelled ConfigMaps");
         assert!(snapshot.location.ends_with(".tar.age"));
-        let store = Store::open(&store_dir).unwrap();
+        let store = Store::open(backup_volume(&client, &ns).await.join("config")).unwrap();
         let restored = tempfile::tempdir().unwrap();
         let tar = restored.path().join("config.tar");
         store.restore(&snapshot.id, &key, &tar).unwrap();
@@ -252,20 +490,23 @@ async fn configuration_snapshots_and_rpo_of_a_recovery() {
         let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["configmaps/brain-config.yaml", "configmaps/shared-config.yaml"]);
 
-        // A lost and a corrupted ConfigMap come back from the snapshot by server-side apply.
+        // A lost and a corrupted ConfigMap come back from the snapshot by server-side apply,
+        // made by the restore Job under its own ServiceAccount.
+        config_restorer(&client, &ns, "config-restorer").await;
         let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
         maps.delete("brain-config", &Default::default()).await.unwrap();
         let corrupt = serde_json::json!({"data": {"config.json": "garbage"}});
         maps.patch("shared-config", &PatchParams::default(), &Patch::Merge(&corrupt)).await.unwrap();
         let drs: Api<DisasterRecovery> = Api::namespaced(client.clone(), &ns);
         let restore: DisasterRecovery = serde_yaml::from_str(
-            "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {name: configuration-corruption}\nspec:\n  scenario: configuration-corruption\n  steps: [{name: restore-config, restore: {backup: config, configuration: {}}}]\n",
+            "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {name: configuration-corruption}\nspec:\n  scenario: configuration-corruption\n  template: {serviceAccountName: config-restorer}\n  steps: [{name: restore-config, timeout: 2m, restore: {backup: config, configuration: {}}}]\n",
         )
         .unwrap();
         drs.create(&PostParams::default(), &restore).await.unwrap();
         let done = support::wait_for(&drs, "configuration-corruption", "the restore", LIMIT, run_ended("1")).await;
         let step = &done.status.unwrap().steps[0];
         assert_eq!(step.phase, StepPhase::Succeeded, "{step:#?}");
+        assert!(step.output.as_deref().unwrap_or("").contains("applied 2 objects"), "{step:#?}");
         for name in ["brain-config", "shared-config"] {
             let map = maps.get(name).await.unwrap();
             assert_eq!(map.data.unwrap()["config.json"], format!("{{\"service\": \"{name}\"}}"));
@@ -275,7 +516,8 @@ async fn configuration_snapshots_and_rpo_of_a_recovery() {
         for (name, rpo, expected) in [("within", "5m", "True"), ("missed", "1s", "False")] {
             tokio::time::sleep(Duration::from_millis(1100)).await;
             let dr: DisasterRecovery = serde_yaml::from_str(&format!(
-                "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {{name: {name}}}\nspec:\n  scenario: rpo\n  objectives: {{rpo: {rpo}}}\n  backups: [config]\n  template: {{image: toolbox}}\n  steps: [{{name: noop, command: 'true'}}]\n"
+                "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {{name: {name}}}\nspec:\n  scenario: rpo\n  objectives: {{rpo: {rpo}}}\n  backups: [config]\n  template: {{image: {toolbox}}}\n  steps: [{{name: noop, command: 'true'}}]\n",
+                toolbox = support::TOOLBOX
             ))
             .unwrap();
             drs.create(&PostParams::default(), &dr).await.unwrap();
@@ -293,64 +535,55 @@ async fn configuration_snapshots_and_rpo_of_a_recovery() {
     .await;
 }
 
-/// The restore step brings a flushed Redis back to the snapshot; a tampered
-/// snapshot is refused and the Redis is left alone.
+const REDIS_PASSWORD: &str = "restore-s3cret";
+
+/// The restore step brings a flushed Redis, running in a pod, back to the snapshot: it writes
+/// the RDB into the pod's data claim and shuts Redis down without saving, the kubelet starts
+/// it again on that file. A tampered snapshot is refused and the Redis is left alone.
 #[tokio::test]
 async fn a_restore_step_brings_a_flushed_redis_back_and_refuses_a_tampered_snapshot() {
-    let backups_dir = tempfile::tempdir().unwrap();
     let key = BackupKey::generate();
-    let backup_dir_arg = backups_dir.path().display().to_string();
-    let store_dir = backups_dir.path().join("redis");
-    let redis = RedisServer::start(&[]);
-    let (port, data_dir) = (redis.port, redis.dir.clone());
-    let mut con = redis.client();
-    for i in 0..2000 {
-        let _: () = redis::pipe()
-            .set(format!("string:{i}"), format!("value {i}"))
-            .hset(format!("hash:{}", i % 50), format!("field{i}"), i)
-            .rpush(format!("list:{}", i % 20), i)
-            .sadd(format!("set:{}", i % 10), i)
-            .zadd(format!("zset:{}", i % 10), format!("m{i}"), i)
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::install(&ns).await;
+        create_key_secret(&client, &ns, &key).await;
+        create_secret(&client, &ns, "redis-auth", "password", REDIS_PASSWORD).await;
+        let claim = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: redis-data}\nspec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 64Mi}}}";
+        support::create_yaml::<PersistentVolumeClaim>(&client, &ns, claim)
+            .await
+            .unwrap();
+        let ip = start_redis(&client, &ns, "redis", &[], true, Some("redis-data")).await;
+        let data_dir = claim_path(&client, &ns, "redis-data").await;
+        let mut con = connect(&ip, Some(REDIS_PASSWORD));
+        for i in 0..2000 {
+            let _: () = redis::pipe()
+                .set(format!("string:{i}"), format!("value {i}"))
+                .hset(format!("hash:{}", i % 50), format!("field{i}"), i)
+                .rpush(format!("list:{}", i % 20), i)
+                .sadd(format!("set:{}", i % 10), i)
+                .zadd(format!("zset:{}", i % 10), format!("m{i}"), i)
+                .query(&mut con)
+                .unwrap();
+        }
+        let _: () = redis::cmd("XADD")
+            .arg("stream")
+            .arg("*")
+            .arg("f")
+            .arg("v")
             .query(&mut con)
             .unwrap();
-    }
-    let _: () = redis::cmd("XADD")
-        .arg("stream")
-        .arg("*")
-        .arg("f")
-        .arg("v")
-        .query(&mut con)
-        .unwrap();
-    let _: () = redis::cmd("EXPIRE")
-        .arg("string:1")
-        .arg(3600)
-        .query(&mut con)
-        .unwrap();
-    let keys_before: u64 = redis::cmd("DBSIZE").query(&mut con).unwrap();
-    let restart = format!(
-        "redis-cli -p {port} shutdown nosave; redis-server --port {port} --bind 127.0.0.1 --dir {} \
-         --dbfilename dump.rdb --save '' --appendonly no --daemonize yes",
-        data_dir.display()
-    );
-    let restore_command = env!("CARGO_BIN_EXE_titan-dr").to_string();
+        let _: () = redis::cmd("EXPIRE")
+            .arg("string:1")
+            .arg(3600)
+            .query(&mut con)
+            .unwrap();
+        let keys_before: u64 = redis::cmd("DBSIZE").query(&mut con).unwrap();
 
-    support::with_namespace(|client, ns| async move {
-        let _operator = support::Operator::start_with(
-            &ns,
-            &[
-                "--backup-dir",
-                &backup_dir_arg,
-                "--restore-command",
-                &restore_command,
-            ],
-        );
-        create_key_secret(&client, &ns, &key).await;
         let backups: Api<Backup> = Api::namespaced(client.clone(), &ns);
-        let source = format!("{{redis: {{address: '127.0.0.1:{port}'}}}}");
+        let source = "{redis: {address: 'redis:6379', passwordSecretRef: {name: redis-auth, key: password}}}";
         backups
             .create(
                 &PostParams::default(),
-                &backup("redis", &source, None, "redis"),
+                &backup("redis", source, None, "redis"),
             )
             .await
             .unwrap();
@@ -363,6 +596,7 @@ async fn a_restore_step_brings_a_flushed_redis_back_and_refuses_a_tampered_snaps
         )
         .await;
         let _: () = redis::cmd("FLUSHALL").query(&mut con).unwrap();
+        assert_eq!(restarts(&client, &ns, "redis").await, 0);
 
         let dr: DisasterRecovery = serde_yaml::from_str(&format!(
             r#"
@@ -373,24 +607,24 @@ spec:
   scenario: database-corruption
   objectives: {{rto: 10m, rpo: 5m}}
   backups: [redis]
-  template: {{image: toolbox}}
+  template: {{image: {toolbox}}}
   steps:
     - name: restore-redis
-      timeout: 2m
+      timeout: 3m
       restore:
         backup: redis
         snapshot: latest
         redis:
-          dataVolume: {{hostPath: {{path: {data}}}}}
-          address: 127.0.0.1:{port}
-          restartCommand: {restart:?}
-          wait: 30s
+          dataVolume: {{persistentVolumeClaim: {{claimName: redis-data}}}}
+          address: redis:6379
+          wait: 90s
   validations:
     - name: keys-back
-      command: redis-cli -p {port} dbsize
+      command: redis-cli -h redis dbsize
+      env: [{{name: REDISCLI_AUTH, valueFrom: {{secretKeyRef: {{name: redis-auth, key: password}}}}}}]
       expect: {{outputContains: "{keys_before}"}}
 "#,
-            data = data_dir.display()
+            toolbox = support::TOOLBOX
         ))
         .unwrap();
         let drs: Api<DisasterRecovery> = Api::namespaced(client.clone(), &ns);
@@ -400,11 +634,10 @@ spec:
         let status = done.status.unwrap();
         let step = &status.steps[0];
         assert_eq!(step.phase, StepPhase::Succeeded, "{step:#?}");
+        let output = step.output.as_deref().unwrap_or("");
+        assert!(output.contains("sent SHUTDOWN NOSAVE to Redis at redis:6379"), "{step:#?}");
         assert!(
-            step.output
-                .as_deref()
-                .unwrap_or("")
-                .contains(&format!("restarted with {keys_before} keys")),
+            output.contains(&format!("restarted with {keys_before} keys")),
             "{step:#?}"
         );
         let ready = status
@@ -413,10 +646,12 @@ spec:
             .find(|c| c.type_ == "Ready")
             .unwrap();
         assert_eq!(ready.status, "True", "{}", ready.message);
-        let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-            .unwrap()
-            .get_connection()
-            .unwrap();
+        assert_eq!(
+            restarts(&client, &ns, "redis").await,
+            1,
+            "the kubelet restarted Redis once"
+        );
+        let mut con = connect(&ip, Some(REDIS_PASSWORD));
         let keys_after: u64 = redis::cmd("DBSIZE").query(&mut con).unwrap();
         assert_eq!(keys_after, keys_before);
         let value: String = redis::cmd("GET")
@@ -424,8 +659,26 @@ spec:
             .query(&mut con)
             .unwrap();
         assert_eq!(value, "value 1999");
+        let field: String = redis::cmd("HGET")
+            .arg("hash:49")
+            .arg("field1999")
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(field, "1999");
+        let list: u64 = redis::cmd("LLEN").arg("list:19").query(&mut con).unwrap();
+        assert_eq!(list, 100);
+        let score: f64 = redis::cmd("ZSCORE")
+            .arg("zset:9")
+            .arg("m1999")
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(score, 1999.0);
+        let stream: u64 = redis::cmd("XLEN").arg("stream").query(&mut con).unwrap();
+        assert_eq!(stream, 1);
         let ttl: i64 = redis::cmd("TTL").arg("string:1").query(&mut con).unwrap();
-        assert!((3500..=3600).contains(&ttl), "ttl {ttl}");
+        assert!((3000..=3600).contains(&ttl), "ttl {ttl}");
+        let persistent: i64 = redis::cmd("TTL").arg("string:2").query(&mut con).unwrap();
+        assert_eq!(persistent, -1);
 
         // Tamper with the snapshot: the next run refuses it and touches nothing.
         let _: () = redis::cmd("SET")
@@ -433,6 +686,7 @@ spec:
             .arg("restore")
             .query(&mut con)
             .unwrap();
+        let store_dir = backup_volume(&client, &ns).await.join("redis");
         let store = Store::open(&store_dir).unwrap();
         let manifest = store.list().unwrap().snapshots[0].clone();
         let file = store_dir.join(&manifest.file);
@@ -461,6 +715,7 @@ spec:
             "the snapshot is named: {output}"
         );
         assert!(output.contains("refusing to restore"), "{output}");
+        assert!(!output.contains("SHUTDOWN"), "{output}");
         let ready = status
             .conditions
             .iter()
@@ -481,8 +736,7 @@ spec:
             Some("restore"),
             "the running Redis is untouched"
         );
-        let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").arg("NOSAVE").query(&mut con);
+        assert_eq!(restarts(&client, &ns, "redis").await, 1, "Redis was not restarted");
     })
     .await;
-    drop(redis);
 }
