@@ -38,7 +38,8 @@ fn chain(name: &str, steps: usize, command: &str) -> DisasterRecovery {
         .map(|i| format!("    - {{name: s{i:03}, command: '{command}'}}\n"))
         .collect();
     serde_yaml::from_str(&format!(
-        "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {{name: {name}}}\nspec:\n  scenario: bench\n  template: {{image: toolbox}}\n  steps:\n{steps}"
+        "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {{name: {name}}}\nspec:\n  scenario: bench\n  template: {{image: {toolbox}}}\n  steps:\n{steps}",
+        toolbox = support::TOOLBOX
     ))
     .unwrap()
 }
@@ -113,17 +114,18 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn main() {
     let mut report = String::from(
         "## Operator: added latency and memory\n\n\
-         Method (`benches/operator.rs`): the release operator binary watches one namespace. A watch on \
+         Method (`benches/operator.rs`): the operator, installed by its chart from the local image, \
+         watches one namespace. A watch on \
          its Jobs stamps, with the bench's own clock, when each Job is first seen Complete and when \
          the next step's Job is first seen; the gap is the time the operator adds (watch delivery, \
-         reconcile, Job creation). It does not include the Job controller or the node agent running \
+         reconcile, Job creation). It does not include the Job controller or the kubelet running \
          the step. Peak RSS is the operator's VmHWM from /proc after every run has finished.\n\n",
     );
 
     let gaps = Arc::new(Mutex::new(Vec::new()));
     let out = gaps.clone();
     support::with_namespace(|client, ns| async move {
-        let _operator = support::Operator::start(&ns);
+        let _operator = support::Operator::install(&ns).await;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let watch = tokio::spawn(watch_jobs(client.clone(), ns.clone(), seen.clone()));
         let api: Api<DisasterRecovery> = Api::namespaced(client.clone(), &ns);
@@ -171,7 +173,7 @@ async fn main() {
     let peak = Arc::new(Mutex::new(0u64));
     let out = peak.clone();
     support::with_namespace(|client, ns| async move {
-        let operator = support::Operator::start(&ns);
+        let operator = support::Operator::install(&ns).await;
         let api: Api<DisasterRecovery> = Api::namespaced(client.clone(), &ns);
         let names: Vec<String> = (0..CONCURRENT).map(|i| format!("load-{i:02}")).collect();
         for name in &names {
@@ -183,7 +185,7 @@ async fn main() {
             .unwrap();
         }
         wait_all_finished(&api, &names).await;
-        *out.lock().unwrap() = peak_rss_kib(operator.pid());
+        *out.lock().unwrap() = peak_rss_kib(operator.host_pid());
     })
     .await;
     let peak = *peak.lock().unwrap();

@@ -18,7 +18,6 @@ use std::time::Duration;
 use clap::Args;
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -697,6 +696,13 @@ async fn the_operator_pod_is_admitted_under_pod_security_restricted() {
             .patch(&ns, &PatchParams::default(), &Patch::Merge(&label))
             .await
             .unwrap();
+        // The ServiceAccount admission plugin wants the pod's ServiceAccount to exist.
+        let account: ServiceAccount =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "titan-dr"}})).unwrap();
+        Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &account)
+            .await
+            .unwrap();
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let dry_run = PostParams {
             dry_run: true,
@@ -854,34 +860,6 @@ async fn the_service_account_may_do_everything_the_operator_does() {
         finally(body, revoke(&client, &name)).await;
     })
     .await;
-}
-
-/// A kubeconfig for the test control plane that authenticates with `token`.
-fn token_kubeconfig(token: &str, path: &Path) {
-    let admin = kube::config::Kubeconfig::read_from(support::kubeconfig()).unwrap();
-    let cluster = admin.clusters[0].cluster.as_ref().unwrap();
-    let config = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "test", "cluster": {
-            "server": cluster.server,
-            "certificate-authority": cluster.certificate_authority,
-        }}],
-        "users": [{"name": "titan-dr", "user": {"token": token}}],
-        "contexts": [{"name": "titan-dr", "context": {"cluster": "test", "user": "titan-dr"}}],
-        "current-context": "titan-dr",
-    });
-    std::fs::write(path, serde_yaml::to_string(&config).unwrap()).unwrap();
-}
-
-/// The operator process; killed when dropped.
-struct OperatorProcess(std::process::Child);
-
-impl Drop for OperatorProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 const SCENARIO: &str = r#"

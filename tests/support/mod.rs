@@ -236,6 +236,32 @@ impl Operator {
     pub fn logs(&self) -> String {
         self.0.logs()
     }
+
+    /// The host's id of the operator's process, found through its pod's cgroup (the kubelet
+    /// names it after the pod's UID), for reading what /proc says of it.
+    pub fn host_pid(&self) -> u32 {
+        let uid = self.0.kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            &self.0.selector(),
+            "--field-selector=status.phase=Running",
+            "-o",
+            "jsonpath={.items[0].metadata.uid}",
+        ]);
+        let cgroup_name = format!("pod{uid}");
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| {
+                let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"));
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                cgroup.is_ok_and(|c| c.contains(&cgroup_name))
+                    && cmdline.starts_with(b"/usr/local/bin/titan-dr\0operator")
+            })
+            .unwrap_or_else(|| panic!("no operator process in pod {uid}"))
+    }
 }
 
 impl Release {
