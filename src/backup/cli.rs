@@ -71,7 +71,7 @@ enum BackupSubcommand {
         /// that it holds as many keys as the snapshot; fail on a mismatch.
         #[arg(long)]
         check_redis: Option<String>,
-        /// File holding the password of the Redis to check.
+        /// File holding the password of that Redis (for the check and `--shutdown-redis`).
         #[arg(long)]
         check_password_file: Option<PathBuf>,
         /// How long to wait for the restarted Redis.
