@@ -10,8 +10,6 @@
 //!
 //! Writes a markdown section to `target/bench/operator.md`.
 
-#[path = "../tests/redis_server/mod.rs"]
-mod redis_server;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -210,27 +208,29 @@ const BACKUP_VALUE_BYTES: u64 = 1024;
 async fn backup_by_the_operator() -> String {
     use titan_dr::api::Backup;
     use titan_dr::backup::BackupKey;
-    let backups_dir = tempfile::tempdir().unwrap();
-    let redis = redis_server::RedisServer::start(&[
-        "--rdbcompression",
-        "no",
-        "--repl-diskless-sync",
-        "yes",
-    ]);
-    let mut con = redis.client();
-    let _: () = redis::cmd("DEBUG")
-        .arg("POPULATE")
-        .arg(BACKUP_KEYS)
-        .arg("key")
-        .arg(BACKUP_VALUE_BYTES)
-        .query(&mut con)
-        .unwrap();
-    let address = redis.address();
-    let dir_arg = backups_dir.path().display().to_string();
     let result = Arc::new(Mutex::new(String::new()));
     let out = result.clone();
     support::with_namespace(|client, ns| async move {
-        let operator = support::Operator::start_with(&ns, &["--backup-dir", &dir_arg]);
+        let extra = ["--rdbcompression", "no", "--repl-diskless-sync", "yes", "--enable-debug-command", "yes"];
+        let ip = support::redis_pod::start_redis(&client, &ns, "big", &extra, false, None).await;
+        tokio::task::spawn_blocking(move || {
+            let mut con = support::redis_pod::connect(&ip, None);
+            let _: () = redis::cmd("DEBUG")
+                .arg("POPULATE")
+                .arg(BACKUP_KEYS)
+                .arg("key")
+                .arg(BACKUP_VALUE_BYTES)
+                .query(&mut con)
+                .unwrap();
+        })
+        .await
+        .unwrap();
+        let address = "big:6379";
+        let operator = support::Operator::install_with(
+            &ns,
+            &["backups.persistence.size=4Gi", "resources.limits.memory=512Mi"],
+        )
+        .await;
         let key = BackupKey::generate();
         let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "backup-key"},
@@ -243,13 +243,13 @@ async fn backup_by_the_operator() -> String {
         ))
         .unwrap();
         let api: Api<Backup> = Api::namespaced(client.clone(), &ns);
-        let before = peak_rss_kib(operator.pid());
+        let before = peak_rss_kib(operator.host_pid());
         api.create(&PostParams::default(), &backup).await.unwrap();
         let done = support::wait_for(&api, "big", "the snapshot", Duration::from_secs(600), |b: Option<&Backup>| {
             b.and_then(|b| b.status.as_ref()).is_some_and(|s| !s.snapshots.is_empty() || s.conditions.iter().any(|c| c.status == "False"))
         })
         .await;
-        let peak = peak_rss_kib(operator.pid());
+        let peak = peak_rss_kib(operator.host_pid());
         let snapshot = done.status.unwrap().snapshots.first().cloned().expect("the snapshot succeeded");
         let seconds = snapshot.completed_at.unwrap().0.duration_since(snapshot.started_at.unwrap().0).as_secs_f64().max(1.0);
         let mb_per_s = snapshot.size_bytes as f64 / 1e6 / seconds;
@@ -265,6 +265,5 @@ async fn backup_by_the_operator() -> String {
         );
     })
     .await;
-    drop(redis);
     result.lock().unwrap().clone()
 }

@@ -18,7 +18,9 @@ node=$("$root/scripts/build-node.sh")
 k8s=$("$root/scripts/build-control-plane.sh")
 profile=${TITAN_IMAGE_PROFILE:-debug}
 if [ "$profile" = release ]; then release_flag=--release; else release_flag=; fi
-(cd "$root" && cargo build --quiet $release_flag --bin titan-dr)
+# All targets, so the tests that follow find the same artefacts (dev-dependencies change
+# the feature set, and with it what a plain `--bin` build would compile).
+(cd "$root" && cargo build --quiet --workspace --all-targets $release_flag)
 target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 titan_dr=$target_dir/$profile/titan-dr
 titan_step=$("$root/scripts/build-titan-step.sh")

@@ -8,14 +8,14 @@
 
 mod support;
 
+use support::redis_pod::{REDIS_PASSWORD, connect, start_redis};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use titan_dr::api::backup::BackupStatus;
@@ -24,7 +24,6 @@ use titan_dr::api::{Backup, DisasterRecovery};
 use titan_dr::backup::{BackupKey, Store};
 
 const LIMIT: Duration = Duration::from_secs(150);
-const REDIS_IMAGE: &str = "localhost/titan-redis:local";
 
 async fn create_secret(client: &Client, ns: &str, name: &str, key: &str, value: &str) {
     let secret = Secret {
@@ -141,103 +140,6 @@ async fn backup_volume(client: &Client, ns: &str) -> PathBuf {
     claim_path(client, ns, &names[0]).await
 }
 
-/// A Redis pod named `name` (restricted, restarted by the kubelet when it exits) behind a
-/// Service of the same name, with `--save ""` and AOF off; `extra` goes to redis-server,
-/// `password` comes from the Secret `redis-auth`, and `claim` is mounted at its `--dir`.
-/// Returns the pod's IP once it is ready.
-async fn start_redis(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    extra: &[&str],
-    password: bool,
-    claim: Option<&str>,
-) -> String {
-    let mut args: Vec<&str> = vec![
-        "--port",
-        "6379",
-        "--dir",
-        "/data",
-        "--dbfilename",
-        "dump.rdb",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        // A snapshot does not wait for more replicas to join its diskless sync.
-        "--repl-diskless-sync-delay",
-        "0",
-    ];
-    if password {
-        // The kubelet expands $(VAR) in args.
-        args.extend(["--requirepass", "$(REDIS_PASSWORD)"]);
-    } else {
-        args.extend(["--protected-mode", "no"]);
-    }
-    args.extend(extra);
-    let mut container = serde_json::json!({
-        "name": "redis",
-        "image": REDIS_IMAGE,
-        "args": args,
-        "ports": [{"containerPort": 6379}],
-        "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
-    });
-    let mut pod = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "restartPolicy": "Always",
-            "terminationGracePeriodSeconds": 5,
-            "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
-        },
-    });
-    if password {
-        container["env"] = serde_json::json!([{"name": "REDIS_PASSWORD",
-            "valueFrom": {"secretKeyRef": {"name": "redis-auth", "key": "password"}}}]);
-    }
-    if let Some(claim) = claim {
-        container["volumeMounts"] = serde_json::json!([{"name": "data", "mountPath": "/data"}]);
-        pod["spec"]["volumes"] =
-            serde_json::json!([{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]);
-    }
-    pod["spec"]["containers"] = serde_json::json!([container]);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    pods.create(
-        &PostParams::default(),
-        &serde_json::from_value(pod).unwrap(),
-    )
-    .await
-    .unwrap();
-    let service = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name},
-        "spec": {"selector": {"app": name}, "ports": [{"port": 6379}]},
-    });
-    let service = Api::<Service>::namespaced(client.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(service).unwrap(),
-        )
-        .await
-        .unwrap();
-    let running = support::wait_for(&pods, name, "Redis ready", LIMIT, pod_ready).await;
-    // Through the Service too (kube-proxy's rules serve the node as they serve pods): a
-    // Backup without a schedule makes one attempt only.
-    let cluster_ip = service.spec.and_then(|s| s.cluster_ip).unwrap();
-    let password = password.then_some(REDIS_PASSWORD);
-    tokio::task::spawn_blocking(move || drop(connect(&cluster_ip, password)))
-        .await
-        .unwrap();
-    running.status.and_then(|s| s.pod_ip).unwrap()
-}
-
-fn pod_ready(pod: Option<&Pod>) -> bool {
-    let conditions = pod.and_then(|p| p.status.as_ref()?.conditions.as_ref());
-    conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 /// How often the Redis container of pod `name` was restarted.
 async fn restarts(client: &Client, ns: &str, name: &str) -> i32 {
     let pod = Api::<Pod>::namespaced(client.clone(), ns)
@@ -248,26 +150,6 @@ async fn restarts(client: &Client, ns: &str, name: &str) -> i32 {
         .and_then(|s| s.container_statuses)
         .and_then(|c| c.first().map(|c| c.restart_count))
         .unwrap()
-}
-
-/// A connection from the test to the Redis at `ip` (a pod's or a Service's), retried while
-/// it comes up.
-fn connect(ip: &str, password: Option<&str>) -> redis::Connection {
-    let auth = password.map(|p| format!(":{p}@")).unwrap_or_default();
-    let client = redis::Client::open(format!("redis://{auth}{ip}:6379/")).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let attempt = client
-            .get_connection_with_timeout(Duration::from_secs(2))
-            .and_then(|mut con| redis::cmd("PING").query::<String>(&mut con).map(|_| con));
-        match attempt {
-            Ok(con) => return con,
-            Err(err) if std::time::Instant::now() > deadline => {
-                panic!("Redis at {ip} does not answer: {err}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
 }
 
 /// Kills a pod at once: no grace period, like a node losing it.
@@ -534,8 +416,6 @@ async fn configuration_snapshots_and_rpo_of_a_recovery() {
     })
     .await;
 }
-
-const REDIS_PASSWORD: &str = "restore-s3cret";
 
 /// The restore step brings a flushed Redis, running in a pod, back to the snapshot: it writes
 /// the RDB into the pod's data claim and shuts Redis down without saving, the kubelet starts

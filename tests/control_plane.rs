@@ -153,7 +153,8 @@ async fn crds_accept_a_valid_recovery_and_reject_invalid_ones_naming_the_field()
 }
 
 /// What Pod Security `restricted` asks of every pod of a test namespace.
-const RESTRICTED: &str = "securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}";
+const RESTRICTED: &str =
+    "securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}";
 const RESTRICTED_CONTAINER: &str =
     "securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}";
 
@@ -214,7 +215,10 @@ fn terminated(pod: &Pod) -> ContainerStateTerminated {
 #[tokio::test]
 async fn the_node_is_a_kubelet_of_the_pinned_version_on_containerd() {
     let client = support::client().await;
-    let nodes = Api::<Node>::all(client).list(&ListParams::default()).await.unwrap();
+    let nodes = Api::<Node>::all(client)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
     assert_eq!(nodes.items.len(), 1, "one node");
     let node = &nodes.items[0];
     let status = node.status.as_ref().unwrap();
@@ -225,10 +229,19 @@ async fn the_node_is_a_kubelet_of_the_pinned_version_on_containerd() {
         "{}",
         info.container_runtime_version
     );
-    let ready = status.conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Ready");
+    let ready = status
+        .conditions
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|c| c.type_ == "Ready");
     assert_eq!(ready.map(|c| c.status.as_str()), Some("True"), "{ready:?}");
     // The node-lifecycle controller lifted the kubelet's start-up taint.
-    let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+    let taints = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
     assert!(taints.is_empty(), "{taints:?}");
 }
 
@@ -245,11 +258,17 @@ async fn a_jobs_pod_is_scheduled_and_runs_from_a_local_image() {
         let terminated = terminated(&pod);
         assert_eq!(terminated.exit_code, 0);
         assert_eq!(terminated.message.as_deref(), Some("hello\n"));
-        assert_eq!(pod.spec.as_ref().unwrap().node_name.as_deref(), Some("titan-node"));
+        assert_eq!(
+            pod.spec.as_ref().unwrap().node_name.as_deref(),
+            Some("titan-node")
+        );
         let status = pod.status.as_ref().unwrap();
         let container = &status.container_statuses.as_ref().unwrap()[0];
-        assert!(container.image_id.starts_with("sha256:") || container.image_id.contains("@sha256:"),
-            "{}", container.image_id);
+        assert!(
+            container.image_id.starts_with("sha256:") || container.image_id.contains("@sha256:"),
+            "{}",
+            container.image_id
+        );
         // Bound by kube-scheduler, not by anything of ours.
         let events: Api<Event> = Api::namespaced(client.clone(), &ns);
         let scheduled = events
@@ -260,7 +279,10 @@ async fn a_jobs_pod_is_scheduled_and_runs_from_a_local_image() {
             .into_iter()
             .find(|e| e.reason.as_deref() == Some("Scheduled"))
             .expect("a Scheduled event");
-        assert_eq!(scheduled.reporting_component.as_deref(), Some("default-scheduler"));
+        assert_eq!(
+            scheduled.reporting_component.as_deref(),
+            Some("default-scheduler")
+        );
     })
     .await;
 }
@@ -279,7 +301,10 @@ async fn a_job_whose_command_exits_3_fails_with_exit_code_3() {
         support::wait_for(&jobs, "three", "Failed", LIMIT, job_condition("Failed")).await;
         let terminated = terminated(&job_pod(&client, &ns, "three").await);
         assert_eq!(terminated.exit_code, 3);
-        assert_eq!(terminated.message.as_deref().map(str::trim), Some("failing"));
+        assert_eq!(
+            terminated.message.as_deref().map(str::trim),
+            Some("failing")
+        );
     })
     .await;
 }
@@ -306,13 +331,16 @@ async fn a_job_past_its_deadline_fails_deadline_exceeded_and_its_pod_is_gone() {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let left = pods.list(&running).await.unwrap().items;
-            let alive = left.iter().any(|p| {
-                p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-            });
+            let alive = left
+                .iter()
+                .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
             if !alive {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "the pod still runs: {left:#?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the pod still runs: {left:#?}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })

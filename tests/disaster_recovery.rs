@@ -131,7 +131,14 @@ async fn deploy_titan_and_take_it_down(ns: &str) {
             kubectl(&["rollout", "status", workload, "--timeout=120s"]);
         }
         kubectl(&["scale", workloads, "-l", part_of, "--replicas=0"]);
-        kubectl(&["wait", "pods", "-l", part_of, "--for=delete", "--timeout=120s"]);
+        kubectl(&[
+            "wait",
+            "pods",
+            "-l",
+            part_of,
+            "--for=delete",
+            "--timeout=120s",
+        ]);
     })
     .await
     .expect("deploying the Titan example");

@@ -63,10 +63,7 @@ fn image(name: &str) -> Image {
         let header = entry.header();
         let path = entry.path().unwrap().display().to_string();
         let path = path.trim_end_matches('/').to_string();
-        entries.insert(
-            path,
-            (header.mode().unwrap(), header.entry_type().is_dir()),
-        );
+        entries.insert(path, (header.mode().unwrap(), header.entry_type().is_dir()));
     }
     Image { config, entries }
 }
@@ -121,7 +118,10 @@ fn the_operator_image_matches_the_dockerfile() {
     ] {
         assert!(image.entries.contains_key(path), "{path} is missing");
     }
-    assert!(!image.entries.contains_key("usr/bin/sh"), "no shell in the operator image");
+    assert!(
+        !image.entries.contains_key("usr/bin/sh"),
+        "no shell in the operator image"
+    );
 }
 
 #[test]
@@ -142,7 +142,10 @@ fn images_are_reproducible_from_the_same_inputs() {
     let (second_digest, second) = build("b.tar");
     assert!(first_digest.starts_with("sha256:"), "{first_digest}");
     assert_eq!(first_digest, second_digest);
-    assert!(first == second, "two builds of the same inputs differ byte for byte");
+    assert!(
+        first == second,
+        "two builds of the same inputs differ byte for byte"
+    );
     // And the archive the cluster imported is that one.
     let index = std::fs::read_to_string(dir.join("index")).unwrap();
     assert!(
@@ -154,7 +157,16 @@ fn images_are_reproducible_from_the_same_inputs() {
 #[test]
 fn the_toolbox_has_what_recovery_steps_reach_for() {
     let image = image("titan-toolbox");
-    for tool in ["sh", "cat", "tail", "sleep", "curl", "jq", "redis-cli", "kubectl"] {
+    for tool in [
+        "sh",
+        "cat",
+        "tail",
+        "sleep",
+        "curl",
+        "jq",
+        "redis-cli",
+        "kubectl",
+    ] {
         assert!(
             image.entries.contains_key(&format!("usr/bin/{tool}")),
             "no {tool} in the toolbox"

@@ -2,6 +2,8 @@
 //! control plane, a fresh namespace per test, and waits with deadlines.
 #![allow(dead_code)] // each test binary uses a different part of it
 
+pub mod redis_pod;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -65,7 +67,11 @@ where
     namespace.metadata.generate_name = Some("titan-test-".into());
     // What a careful user's namespace enforces: every pod of a test must pass it.
     namespace.metadata.labels = Some(
-        [("pod-security.kubernetes.io/enforce".to_string(), "restricted".to_string())].into(),
+        [(
+            "pod-security.kubernetes.io/enforce".to_string(),
+            "restricted".to_string(),
+        )]
+        .into(),
     );
     let created = namespaces
         .create(&PostParams::default(), &namespace)
@@ -137,8 +143,8 @@ pub fn run(command: &mut std::process::Command) -> String {
 
 /// A tool built by one of the scripts, which print the folder they built it into.
 fn tool(script: &str, name: &str) -> PathBuf {
-    let folder = run(std::process::Command::new(root().join(script))
-        .stderr(std::process::Stdio::inherit()));
+    let folder =
+        run(std::process::Command::new(root().join(script)).stderr(std::process::Stdio::inherit()));
     PathBuf::from(folder.trim()).join(name)
 }
 
@@ -185,8 +191,18 @@ impl Operator {
         command
             .args(["install", &release])
             .arg(root().join("charts/titan-dr"))
-            .args(["--namespace", namespace, "--skip-crds", "--wait", "--timeout", "120s"])
-            .args(["--set", "image.repository=localhost/titan-dr,image.tag=local"])
+            .args([
+                "--namespace",
+                namespace,
+                "--skip-crds",
+                "--wait",
+                "--timeout",
+                "120s",
+            ])
+            .args([
+                "--set",
+                "image.repository=localhost/titan-dr,image.tag=local",
+            ])
             .args(["--set", "image.pullPolicy=Never"])
             .args(["--set", &format!("operator.watchNamespace={namespace}")])
             .args(["--set", "operator.logLevel=info\\,titan_dr=debug"])
@@ -224,9 +240,23 @@ impl Operator {
         tokio::task::spawn_blocking(move || {
             let selector = release.selector();
             let deployment = format!("deployment/{}", release.release);
-            release.kubectl(&["delete", "pods", "-l", &selector, "--grace-period=0", "--force"]);
+            release.kubectl(&[
+                "delete",
+                "pods",
+                "-l",
+                &selector,
+                "--grace-period=0",
+                "--force",
+            ]);
             release.kubectl(&["rollout", "status", &deployment, "--timeout=120s"]);
-            release.kubectl(&["wait", "pods", "-l", &selector, "--for=condition=Ready", "--timeout=120s"]);
+            release.kubectl(&[
+                "wait",
+                "pods",
+                "-l",
+                &selector,
+                "--for=condition=Ready",
+                "--timeout=120s",
+            ]);
         })
         .await
         .expect("restarting the operator");
@@ -295,7 +325,13 @@ impl Drop for Operator {
             let _ = std::fs::write(log, output.stdout);
         }
         let _ = std::process::Command::new(helm())
-            .args(["uninstall", release, "--namespace", namespace, "--wait=false"])
+            .args([
+                "uninstall",
+                release,
+                "--namespace",
+                namespace,
+                "--wait=false",
+            ])
             .env("KUBECONFIG", kubeconfig())
             .output();
     }
