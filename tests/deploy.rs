@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use clap::Args;
@@ -139,39 +138,7 @@ fn key(object: &Value) -> String {
     )
 }
 
-/// Runs a command, returning stdout; fails the test with its stderr when it fails.
-fn run(command: &mut Command) -> String {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed ({}):\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8 output")
-}
-
-/// A tool built by one of the scripts, which print the folder they built it into.
-fn tool(script: &str, name: &str) -> PathBuf {
-    let folder = run(Command::new(root().join(script)).stderr(std::process::Stdio::inherit()));
-    PathBuf::from(folder.trim()).join(name)
-}
-
-fn helm() -> PathBuf {
-    static HELM: OnceLock<PathBuf> = OnceLock::new();
-    HELM.get_or_init(|| tool("scripts/build-helm.sh", "helm"))
-        .clone()
-}
-
-fn kubectl() -> PathBuf {
-    static KUBECTL: OnceLock<PathBuf> = OnceLock::new();
-    KUBECTL
-        .get_or_init(|| tool("scripts/build-control-plane.sh", "kubectl"))
-        .clone()
-}
+use support::{helm, kubectl, run};
 
 // ---------------------------------------------------------------------------------------
 // From the files
@@ -442,6 +409,32 @@ fn the_dockerfile_and_the_chart_follow_the_crate() {
     );
     let chart = &documents(&read("charts/titan-dr/Chart.yaml"), "Chart.yaml")[0];
     assert_eq!(chart["appVersion"], env!("CARGO_PKG_VERSION"));
+}
+
+/// A wrong value fails at `helm install` (helm checks values.schema.json first) and the
+/// error names it.
+#[test]
+fn the_chart_refuses_a_wrong_value_naming_it() {
+    for (value, named) in [
+        ("operator.keepRuns=three", "/operator/keepRuns"),
+        ("operator.keepRun=3", "keepRun"),
+        ("operator.podStartGrace=soon", "/operator/podStartGrace"),
+        ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+        ("backups.persistence.size=ten", "/backups/persistence/size"),
+    ] {
+        let output = Command::new(helm())
+            .args(["template", "titan-dr"])
+            .arg(root().join("charts/titan-dr"))
+            .args(["--set", value])
+            .output()
+            .expect("running helm");
+        let error = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{value} was accepted");
+        assert!(
+            error.contains(named),
+            "{value}: the error does not name {named}: {error}"
+        );
+    }
 }
 
 /// Renders the chart with helm (`helm template`), extra arguments appended.

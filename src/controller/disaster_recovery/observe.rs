@@ -182,7 +182,12 @@ async fn finished_attempt(pods: &Api<Pod>, job: &str, timed_out: bool) -> Result
             .find_map(|c| c.state.as_ref()?.terminated.clone())
     });
     Ok(Finished {
-        exit_code: terminated.as_ref().map(|t| t.exit_code),
+        // What the deadline's kill made the process exit with is not the step's answer (a
+        // local run reports none either), whether or not the kubelet saw it end.
+        exit_code: terminated
+            .as_ref()
+            .map(|t| t.exit_code)
+            .filter(|_| !timed_out),
         output: terminated.and_then(|t| t.message).unwrap_or_default(),
         timed_out,
     })
