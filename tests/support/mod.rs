@@ -222,15 +222,7 @@ impl Operator {
 
     /// The running operator pod's address (metrics on port 8080).
     pub fn pod_ip(&self) -> String {
-        self.0.kubectl(&[
-            "get",
-            "pods",
-            "-l",
-            &self.0.selector(),
-            "--field-selector=status.phase=Running",
-            "-o",
-            "jsonpath={.items[0].status.podIP}",
-        ])
+        self.0.running_pod("{.status.podIP}")
     }
 
     /// Kills the operator's pod at once (no grace period: like SIGKILL, no chance to finish
@@ -270,15 +262,7 @@ impl Operator {
     /// The host's id of the operator's process, found through its pod's cgroup (the kubelet
     /// names it after the pod's UID), for reading what /proc says of it.
     pub fn host_pid(&self) -> u32 {
-        let uid = self.0.kubectl(&[
-            "get",
-            "pods",
-            "-l",
-            &self.0.selector(),
-            "--field-selector=status.phase=Running",
-            "-o",
-            "jsonpath={.items[0].metadata.uid}",
-        ]);
+        let uid = self.0.running_pod("{.metadata.uid}");
         let cgroup_name = format!("pod{uid}");
         std::fs::read_dir("/proc")
             .unwrap()
@@ -300,6 +284,22 @@ impl Release {
             .args(["--namespace", &self.namespace])
             .args(args)
             .env("KUBECONFIG", kubeconfig()))
+    }
+
+    /// A field of the release's running pod, by a JSONPath on the pod (`{.status.podIP}`).
+    fn running_pod(&self, path: &str) -> String {
+        let jsonpath = format!("jsonpath={{.items[0]{}", path.trim_start_matches('{'));
+        let selector = self.selector();
+        let args = [
+            "get",
+            "pods",
+            "-l",
+            &selector,
+            "--field-selector=status.phase=Running",
+        ];
+        let mut args = args.to_vec();
+        args.extend(["-o", &jsonpath]);
+        self.kubectl(&args)
     }
 
     fn selector(&self) -> String {
