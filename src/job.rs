@@ -400,6 +400,35 @@ pub fn build_job(
     }
 }
 
+/// The Job that stands for an attempt whose own Job the API server refused as invalid (a
+/// step's securityContext out of range, say): the same name, labels, owner and deadline, one
+/// restricted container of the operator's image that prints why and exits 1. The attempt then
+/// fails like any other, recorded by a Job, so retries, `critical` and rollback apply and an
+/// operator restarted later judges it the same way.
+pub fn refused_job(job: &Job, why: &str, setup: &JobSetup) -> Job {
+    let mut refused = job.clone();
+    let message = format!("the API server refused this step's Job: {why}");
+    if let Some(pod) = refused.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        *pod = PodSpec {
+            restart_policy: Some("Never".into()),
+            security_context: Some(pod_security_context(
+                &JobTemplate::default(),
+                &Step::default(),
+            )),
+            containers: vec![Container {
+                name: "step".into(),
+                image: Some(setup.operator_image.clone()),
+                command: Some(vec![setup.titan_step_path.clone(), "fail".into(), message]),
+                termination_message_policy: Some("FallbackToLogsOnError".into()),
+                security_context: Some(restricted_container()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+    }
+    refused
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,6 +486,31 @@ spec:
     fn step_pod(dr: &DisasterRecovery, index: usize) -> PodSpec {
         let step = &dr.spec.steps[index];
         pod_of(build_job(dr, "1", StepKind::Step, step, 1, &setup()))
+    }
+
+    #[test]
+    fn a_refused_job_keeps_its_identity_and_only_says_why() {
+        let dr = recovery();
+        let job = build_job(&dr, "1", StepKind::Step, &dr.spec.steps[0], 1, &setup());
+        let refused = refused_job(&job, "runAsUser: Invalid value: -1", &setup());
+        assert_eq!(
+            refused.metadata, job.metadata,
+            "name, labels and owner stay"
+        );
+        let spec = refused.spec.unwrap();
+        assert_eq!(
+            spec.active_deadline_seconds,
+            job.spec.as_ref().unwrap().active_deadline_seconds
+        );
+        let pod = spec.template.spec.unwrap();
+        assert!(pod.init_containers.is_none() && pod.volumes.is_none());
+        let container = &pod.containers[0];
+        assert_eq!(container.image.as_deref(), Some("titan-dr:0.1.0"));
+        let command = container.command.as_ref().unwrap();
+        assert_eq!(&command[..2], ["/usr/local/bin/titan-step", "fail"]);
+        assert!(command[2].contains("refused") && command[2].contains("runAsUser"));
+        assert_eq!(container.security_context, Some(restricted_container()));
+        assert!(container.env.is_none(), "nothing of the step reaches it");
     }
 
     #[test]

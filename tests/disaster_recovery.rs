@@ -755,3 +755,28 @@ async fn pod_no_node_can_take_fails_after_the_grace_period() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_step_whose_job_the_api_server_refuses_fails_saying_why() {
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::install(&ns).await;
+        // The CRD takes any integer; the Job's validation takes none below 0.
+        let bad_step = "{name: bad, command: 'true', securityContext: {runAsUser: -1}}";
+        let api = create(&client, &ns, &single_step("refused-job", bad_step)).await;
+        let status = wait_finished(&api, "refused-job").await;
+        assert_eq!(status.phase, Some(RunPhase::Failed), "{status:#?}");
+        let bad = step(&status.steps, "bad");
+        assert_eq!(
+            (bad.phase, bad.attempts),
+            (StepPhase::Failed, 1),
+            "{bad:#?}"
+        );
+        let output = bad.output.as_deref().unwrap_or_default();
+        assert!(
+            output.contains("the API server refused this step's Job")
+                && output.contains("runAsUser"),
+            "{output}"
+        );
+    })
+    .await;
+}

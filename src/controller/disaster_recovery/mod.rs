@@ -35,7 +35,7 @@ use crate::api::disaster_recovery::{
 use crate::api::{Backup, DisasterRecovery};
 use crate::controller::conditions::{Conditions, FALSE, TRUE, UNKNOWN};
 use crate::controller::{Context, Error, MANAGER};
-use crate::job::{LABEL_RECOVERY, LABEL_RUN, RestoreSetup, build_job};
+use crate::job::{LABEL_RECOVERY, LABEL_RUN, RestoreSetup, build_job, refused_job};
 use crate::plan::{Plan, RunState, StepKind, parse_duration};
 
 /// Changing this annotation's value starts a new run.
@@ -143,7 +143,16 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
         }
         let job = build_job(&dr, &run, attempt.kind, step, attempt.number, &setup);
         let job_name = job.name_any();
-        match jobs.create(&PostParams::default(), &job).await {
+        let created = match jobs.create(&PostParams::default(), &job).await {
+            // Invalid whatever the retry: the attempt fails, through a Job that says why.
+            Err(kube::Error::Api(e)) if e.code == 422 => {
+                tracing::info!(job = %job_name, reason = %e.message, "the API server refused a step's Job");
+                let refused = refused_job(&job, &e.message, &ctx.job_setup);
+                jobs.create(&PostParams::default(), &refused).await
+            }
+            other => other,
+        };
+        match created {
             Ok(_) => {}
             // Created by an earlier reconcile whose status write was lost.
             Err(kube::Error::Api(e)) if e.code == 409 => {}
