@@ -194,21 +194,25 @@ fn restore_parts(
 /// The restricted defaults of every step pod (what Pod Security `restricted` asks), under the
 /// template's and the step's own settings.
 fn pod_security_context(template: &JobTemplate, step: &Step) -> PodSecurityContext {
-    let defaults = PodSecurityContext {
+    overlay(
+        restricted_pod(),
+        [
+            template.pod_security_context.as_ref(),
+            step.pod_security_context.as_ref(),
+        ],
+    )
+}
+
+/// What Pod Security `restricted` asks of a pod.
+fn restricted_pod() -> PodSecurityContext {
+    PodSecurityContext {
         run_as_non_root: Some(true),
         seccomp_profile: Some(SeccompProfile {
             type_: "RuntimeDefault".into(),
             ..Default::default()
         }),
         ..Default::default()
-    };
-    overlay(
-        defaults,
-        [
-            template.pod_security_context.as_ref(),
-            step.pod_security_context.as_ref(),
-        ],
-    )
+    }
 }
 
 /// What Pod Security `restricted` asks of a container. The init container that hands over
@@ -385,7 +389,7 @@ pub fn build_job(
                         name: STEP_CONTAINER.into(),
                         image,
                         command: Some(command),
-                        env: (!env.is_empty()).then_some(env),
+                        env: Some(env),
                         termination_message_policy: Some("FallbackToLogsOnError".into()),
                         volume_mounts: Some(mounts),
                         security_context: Some(security_context),
@@ -411,12 +415,9 @@ pub fn refused_job(job: &Job, why: &str, setup: &JobSetup) -> Job {
     if let Some(pod) = refused.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
         *pod = PodSpec {
             restart_policy: Some("Never".into()),
-            security_context: Some(pod_security_context(
-                &JobTemplate::default(),
-                &Step::default(),
-            )),
+            security_context: Some(restricted_pod()),
             containers: vec![Container {
-                name: "step".into(),
+                name: STEP_CONTAINER.into(),
                 image: Some(setup.operator_image.clone()),
                 command: Some(vec![setup.titan_step_path.clone(), "fail".into(), message]),
                 termination_message_policy: Some("FallbackToLogsOnError".into()),

@@ -187,24 +187,6 @@ fn isolate_mounts(command: &mut Command, mounts: &[BindMount]) -> io::Result<()>
     Ok(())
 }
 
-/// The end of a log: at most `max_lines` lines and `max_bytes` bytes, cut at a
-/// character boundary.
-pub fn tail(text: &[u8], max_bytes: usize, max_lines: usize) -> String {
-    let start = text.len().saturating_sub(max_bytes);
-    let text = String::from_utf8_lossy(&text[start..]);
-    let lines: Vec<&str> = text.lines().collect();
-    let keep = lines.len().saturating_sub(max_lines);
-    lines[keep..].join("\n")
-}
-
-/// Reads the end of a file as [`tail`] does; a missing file is empty.
-pub fn tail_file(path: &Path, max_bytes: usize, max_lines: usize) -> String {
-    match std::fs::read(path) {
-        Ok(bytes) => tail(&bytes, max_bytes, max_lines),
-        Err(_) => String::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,13 +257,5 @@ mod tests {
             "the shell's child {child} outlived the deadline: {}",
             seen.1
         );
-    }
-
-    #[test]
-    fn tail_keeps_the_last_lines_and_bytes() {
-        let text = b"one\ntwo\nthree\nfour\n";
-        assert_eq!(tail(text, 1000, 2), "three\nfour");
-        assert_eq!(tail(text, 6, 10), "\nfour");
-        assert_eq!(tail("aé".as_bytes(), 1, 10), "\u{fffd}");
     }
 }

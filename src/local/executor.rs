@@ -451,8 +451,9 @@ impl<'a> Run<'a> {
         list.iter().find(|s| s.name == name)
     }
 
-    /// Which attempt it is, the template's env, then the step's, which wins for a name in both (as in a Pod, where
-    /// the later entry of a duplicate name wins). Only literal values: see [`unavailable_env`].
+    /// Which attempt it is, the template's env, then the step's, which wins for a name in both
+    /// (as in a Pod, where the later entry of a duplicate name wins). Only literal values: see
+    /// [`unavailable_env`].
     fn env(&self, step: &Step, attempt: u32) -> Vec<(String, String)> {
         let template = self.resource.spec.template.iter().flat_map(|t| &t.env);
         let literal = template
