@@ -33,10 +33,13 @@ certs=/etc/ssl/certs/ca-certificates.crt
 base_text="\"/etc/passwd\": \"$passwd\", \"/etc/group\": \"$group\""
 base_dirs='"/tmp": "1777:0:0", "/home/nonroot": "755:65532:65532"'
 
+archive() { # name: its archive, target/images/<name without localhost/ and tag>.tar
+  local repository=${1%%:*}
+  echo "$IMAGES_DIR/${repository#localhost/}.tar"
+}
 image() { # name spec-json
   local name=$1 spec=$2 file
-  file=$IMAGES_DIR/${name%%:*}.tar
-  file=${file/localhost\//}
+  file=$(archive "$name")
   mkdir -p "$(dirname "$file")"
   printf '%s' "$spec" >"$file.json"
   printf '%s %s\n' "$name" "$(python3 "$root/scripts/oci-image.py" "$file.json" "$file")" >>"$IMAGES_DIR/index.tmp"
@@ -111,8 +114,7 @@ if [ "${1:-}" = --import ]; then
   have=$(ctr images ls 2>/dev/null | awk 'NR>1 {print $1, $3}')
   while read -r name digest; do
     grep -qxF "$name $digest" <<<"$have" && continue
-    file=$IMAGES_DIR/${name%%:*}.tar
-    file=${file/localhost\//}
+    file=$(archive "$name")
     ctr images import "$file" >/dev/null 2>&1
     # Pinned: the kubelet's image garbage collection never removes them.
     ctr images label "$name" io.cri-containerd.pinned=pinned >/dev/null 2>&1
