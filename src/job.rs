@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, PodSecurityContext, PodSpec,
-    PodTemplateSpec, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, ProjectedVolumeSource, SeccompProfile,
+    SecretVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -19,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::api::disaster_recovery::{JobTemplate, RedisRestart, RestoreStep, Step};
 use crate::api::{Backup, DisasterRecovery};
+use crate::backup::remote::AUDIENCE;
 use crate::plan::{StepKind, parse_duration};
 
 pub const LABEL_RECOVERY: &str = "dr.titan.io/recovery";
@@ -29,6 +32,9 @@ pub const LABEL_ATTEMPT: &str = "dr.titan.io/attempt";
 /// Every attempt's environment says which attempt it is (1 for the first): a step can tell a
 /// retry from its first run. Set the same way by the local executor.
 pub const ATTEMPT_ENV: &str = "TITAN_ATTEMPT";
+/// The namespace the scenario recovers (`spec.targetNamespace`, default the resource's own),
+/// so that one runbook's commands work wherever it is pointed, a drill's namespace included.
+pub const TARGET_NAMESPACE_ENV: &str = "TITAN_TARGET_NAMESPACE";
 /// Keeps a cluster-autoscaler scale-down from evicting a recovery step.
 pub const SAFE_TO_EVICT: &str = "cluster-autoscaler.kubernetes.io/safe-to-evict";
 
@@ -84,111 +90,180 @@ pub struct JobSetup {
 pub struct RestoreSetup {
     /// The `titan-dr` command inside the operator's image.
     pub command: String,
-    /// The operator's backup volume (a PVC, or a hostPath on a local node).
-    pub backup_volume: Volume,
+    /// The operator's snapshot endpoint, as restore Jobs reach it (`None`: not served).
+    pub snapshot_url: Option<String>,
     /// The Backup named by the step, if it exists.
     pub backup: Option<Backup>,
 }
 
-const BACKUPS_MOUNT: &str = "/var/run/titan-dr/backups";
+const TOKEN_MOUNT: &str = "/var/run/titan-dr/token";
+const WORK_MOUNT: &str = "/var/run/titan-dr/work";
 const KEY_MOUNT: &str = "/var/run/titan-dr/key";
 const REDIS_DATA_MOUNT: &str = "/var/run/titan-dr/redis-data";
 const REDIS_AUTH_MOUNT: &str = "/var/run/titan-dr/redis-auth";
+/// How long the token a restore Job shows the snapshot endpoint lives; the kubelet renews it.
+const TOKEN_SECONDS: i64 = 600;
 
-/// Command line, volumes and mounts of a restore step's container.
-type RestoreParts = (Vec<String>, Vec<Volume>, Vec<VolumeMount>);
+/// The container of a restore step, beside its image.
+#[derive(Default)]
+struct RestoreParts {
+    argv: Vec<String>,
+    volumes: Vec<Volume>,
+    mounts: Vec<VolumeMount>,
+    env: Vec<EnvVar>,
+}
 
-/// The command line and volumes of a restore step: `titan-dr backup restore`
-/// (or `restore-config`), which verifies before it touches anything; a Redis
-/// restore then restarts Redis (`SHUTDOWN NOSAVE` unless told otherwise; no shell) and
-/// checks the restarted Redis.
-fn restore_parts(
-    restore: &RestoreStep,
-    setup: &RestoreSetup,
-    namespace: &str,
-) -> Result<RestoreParts, String> {
-    let backup = setup
-        .backup
-        .as_ref()
-        .ok_or_else(|| format!("Backup {} does not exist", restore.backup))?;
-    let key_ref = &backup.spec.encryption.secret_ref;
-    let key = key_ref.key.clone().unwrap_or_else(|| "key".into());
-    let mut backup_volume = setup.backup_volume.clone();
-    backup_volume.name = "backups".into();
-    let secret_volume = |name: &str, secret: &str| Volume {
+impl RestoreParts {
+    fn mount(&mut self, volume: Volume, path: &str, read_only: bool) {
+        self.mounts.push(VolumeMount {
+            name: volume.name.clone(),
+            mount_path: path.into(),
+            read_only: Some(read_only),
+            ..Default::default()
+        });
+        self.volumes.push(volume);
+    }
+}
+
+fn secret_volume(name: &str, secret: &str) -> Volume {
+    Volume {
         name: name.into(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(secret.into()),
             ..Default::default()
         }),
         ..Default::default()
-    };
-    let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
-        name: name.into(),
-        mount_path: path.into(),
-        read_only: Some(read_only),
+    }
+}
+
+/// The command line and volumes of a restore step: `titan-dr backup restore` (or
+/// `restore-config`), which downloads the snapshot from the operator's endpoint with the
+/// pod's own ServiceAccount token and verifies it before it touches anything. A Redis
+/// restore then loads it over replication (no `dataVolume`), or writes it into the data
+/// volume and restarts Redis; either way it checks the restored Redis.
+fn restore_parts(
+    restore: &RestoreStep,
+    setup: &RestoreSetup,
+    target_namespace: &str,
+) -> Result<RestoreParts, String> {
+    let backup = setup
+        .backup
+        .as_ref()
+        .ok_or_else(|| format!("Backup {} does not exist", restore.backup))?;
+    let url = setup.snapshot_url.as_deref().ok_or(
+        "this operator serves no snapshots to restore Jobs (set --snapshot-url, TITAN_SNAPSHOT_URL)",
+    )?;
+    let key_ref = &backup.spec.encryption.secret_ref;
+    let key = key_ref.key.clone().unwrap_or_else(|| "key".into());
+    let mut parts = RestoreParts::default();
+    let token = Volume {
+        name: "token".into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(AUDIENCE.into()),
+                    expiration_seconds: Some(TOKEN_SECONDS),
+                    path: "token".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
         ..Default::default()
     };
+    parts.mount(token, TOKEN_MOUNT, true);
+    parts.mount(secret_volume("key", &key_ref.name), KEY_MOUNT, true);
+    let work = Volume {
+        name: "work".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    };
+    parts.mount(work, WORK_MOUNT, false);
     let snapshot = restore.snapshot.as_deref().unwrap_or("latest");
+    let namespace = backup.namespace().unwrap_or_default();
     let common = [
-        format!("--dir={BACKUPS_MOUNT}/{}", backup.spec.destination.path),
+        format!("--from={url}"),
+        format!("--backup={namespace}/{}", backup.name_any()),
+        format!("--token-file={TOKEN_MOUNT}/token"),
+        format!("--work-dir={WORK_MOUNT}"),
         format!("--key-file={KEY_MOUNT}/{key}"),
         format!("--snapshot={snapshot}"),
     ];
-    let mut volumes = vec![backup_volume, secret_volume("key", &key_ref.name)];
-    let mut mounts = vec![
-        mount("backups", BACKUPS_MOUNT, true),
-        mount("key", KEY_MOUNT, true),
-    ];
     let Some(redis) = &restore.redis else {
-        let mut argv = vec![
+        parts.argv = vec![
             setup.command.clone(),
             "backup".into(),
             "restore-config".into(),
         ];
-        argv.extend(common);
-        argv.push(format!("--namespace={namespace}"));
-        return Ok((argv, volumes, mounts));
+        parts.argv.extend(common);
+        parts.argv.push(format!("--namespace={target_namespace}"));
+        return Ok(parts);
     };
-    let file = redis.file.clone().unwrap_or_else(|| "dump.rdb".into());
     let wait = redis
         .wait
         .as_deref()
         .and_then(|w| parse_duration(w).ok())
         .unwrap_or(std::time::Duration::from_secs(60));
-    let mut data_volume: Volume = serde_json::from_value(redis.data_volume.clone())
-        .map_err(|e| format!("restore.redis.dataVolume is not a volume source: {e}"))?;
-    data_volume.name = "redis-data".into();
-    let mut argv = vec![setup.command.clone(), "backup".into(), "restore".into()];
-    argv.extend(common);
-    argv.extend([
-        format!("--to={REDIS_DATA_MOUNT}/{file}"),
-        format!("--check-redis={}", redis.address),
-        format!("--check-timeout={}", wait.as_secs().max(1)),
-    ]);
-    match (&redis.restart_command, redis.restart) {
-        (Some(_), Some(_)) => return Err("set restart or restartCommand, not both".into()),
-        (Some(command), None) => argv.push(format!("--then={command}")),
-        (None, None | Some(RedisRestart::Shutdown)) => argv.push("--shutdown-redis".into()),
-        (None, Some(RedisRestart::External)) => {}
+    parts.argv = vec![setup.command.clone(), "backup".into(), "restore".into()];
+    parts.argv.extend(common);
+    match &redis.data_volume {
+        None => {
+            // Redis connects back to this pod for the sync.
+            parts.argv.push(format!("--replicate-to={}", redis.address));
+            parts.env.push(EnvVar {
+                name: "POD_IP".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "status.podIP".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        Some(data_volume) => {
+            let file = redis.file.clone().unwrap_or_else(|| "dump.rdb".into());
+            let mut data_volume: Volume = serde_json::from_value(data_volume.clone())
+                .map_err(|e| format!("restore.redis.dataVolume is not a volume source: {e}"))?;
+            data_volume.name = "redis-data".into();
+            parts.mount(data_volume, REDIS_DATA_MOUNT, false);
+            parts.argv.extend([
+                format!("--to={REDIS_DATA_MOUNT}/{file}"),
+                format!("--check-redis={}", redis.address),
+            ]);
+            match (&redis.restart_command, redis.restart) {
+                (Some(_), Some(_)) => return Err("set restart or restartCommand, not both".into()),
+                (Some(command), None) => parts.argv.push(format!("--then={command}")),
+                (None, None | Some(RedisRestart::Shutdown)) => {
+                    parts.argv.push("--shutdown-redis".into());
+                }
+                (None, Some(RedisRestart::External)) => {}
+            }
+        }
     }
-    volumes.push(data_volume);
-    mounts.push(mount("redis-data", REDIS_DATA_MOUNT, false));
-    let auth = backup
+    parts
+        .argv
+        .push(format!("--check-timeout={}", wait.as_secs().max(1)));
+    let auth = redis.password_secret_ref.as_ref().or(backup
         .spec
         .source
         .redis
         .as_ref()
-        .and_then(|r| r.password_secret_ref.as_ref());
+        .and_then(|r| r.password_secret_ref.as_ref()));
     if let Some(auth) = auth {
-        argv.push(format!(
+        parts.argv.push(format!(
             "--check-password-file={REDIS_AUTH_MOUNT}/{}",
             auth.key
         ));
-        volumes.push(secret_volume("redis-auth", &auth.name));
-        mounts.push(mount("redis-auth", REDIS_AUTH_MOUNT, true));
+        parts.mount(
+            secret_volume("redis-auth", &auth.name),
+            REDIS_AUTH_MOUNT,
+            true,
+        );
     }
-    Ok((argv, volumes, mounts))
+    Ok(parts)
 }
 
 /// The restricted defaults of every step pod (what Pod Security `restricted` asks), under the
@@ -293,18 +368,18 @@ pub fn build_job(
     ]);
     let template = dr.spec.template.clone().unwrap_or_default();
     let mut image = step.image.clone().or(template.image.clone());
-    let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
+    let (mut volumes, mut mounts, mut extra_env) = (Vec::new(), Vec::new(), Vec::new());
+    let target_namespace = dr.target_namespace();
     let argv = match (&step.command, &step.args, &step.restore) {
         (Some(command), _, _) => Ok(vec!["/bin/sh".into(), "-c".into(), command.clone()]),
         (None, Some(args), _) => Ok(args.clone()),
         (None, None, Some(spec)) => {
             // Restore steps run `titan-dr`, which only the operator's image holds.
             image = Some(setup.operator_image.clone());
-            let namespace = dr.namespace().unwrap_or_default();
             match &setup.restore {
-                Some(restore) => restore_parts(spec, restore, &namespace).map(|(argv, v, m)| {
-                    (volumes, mounts) = (v, m);
-                    argv
+                Some(restore) => restore_parts(spec, restore, &target_namespace).map(|parts| {
+                    (volumes, mounts, extra_env) = (parts.volumes, parts.mounts, parts.env);
+                    parts.argv
                 }),
                 None => Err("restore steps are not set up in this operator".to_string()),
             }
@@ -332,11 +407,16 @@ pub fn build_job(
         ..Default::default()
     };
     mounts.push(titan_step_mount(true));
-    let mut env = vec![EnvVar {
-        name: ATTEMPT_ENV.into(),
-        value: Some(attempt.to_string()),
+    let value = |name: &str, value: String| EnvVar {
+        name: name.into(),
+        value: Some(value),
         ..Default::default()
-    }];
+    };
+    let mut env = vec![
+        value(ATTEMPT_ENV, attempt.to_string()),
+        value(TARGET_NAMESPACE_ENV, target_namespace),
+    ];
+    env.extend(extra_env);
     env.extend(template.env.iter().cloned());
     env.extend(step.env.iter().cloned());
     let deadline = step
@@ -560,7 +640,7 @@ spec:
             .iter()
             .map(|e| e.name.as_str())
             .collect();
-        assert_eq!(env, [ATTEMPT_ENV, "A", "B"]);
+        assert_eq!(env, [ATTEMPT_ENV, TARGET_NAMESPACE_ENV, "A", "B"]);
     }
 
     #[test]
@@ -658,7 +738,7 @@ spec:
         let with_restore = JobSetup {
             restore: Some(RestoreSetup {
                 command: "/usr/local/bin/titan-dr".into(),
-                backup_volume: Volume::default(),
+                snapshot_url: Some(URL.into()),
                 backup: None,
             }),
             ..setup()
@@ -674,8 +754,10 @@ spec:
         assert!(pod.init_containers.is_some());
     }
 
+    const URL: &str = "http://titan-dr.titan-dr-system.svc:8081";
+
     /// The pod of a restore step whose `restore.redis` is `redis` (YAML flow mapping), of a
-    /// Backup with a password, with the operator's backup claim.
+    /// Backup with a password, in the recovery's namespace.
     fn redis_restore_pod(redis: &str) -> PodSpec {
         let mut dr = recovery();
         dr.spec.steps[0] = serde_yaml::from_str(&format!(
@@ -686,14 +768,10 @@ spec:
             "apiVersion: dr.titan.io/v1alpha1\nkind: Backup\nmetadata: {name: redis, namespace: titan}\nspec:\n  source: {redis: {address: 'redis:6379', passwordSecretRef: {name: redis-auth, key: password}}}\n  destination: {path: redis}\n  encryption: {secretRef: {name: backup-key}}\n",
         )
         .unwrap();
-        let claim: Volume = serde_yaml::from_str(
-            "{name: x, persistentVolumeClaim: {claimName: titan-dr-backups, readOnly: true}}",
-        )
-        .unwrap();
         let with_restore = JobSetup {
             restore: Some(RestoreSetup {
                 command: "/usr/local/bin/titan-dr".into(),
-                backup_volume: claim,
+                snapshot_url: Some(URL.into()),
                 backup: Some(backup),
             }),
             ..setup()
@@ -704,58 +782,96 @@ spec:
 
     const DATA: &str = "dataVolume: {persistentVolumeClaim: {claimName: redis-data}}";
 
-    #[test]
-    fn a_redis_restore_shuts_redis_down_by_default_without_a_shell() {
-        let pod = redis_restore_pod(&format!("{{{DATA}, address: 'redis:6379', wait: 90s}}"));
-        let container = &pod.containers[0];
-        assert_eq!(container.image.as_deref(), Some("titan-dr:0.1.0"));
-        assert_eq!(
-            container.command.as_deref().unwrap(),
-            [
-                TITAN_STEP,
-                "run",
-                "--",
-                "/usr/local/bin/titan-dr",
-                "backup",
-                "restore",
-                "--dir=/var/run/titan-dr/backups/redis",
-                "--key-file=/var/run/titan-dr/key/key",
-                "--snapshot=latest",
-                "--to=/var/run/titan-dr/redis-data/dump.rdb",
-                "--check-redis=redis:6379",
-                "--check-timeout=90",
-                "--shutdown-redis",
-                "--check-password-file=/var/run/titan-dr/redis-auth/password",
-            ]
-        );
-        let volumes: Vec<(&str, serde_json::Value)> = pod
-            .volumes
+    /// The pod's volumes as (name, source without the name).
+    fn volumes(pod: &PodSpec) -> Vec<(String, serde_json::Value)> {
+        pod.volumes
             .iter()
             .flatten()
             .map(|v| {
                 let mut source = serde_json::to_value(v).unwrap();
                 source.as_object_mut().unwrap().remove("name");
-                (v.name.as_str(), source)
+                (v.name.clone(), source)
             })
-            .collect();
-        let claim = |name: &str, read_only: Option<bool>| {
-            let mut claim = serde_json::json!({"persistentVolumeClaim": {"claimName": name}});
-            if let Some(read_only) = read_only {
-                claim["persistentVolumeClaim"]["readOnly"] = read_only.into();
-            }
-            claim
-        };
+            .collect()
+    }
+
+    const DOWNLOAD: [&str; 6] = [
+        "--from=http://titan-dr.titan-dr-system.svc:8081",
+        "--backup=titan/redis",
+        "--token-file=/var/run/titan-dr/token/token",
+        "--work-dir=/var/run/titan-dr/work",
+        "--key-file=/var/run/titan-dr/key/key",
+        "--snapshot=latest",
+    ];
+
+    #[test]
+    fn a_redis_restore_replicates_into_the_running_redis_by_default() {
+        let pod = redis_restore_pod("{address: 'titan-redis:6379', wait: 90s}");
+        let container = &pod.containers[0];
+        assert_eq!(container.image.as_deref(), Some("titan-dr:0.1.0"));
+        let mut expected = vec![
+            TITAN_STEP,
+            "run",
+            "--",
+            "/usr/local/bin/titan-dr",
+            "backup",
+            "restore",
+        ];
+        expected.extend(DOWNLOAD);
+        expected.extend([
+            "--replicate-to=titan-redis:6379",
+            "--check-timeout=90",
+            "--check-password-file=/var/run/titan-dr/redis-auth/password",
+        ]);
+        assert_eq!(container.command.as_deref().unwrap(), expected);
+        // Redis connects back to the pod's IP.
+        let env = container.env.as_ref().unwrap();
+        let pod_ip = env.iter().find(|e| e.name == "POD_IP").unwrap();
+        let field = pod_ip.value_from.as_ref().unwrap().field_ref.as_ref();
+        assert_eq!(field.unwrap().field_path, "status.podIP");
+        // No volume of Redis, nor of the operator: the snapshot comes over HTTP, shown the
+        // pod's own token for the audience titan-dr.
         let secret = |name: &str| serde_json::json!({"secret": {"secretName": name}});
+        let token = serde_json::json!({"projected": {"sources": [{"serviceAccountToken":
+            {"audience": "titan-dr", "expirationSeconds": 600, "path": "token"}}]}});
+        let names = |v: &[(&str, serde_json::Value)]| -> Vec<(String, serde_json::Value)> {
+            v.iter().map(|(n, s)| (n.to_string(), s.clone())).collect()
+        };
         assert_eq!(
-            volumes,
-            [
-                ("backups", claim("titan-dr-backups", Some(true))),
+            volumes(&pod),
+            names(&[
+                ("token", token),
                 ("key", secret("backup-key")),
-                ("redis-data", claim("redis-data", None)),
+                ("work", serde_json::json!({"emptyDir": {}})),
                 ("redis-auth", secret("redis-auth")),
                 (TITAN_STEP_VOLUME, serde_json::json!({"emptyDir": {}})),
-            ]
+            ])
         );
+    }
+
+    #[test]
+    fn a_redis_restore_into_a_volume_shuts_redis_down_by_default_without_a_shell() {
+        let pod = redis_restore_pod(&format!("{{{DATA}, address: 'redis:6379', wait: 90s}}"));
+        let container = &pod.containers[0];
+        let mut expected = vec![
+            TITAN_STEP,
+            "run",
+            "--",
+            "/usr/local/bin/titan-dr",
+            "backup",
+            "restore",
+        ];
+        expected.extend(DOWNLOAD);
+        expected.extend([
+            "--to=/var/run/titan-dr/redis-data/dump.rdb",
+            "--check-redis=redis:6379",
+            "--shutdown-redis",
+            "--check-timeout=90",
+            "--check-password-file=/var/run/titan-dr/redis-auth/password",
+        ]);
+        assert_eq!(container.command.as_deref().unwrap(), expected);
+        let claim = serde_json::json!({"persistentVolumeClaim": {"claimName": "redis-data"}});
+        assert!(volumes(&pod).contains(&("redis-data".into(), claim)));
         let mounts: Vec<(&str, &str, Option<bool>)> = container
             .volume_mounts
             .iter()
@@ -765,13 +881,68 @@ spec:
         assert_eq!(
             mounts,
             [
-                ("backups", "/var/run/titan-dr/backups", Some(true)),
+                ("token", "/var/run/titan-dr/token", Some(true)),
                 ("key", "/var/run/titan-dr/key", Some(true)),
+                ("work", "/var/run/titan-dr/work", Some(false)),
                 ("redis-data", "/var/run/titan-dr/redis-data", Some(false)),
                 ("redis-auth", "/var/run/titan-dr/redis-auth", Some(true)),
                 (TITAN_STEP_VOLUME, "/titan-step", Some(true)),
             ]
         );
+    }
+
+    #[test]
+    fn a_configuration_restore_applies_to_the_target_namespace() {
+        let mut dr = recovery();
+        dr.spec.target_namespace = Some("titan-prod".into());
+        dr.spec.steps[0] = serde_yaml::from_str(
+            "{name: restore-config, restore: {backup: config, configuration: {}}}",
+        )
+        .unwrap();
+        let backup: Backup = serde_yaml::from_str(
+            "apiVersion: dr.titan.io/v1alpha1\nkind: Backup\nmetadata: {name: config, namespace: titan}\nspec:\n  source: {configMaps: {selector: {}}}\n  destination: {path: config}\n  encryption: {secretRef: {name: backup-key}}\n",
+        )
+        .unwrap();
+        let with_restore = JobSetup {
+            restore: Some(RestoreSetup {
+                command: "titan-dr".into(),
+                snapshot_url: Some(URL.into()),
+                backup: Some(backup),
+            }),
+            ..setup()
+        };
+        let job = build_job(
+            &dr,
+            "1",
+            StepKind::Step,
+            &dr.spec.steps[0],
+            1,
+            &with_restore,
+        );
+        assert_eq!(
+            job.metadata.namespace.as_deref(),
+            Some("titan"),
+            "beside the resource"
+        );
+        let container = &pod_of(job).containers[0];
+        let argv = container.command.as_ref().unwrap();
+        assert_eq!(argv[3..6], ["titan-dr", "backup", "restore-config"]);
+        assert_eq!(argv.last().unwrap(), "--namespace=titan-prod");
+        let env = container.env.as_ref().unwrap();
+        let target = env.iter().find(|e| e.name == TARGET_NAMESPACE_ENV).unwrap();
+        assert_eq!(target.value.as_deref(), Some("titan-prod"));
+        // Without the endpoint the step fails saying so.
+        let without = JobSetup {
+            restore: Some(RestoreSetup {
+                snapshot_url: None,
+                ..with_restore.restore.clone().unwrap()
+            }),
+            ..setup()
+        };
+        let job = build_job(&dr, "1", StepKind::Step, &dr.spec.steps[0], 1, &without);
+        let argv = pod_of(job).containers[0].command.clone().unwrap();
+        assert_eq!(argv[1], "fail");
+        assert!(argv[2].contains("TITAN_SNAPSHOT_URL"), "{argv:?}");
     }
 
     #[test]

@@ -13,4 +13,5 @@ pub mod plan;
 pub mod process;
 pub mod redis;
 pub mod runbook;
+pub mod snapshot_server;
 pub mod telemetry;

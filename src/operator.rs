@@ -18,6 +18,7 @@ use kube::runtime::watcher;
 use crate::api::{Backup, DisasterRecovery};
 use crate::controller::{Context, backup, disaster_recovery, measured};
 use crate::job::LABEL_RECOVERY;
+use crate::snapshot_server::SnapshotServer;
 use crate::telemetry;
 
 /// Operator settings; every flag can also be set from the environment.
@@ -33,10 +34,14 @@ pub struct Config {
     /// The backup volume: every Backup's `destination.path` is a folder in it.
     #[arg(long, env = "TITAN_BACKUP_DIR", default_value = "/backups")]
     pub backup_dir: std::path::PathBuf,
-    /// The PersistentVolumeClaim of the backup volume, mounted by restore Jobs; without it
-    /// they mount `--backup-dir` as a hostPath (a single local node).
-    #[arg(long, env = "TITAN_BACKUP_VOLUME_CLAIM")]
-    pub backup_volume_claim: Option<String>,
+    /// Address of the snapshot endpoint, from which restore Jobs in any namespace read the
+    /// Backups' snapshots (authenticated by their ServiceAccount tokens).
+    #[arg(long, env = "TITAN_SNAPSHOT_ADDR", default_value = "0.0.0.0:8081")]
+    pub snapshot_addr: std::net::SocketAddr,
+    /// The URL by which restore Jobs reach the snapshot endpoint (the chart sets it to its
+    /// Service); without it restore steps fail saying so.
+    #[arg(long, env = "TITAN_SNAPSHOT_URL")]
+    pub snapshot_url: Option<String>,
     /// The operator's own image: every step pod's init container copies titan-step out of
     /// it, and restore steps run `titan-dr` in it.
     #[arg(long, env = "TITAN_OPERATOR_IMAGE", default_value = concat!("ghcr.io/titan-dr/titan-dr:", env!("CARGO_PKG_VERSION")))]
@@ -86,6 +91,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Up before the CRDs are: /healthz answers while /readyz waits.
     let listener = tokio::net::TcpListener::bind(config.metrics_addr).await?;
     tokio::spawn(telemetry::serve(listener, ctx.metrics.clone()));
+    let snapshots = SnapshotServer {
+        client: client.clone(),
+        backup_dir: config.backup_dir.clone(),
+    };
+    tokio::spawn(snapshots.serve(tokio::net::TcpListener::bind(config.snapshot_addr).await?));
     let version = client.apiserver_version().await?;
     tracing::info!(version = %version.git_version, "connected to the API server");
     wait_for_crds(&client, Duration::from_secs(config.crd_wait_seconds)).await?;

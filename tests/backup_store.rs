@@ -681,3 +681,124 @@ fn a_full_disk_fails_the_snapshot_and_leaves_nothing() {
     assert!(text(&out).contains("is full"), "{}", text(&out));
     assert!(text(&out).contains("left: 0"), "{}", text(&out));
 }
+
+/// A password that breaks any `redis://` URL built by concatenation.
+const AWKWARD_PASSWORD: &str = "p/w%2F#frag@x";
+
+#[test]
+fn a_replication_restore_replaces_a_running_redis_and_skips_a_tampered_newest_snapshot() {
+    let source = RedisServer::start(&[]);
+    load_every_type(&source);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("backups");
+    let key_file = work.path().join("key.txt");
+    let key = BackupKey::generate();
+    fs::write(&key_file, key.to_key_file()).unwrap();
+    let store = Store::open(&dir).unwrap();
+    let older = store
+        .snapshot_redis(&target(&source), &key, &SnapshotOptions::default())
+        .unwrap();
+    let older_data = dataset(&mut source.client());
+    // IDs are start seconds: the newer snapshot starts in the next one.
+    std::thread::sleep(Duration::from_millis(1100));
+    let () = query(
+        &mut source.client(),
+        redis::cmd("SET").arg("only-in-the-newer").arg("1"),
+    );
+    let newer = store
+        .snapshot_redis(&target(&source), &key, &SnapshotOptions::default())
+        .unwrap();
+    assert!(newer.id > older.id);
+
+    // The Redis restored to runs, with a password, its own data and its own dump.rdb.
+    let restored = RedisServer::start(&["--requirepass", AWKWARD_PASSWORD]);
+    let () = query(
+        &mut restored.client(),
+        redis::cmd("SET").arg("precious").arg("yes"),
+    );
+    let password_file = work.path().join("password");
+    fs::write(&password_file, format!("{AWKWARD_PASSWORD}\n")).unwrap();
+    let restore = |snapshot: &str| {
+        titan(&[
+            "backup",
+            "restore",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--key-file",
+            key_file.to_str().unwrap(),
+            "--snapshot",
+            snapshot,
+            "--replicate-to",
+            &restored.address(),
+            "--advertise-host",
+            "127.0.0.1",
+            "--check-password-file",
+            password_file.to_str().unwrap(),
+        ])
+    };
+
+    let out = restore("latest");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("promoted"), "{}", text(&out));
+    assert_same_data(&source, &restored, &[0, 1]);
+    let role: Vec<Value> = query(&mut restored.client(), &mut redis::cmd("ROLE"));
+    assert_eq!(
+        role[0],
+        Value::BulkString(b"master".to_vec()),
+        "promoted back"
+    );
+    let masterauth: Vec<String> = query(
+        &mut restored.client(),
+        redis::cmd("CONFIG").arg("GET").arg("masterauth"),
+    );
+    assert_eq!(masterauth[1], "", "the one-time secret is not left behind");
+    // Saved into its own data dir: a restart comes back with the restored data.
+    let () = query(&mut restored.client(), &mut redis::cmd("SAVE"));
+    let dump = fs::read(restored.dir.join("dump.rdb")).unwrap();
+    let info = titan_dr::redis::rdb::scan(&dump[..]).unwrap();
+    assert_eq!(info.total_keys(), newer.keys.unwrap());
+
+    // The newest snapshot tampered with: `latest` names it, refuses it and restores the
+    // previous one, which verifies.
+    let newer_file = dir.join(&newer.file);
+    let original = fs::read(&newer_file).unwrap();
+    let mut flipped = original.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 1;
+    fs::write(&newer_file, &flipped).unwrap();
+    let out = restore("latest");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("refusing snapshot {}", newer.id)),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(dataset(&mut restored.client()), older_data);
+
+    // Named explicitly, a tampered snapshot is refused with no fallback, and Redis is
+    // untouched.
+    let () = query(
+        &mut restored.client(),
+        redis::cmd("SET").arg("precious").arg("still"),
+    );
+    let before = dataset(&mut restored.client());
+    let out = restore(&newer.id);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("SHA-256"), "{}", text(&out));
+    assert_eq!(dataset(&mut restored.client()), before);
+
+    // Every snapshot tampered with: nothing is restored.
+    let older_file = dir.join(&older.file);
+    let mut older_bytes = fs::read(&older_file).unwrap();
+    let last = older_bytes.len() - 1;
+    older_bytes[last] ^= 1;
+    fs::write(&older_file, &older_bytes).unwrap();
+    let out = restore("latest");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("no snapshot verified (2 refused)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(dataset(&mut restored.client()), before);
+}

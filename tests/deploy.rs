@@ -65,6 +65,11 @@ const OPERATOR_USES: &[(&str, &str, &str)] = &[
     ("", "pods", "get"),
     ("", "pods", "list"),
     ("", "pods", "watch"),
+    // A configuration Backup of another namespace: that namespace's consent annotation.
+    ("", "namespaces", "get"),
+    // The snapshot endpoint: who a token is, and whether it may get a Backup's snapshots.
+    ("authentication.k8s.io", "tokenreviews", "create"),
+    ("authorization.k8s.io", "subjectaccessreviews", "create"),
     // Backup keys, Redis passwords, configuration backups and restores.
     ("", "secrets", "get"),
     ("", "secrets", "list"),
@@ -294,10 +299,13 @@ fn the_deployment_runs_the_operator_with_its_flags_as_a_restricted_pod() {
         .collect();
     let flags = operator_flags();
     assert!(flags.contains_key("TITAN_WATCH_NAMESPACE"));
-    // Set on purpose to other values than their defaults: the claim mounted at /backups,
-    // and the binary's path in the image.
+    // Set on purpose to other values than their defaults: the URL of the Service in front
+    // of the snapshot endpoint, and the binary's path in the image.
     let deliberate = BTreeMap::from([
-        ("TITAN_BACKUP_VOLUME_CLAIM", "titan-dr-backups"),
+        (
+            "TITAN_SNAPSHOT_URL",
+            "http://titan-dr.titan-dr-system.svc:8081",
+        ),
         ("TITAN_RESTORE_COMMAND", "/usr/local/bin/titan-dr"),
     ]);
     for (name, default) in &flags {

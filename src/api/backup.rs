@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 /// A retention age: Go duration syntax plus days (`7d`, `36h`).
 pub const AGE_PATTERN: &str = r"^([0-9]+(d|h|m|s))+$";
 /// Five cron fields, or a CronJob macro such as `@daily`.
+/// The annotation by which a namespace lets Backups of other namespaces snapshot its
+/// ConfigMaps and Secrets.
+pub const BACKUP_NAMESPACES_ANNOTATION: &str = "dr.titan.io/backup-namespaces";
 pub const CRON_PATTERN: &str =
     r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\s+){4}\S+)$";
 
@@ -50,10 +53,17 @@ pub struct BackupSource {
     /// A Redis server, snapshotted over the replication protocol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisSource>,
-    /// ConfigMaps in this namespace selected by label.
+    /// The namespace of the ConfigMaps and Secrets (default: this Backup's). A namespace
+    /// other than the Backup's must consent, by naming the Backup's namespace in its
+    /// annotation `dr.titan.io/backup-namespaces` (comma-separated): the operator's rights
+    /// are not lent to whoever may create a Backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+    /// ConfigMaps selected by label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_maps: Option<ObjectSelector>,
-    /// Secrets in this namespace selected by label.
+    /// Secrets selected by label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<ObjectSelector>,
 }

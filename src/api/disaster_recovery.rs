@@ -3,8 +3,10 @@
 
 use k8s_openapi::api::core::v1::{EnvVar, PodSecurityContext, SecurityContext};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::{CustomResource, KubeSchema};
+use kube::{CustomResource, KubeSchema, ResourceExt};
 use serde::{Deserialize, Serialize};
+
+use super::backup::SecretKeyRef;
 
 /// Go/Kubernetes duration syntax: `300s`, `5m`, `1h30m`, `1.5h`.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
@@ -67,6 +69,14 @@ pub struct DisasterRecoverySpec {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub components: Vec<Component>,
 
+    /// The namespace this scenario recovers (default: this resource's own). The steps' Jobs
+    /// run here, beside the resource (so the Backups and their keys outlive a disaster that
+    /// deletes the target namespace); each step gets it as `TITAN_TARGET_NAMESPACE`, and
+    /// configuration restores apply to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
+    pub target_namespace: Option<String>,
+
     /// Defaults for every Job this resource creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<JobTemplate>,
@@ -90,6 +100,17 @@ pub struct DisasterRecoverySpec {
     // Unique names: the API server rejects a duplicate and names it.
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub rollback: Vec<Step>,
+}
+
+impl DisasterRecovery {
+    /// The namespace the scenario recovers: `spec.targetNamespace`, or the resource's own.
+    pub fn target_namespace(&self) -> String {
+        self.spec
+            .target_namespace
+            .clone()
+            .or_else(|| self.namespace())
+            .unwrap_or_default()
+    }
 }
 
 /// Severity of the failure a scenario recovers from.
@@ -258,16 +279,29 @@ pub struct RestoreStep {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct ConfigurationRestore {}
 
-/// The Redis a snapshot is restored to. The restore Job writes the verified RDB into the data
-/// volume while Redis runs, then makes it load the file by restarting it (`restart`, or
-/// `restartCommand`); see `RestoreStep.redis` for what Redis must not do in between.
+/// The Redis a snapshot is restored to, and how it gets the snapshot.
+///
+/// Without `dataVolume` (the way for a Redis whose volume is in use, e.g. a StatefulSet's):
+/// over replication. The restore Job serves the verified RDB as a Redis primary; the Redis at
+/// `address` is made its replica (`CONFIG SET masterauth` a one-time secret, `REPLICAOF`),
+/// which replaces its whole dataset with the snapshot, then is promoted back (`REPLICAOF NO
+/// ONE`, its `masterauth` put back) and made to `SAVE`. Nothing but Redis touches its volume;
+/// Redis must accept `CONFIG` and `REPLICAOF` from the password's user, and reach the restore
+/// pod.
+///
+/// With `dataVolume`: the restore Job writes the verified RDB into that volume while Redis
+/// runs, then makes it load the file by restarting it (`restart`, or `restartCommand`); see
+/// `RestoreStep.redis` for what Redis must not do in between.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("!(has(self.restart) && has(self.restartCommand))").message("set restart or restartCommand, not both"))]
+#[x_kube(validation = kube::core::Rule::new("has(self.dataVolume) || !(has(self.restart) || has(self.restartCommand) || has(self.file))").message("restart, restartCommand and file need dataVolume; without it the snapshot is loaded over replication"))]
 pub struct RedisRestore {
-    /// The volume holding Redis's data directory (e.g. a persistentVolumeClaim or hostPath).
+    /// The volume holding Redis's data directory (e.g. a persistentVolumeClaim or hostPath);
+    /// absent: the snapshot is loaded over replication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "volume_source_schema")]
-    pub data_volume: serde_json::Value,
+    pub data_volume: Option<serde_json::Value>,
     /// Path of the RDB file inside that volume (default `dump.rdb`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
@@ -275,6 +309,10 @@ pub struct RedisRestore {
     /// Shutdown` stops it there, and once it has restarted its key count must equal the
     /// snapshot's.
     pub address: String,
+    /// The password of that Redis, a Secret key in this namespace (default: the Backup's
+    /// `source.redis.passwordSecretRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
     /// How Redis is made to load the restored file: see [`RedisRestart`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<RedisRestart>,

@@ -13,6 +13,9 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::key::BackupKey;
 use super::manifest::Manifest;
+use super::restore::{
+    ExpectedKeys, Replication, SourceArgs, check_keys, choose, info_field, redis_client, replicate,
+};
 use super::retention::{RetentionPolicy, parse_age};
 use super::store::{Store, format_databases};
 use crate::redis::{RedisTarget, SnapshotOptions};
@@ -46,19 +49,33 @@ enum BackupSubcommand {
         #[arg(long)]
         all: bool,
     },
-    /// Verify a snapshot, then write its decrypted content to a file (e.g. Redis's
-    /// dump.rdb, with Redis stopped). Nothing is written when verification fails.
+    /// Verify a snapshot, then load it into Redis: write its decrypted content to a file
+    /// (e.g. Redis's dump.rdb, with Redis stopped or restarted after), or replicate it into a
+    /// running Redis (`--replicate-to`). Nothing is touched when verification fails; for
+    /// `latest`, a newest snapshot that fails is reported and the next newest tried.
     Restore {
-        #[arg(long)]
-        dir: PathBuf,
+        #[command(flatten)]
+        source: SourceArgs,
         #[arg(long)]
         key_file: PathBuf,
         /// Snapshot ID, or `latest`.
         #[arg(long, default_value = "latest")]
         snapshot: String,
         /// The file to write; replaced only once the snapshot verified.
-        #[arg(long)]
-        to: PathBuf,
+        #[arg(
+            long,
+            required_unless_present = "replicate_to",
+            conflicts_with = "replicate_to"
+        )]
+        to: Option<PathBuf>,
+        /// Load the snapshot into the running Redis at this `host:port` over replication:
+        /// it becomes a replica of this process, is sent the snapshot, and is promoted back.
+        /// Nothing but Redis touches its data directory.
+        #[arg(long, conflicts_with_all = ["then", "shutdown_redis"])]
+        replicate_to: Option<String>,
+        /// The address Redis connects back to for `--replicate-to` (this pod's IP).
+        #[arg(long, env = "POD_IP", default_value = "127.0.0.1")]
+        advertise_host: String,
         /// A shell command run once the file is in place, e.g. one that restarts Redis.
         #[arg(long, conflicts_with = "shutdown_redis")]
         then: Option<String>,
@@ -68,23 +85,23 @@ enum BackupSubcommand {
         #[arg(long, requires = "check_redis")]
         shutdown_redis: bool,
         /// After the restore, wait until the Redis at this address has restarted and check
-        /// that it holds as many keys as the snapshot; fail on a mismatch.
+        /// that it holds the snapshot's keys; fail on a mismatch.
         #[arg(long)]
         check_redis: Option<String>,
-        /// File holding the password of that Redis (for the check and `--shutdown-redis`).
-        #[arg(long)]
+        /// File holding the password of that Redis (for the check, `--shutdown-redis` and
+        /// `--replicate-to`).
+        #[arg(long, alias = "redis-password-file")]
         check_password_file: Option<PathBuf>,
-        /// How long to wait for the restarted Redis.
+        /// How long to wait for the restarted (or replicating) Redis, in seconds.
         #[arg(long, default_value_t = 60)]
         check_timeout: u64,
     },
-    /// Take a snapshot of a Redis server over the replication protocol.
     /// Restores a configuration snapshot: verifies it, then server-side applies its
     /// ConfigMaps and Secrets to a namespace (credentials from the kubeconfig or the
     /// pod's service account).
     RestoreConfig {
-        #[arg(long)]
-        dir: PathBuf,
+        #[command(flatten)]
+        source: SourceArgs,
         #[arg(long)]
         key_file: PathBuf,
         #[arg(long, default_value = "latest")]
@@ -92,6 +109,7 @@ enum BackupSubcommand {
         #[arg(long)]
         namespace: String,
     },
+    /// Take a snapshot of a Redis server over the replication protocol.
     Snapshot {
         /// `host:port` of the Redis server.
         #[arg(long)]
@@ -145,26 +163,54 @@ pub fn run(command: BackupCommand) -> anyhow::Result<()> {
             all,
         } => verify(&dir, &key_file, &snapshot, all),
         BackupSubcommand::Restore {
-            dir,
+            source,
             key_file,
             snapshot,
             to,
+            replicate_to,
+            advertise_host,
             then,
             shutdown_redis,
             check_redis,
             check_password_file,
             check_timeout,
         } => {
-            let store = existing_store(&dir)?;
             let key = BackupKey::from_file(&key_file)?;
-            let id = store.resolve(&snapshot)?;
             let password = check_password_file
                 .as_deref()
                 .map(read_password)
                 .transpose()?;
-            let manifest = store
+            let chosen = choose(&source, &key, &snapshot)?;
+            let id = chosen.manifest.id.clone();
+            let timeout = Duration::from_secs(check_timeout);
+            if let Some(address) = replicate_to {
+                let rdb = source.work_dir.join(format!("titan-dr-restore-{id}.rdb"));
+                let _removed = RemoveOnDrop(rdb.clone());
+                chosen
+                    .store
+                    .restore(&id, &key, &rdb)
+                    .context("refusing to restore; Redis is untouched")?;
+                let expected = ExpectedKeys::of_rdb(&rdb)?;
+                println!(
+                    "verified snapshot {id} ({}, {})",
+                    human_bytes(chosen.manifest.plaintext.size_bytes),
+                    describe_keys(&chosen.manifest)
+                );
+                let replication = Replication {
+                    address: &address,
+                    password: password.as_deref(),
+                    advertise_host: &advertise_host,
+                    timeout,
+                };
+                replicate(&rdb, &replication)?;
+                return check_keys(&address, password.as_deref(), &expected, timeout);
+            }
+            let to = to.context("give --to or --replicate-to")?;
+            let manifest = chosen
+                .store
                 .restore(&id, &key, &to)
                 .with_context(|| format!("refusing to restore; {} is untouched", to.display()))?;
+            let expected = ExpectedKeys::of_rdb(&to)?;
             let placed = std::time::Instant::now();
             println!(
                 "restored snapshot {id} to {} ({}, {})",
@@ -185,40 +231,34 @@ pub fn run(command: BackupCommand) -> anyhow::Result<()> {
                 println!("sent SHUTDOWN NOSAVE to Redis at {address}");
             }
             if let Some(address) = check_redis {
-                let keys = manifest
-                    .keys
-                    .context("the snapshot's manifest has no key count")?;
-                check_restarted_redis(
-                    &address,
-                    password.as_deref(),
-                    keys,
-                    placed,
-                    Duration::from_secs(check_timeout),
-                )?;
+                wait_restarted(&address, password.as_deref(), placed, timeout)?;
+                check_keys(&address, password.as_deref(), &expected, timeout)?;
             }
             Ok(())
         }
         BackupSubcommand::RestoreConfig {
-            dir,
+            source,
             key_file,
             snapshot,
             namespace,
         } => {
-            let store = existing_store(&dir)?;
             let key = BackupKey::from_file(&key_file)?;
-            let id = store.resolve(&snapshot)?;
-            let archive = std::env::temp_dir()
-                .join(format!("titan-dr-restore-{}-{id}.tar", std::process::id()));
-            let manifest = store
-                .restore(&id, &key, &archive)
-                .context("refusing to restore; nothing was applied")?;
-            let entries = fs::File::open(&archive).and_then(super::config_archive::read);
-            let _ = fs::remove_file(&archive);
-            if manifest.kind != super::manifest::SnapshotKind::Configuration {
+            let chosen = choose(&source, &key, &snapshot)?;
+            let id = chosen.manifest.id.clone();
+            if chosen.manifest.kind != super::manifest::SnapshotKind::Configuration {
                 bail!("snapshot {id} is not a configuration snapshot; nothing was applied");
             }
+            let archive = source
+                .work_dir
+                .join(format!("titan-dr-restore-{}-{id}.tar", std::process::id()));
+            let _removed = RemoveOnDrop(archive.clone());
+            chosen
+                .store
+                .restore(&id, &key, &archive)
+                .context("refusing to restore; nothing was applied")?;
+            let entries = fs::File::open(&archive).and_then(super::config_archive::read)?;
             let handle = tokio::runtime::Handle::current();
-            let applied = handle.block_on(super::config_archive::apply(entries?, &namespace))?;
+            let applied = handle.block_on(super::config_archive::apply(entries, &namespace))?;
             println!(
                 "restored snapshot {id}: applied {} objects to namespace {namespace}",
                 applied.len()
@@ -483,70 +523,45 @@ fn error_text(line: &str) -> &str {
     line.strip_prefix('-').unwrap_or(line)
 }
 
-/// Waits until the Redis at `address` restarted after the restore (its uptime is
-/// shorter than the time since the file was placed), then compares its key count
-/// with the snapshot's.
-fn check_restarted_redis(
+/// Waits until the Redis at `address` restarted after the restore: its uptime is shorter
+/// than the time since the file was placed.
+fn wait_restarted(
     address: &str,
     password: Option<&str>,
-    expected: u64,
     placed: std::time::Instant,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let auth = password.map(|p| format!(":{p}@")).unwrap_or_default();
-    let client = redis::Client::open(format!("redis://{auth}{address}/"))?;
+    let client = redis_client(address, password)?;
     let mut last = String::from("it never answered");
     while placed.elapsed() < timeout {
         let info = client
             .get_connection_with_timeout(Duration::from_secs(2))
-            .and_then(|mut con| redis::cmd("INFO").query::<String>(&mut con));
+            .and_then(|mut con| redis::cmd("INFO").arg("server").query::<String>(&mut con));
         match info {
             Ok(info) => {
                 let uptime: u64 = info_field(&info, "uptime_in_seconds")
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(u64::MAX);
-                let keys = keyspace_keys(&info);
                 if uptime <= placed.elapsed().as_secs() {
-                    if keys == expected {
-                        println!("Redis at {address} restarted with {keys} keys, as the snapshot");
-                        return Ok(());
-                    }
-                    bail!(
-                        "Redis at {address} restarted with {keys} keys, but the snapshot has {expected}"
-                    );
+                    println!("Redis at {address} restarted on the restored file");
+                    return Ok(());
                 }
-                last =
-                    format!("it has not restarted since the restore (up {uptime}s, {keys} keys)");
+                last = format!("it has not restarted since the restore (up {uptime}s)");
             }
             Err(error) => last = format!("it does not answer: {error}"),
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    bail!(
-        "Redis at {address} was not back with the snapshot's {expected} keys within {timeout:?}: {last}"
-    )
+    bail!("Redis at {address} did not restart within {timeout:?}: {last}")
 }
 
-fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
-    info.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .map(str::trim)
-}
+/// Removes a temporary file when the restore ends, however it ends.
+struct RemoveOnDrop(PathBuf);
 
-/// Sum of `keys=` over the `db<N>:` lines of INFO keyspace.
-fn keyspace_keys(info: &str) -> u64 {
-    info.lines()
-        .filter(|l| l.starts_with("db"))
-        .filter_map(|l| {
-            l.split(',').find_map(|part| {
-                part.split(':')
-                    .next_back()?
-                    .strip_prefix("keys=")?
-                    .parse::<u64>()
-                    .ok()
-            })
-        })
-        .sum()
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
 }
 
 #[cfg(test)]

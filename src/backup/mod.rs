@@ -19,6 +19,8 @@ pub mod config_archive;
 pub mod error;
 pub mod key;
 pub mod manifest;
+pub mod remote;
+pub mod restore;
 pub mod retention;
 pub mod store;
 

@@ -205,6 +205,22 @@ impl Store {
         Ok(listing)
     }
 
+    /// IDs of every snapshot present (complete or not), newest first.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] when the folder cannot be read.
+    pub fn ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.ids_present()?.into_iter().rev().collect())
+    }
+
+    /// The files of snapshot `id` that are present: its manifest and its data file.
+    pub fn files_of(&self, id: &str) -> Vec<String> {
+        let manifest = Manifest::file_name(id);
+        let manifest = self.dir.join(&manifest).exists().then_some(manifest);
+        manifest.into_iter().chain(self.data_file(id)).collect()
+    }
+
     /// The snapshot ID that `which` names: an ID, or `latest` for the newest snapshot in the
     /// folder, complete or not (so that an incomplete newest one is reported, not skipped).
     ///

@@ -11,17 +11,18 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
+use kube::core::Selector;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::Backup;
-use crate::api::backup::{BackupSource, BackupStatus};
+use crate::api::backup::{BACKUP_NAMESPACES_ANNOTATION, BackupSource, BackupStatus};
 use crate::backup::{BackupKey, RetentionPolicy, SnapshotKind, Store, StoreError, config_archive};
 use crate::controller::conditions::{Conditions, FALSE, TRUE};
 use crate::controller::{Context, Error, MANAGER};
@@ -169,14 +170,19 @@ async fn take_snapshot(ctx: &Context, backup: &Backup) -> Result<String, Failure
             .map_err(store_failure)?
         }
         BackupSource {
+            namespace: source_ns,
             config_maps,
             secrets: secret_selector,
             ..
         } => {
+            let source_ns = source_ns.clone().unwrap_or_else(|| ns.clone());
+            if source_ns != ns {
+                consented(ctx, &source_ns, &ns).await?;
+            }
             let maps = match config_maps {
                 Some(s) => {
                     list(
-                        &Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns),
+                        &Api::<ConfigMap>::namespaced(ctx.client.clone(), &source_ns),
                         &s.selector,
                     )
                     .await?
@@ -184,7 +190,13 @@ async fn take_snapshot(ctx: &Context, backup: &Backup) -> Result<String, Failure
                 None => Vec::new(),
             };
             let secret_list = match secret_selector {
-                Some(s) => list(&secrets, &s.selector).await?,
+                Some(s) => {
+                    list(
+                        &Api::<Secret>::namespaced(ctx.client.clone(), &source_ns),
+                        &s.selector,
+                    )
+                    .await?
+                }
                 None => Vec::new(),
             };
             let entries = config_archive::entries(&maps, &secret_list)
@@ -246,21 +258,48 @@ async fn list<K>(api: &Api<K>, selector: &LabelSelector) -> Result<Vec<K>, Failu
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let labels = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector = Selector::try_from(selector.clone())
+        .map_err(|e| Failure::new("InvalidSelector", e.to_string()))?;
     let list = api
-        .list(&ListParams::default().labels(&labels))
+        .list(&ListParams::default().labels_from(&selector))
         .await
         .map_err(|e| Failure::new("SourceUnavailable", e.to_string()))?;
     Ok(list.items)
 }
 
-/// Prunes by retention and reads the store back: status lists exactly what is on disk.
+/// Whether namespace `source` lets Backups of `backup_ns` snapshot its objects.
+async fn consented(ctx: &Context, source: &str, backup_ns: &str) -> Result<(), Failure> {
+    let namespace = Api::<Namespace>::all(ctx.client.clone())
+        .get_opt(source)
+        .await
+        .map_err(|e| {
+            Failure::new(
+                "SourceUnavailable",
+                format!("reading namespace {source}: {e}"),
+            )
+        })?
+        .ok_or_else(|| {
+            Failure::new(
+                "SourceUnavailable",
+                format!("namespace {source} does not exist"),
+            )
+        })?;
+    let allowed = namespace
+        .annotations()
+        .get(BACKUP_NAMESPACES_ANNOTATION)
+        .is_some_and(|list| list.split(',').any(|n| n.trim() == backup_ns));
+    if allowed {
+        return Ok(());
+    }
+    Err(Failure::new(
+        "NotPermitted",
+        format!(
+            "namespace {source} does not let Backups of {backup_ns} read it: \
+             add {backup_ns} to its annotation {BACKUP_NAMESPACES_ANNOTATION}"
+        ),
+    ))
+}
+
 fn succeeded_status(
     ctx: &Context,
     backup: &Backup,

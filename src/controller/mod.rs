@@ -7,7 +7,6 @@ pub mod disaster_recovery;
 
 use std::path::PathBuf;
 
-use k8s_openapi::api::core::v1::{HostPathVolumeSource, PersistentVolumeClaimVolumeSource, Volume};
 use kube::Client;
 use std::future::Future;
 use std::sync::Arc;
@@ -38,8 +37,8 @@ pub struct Context {
     pub job_setup: JobSetup,
     /// The `titan-dr` command in the operator's image, for restore Jobs.
     pub restore_command: String,
-    /// The backup volume as restore Jobs mount it.
-    pub backup_volume: Volume,
+    /// The operator's snapshot endpoint as restore Jobs reach it.
+    pub snapshot_url: Option<String>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -48,23 +47,6 @@ impl Context {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
-        };
-        // In a cluster the volume is a PVC; on a local node, the folder itself.
-        let backup_volume = match &config.backup_volume_claim {
-            Some(claim) => Volume {
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: claim.clone(),
-                    read_only: Some(true),
-                }),
-                ..Default::default()
-            },
-            None => Volume {
-                host_path: Some(HostPathVolumeSource {
-                    path: config.backup_dir.display().to_string(),
-                    type_: Some("Directory".into()),
-                }),
-                ..Default::default()
-            },
         };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
@@ -79,7 +61,7 @@ impl Context {
                 restore: None,
             },
             restore_command: config.restore_command.clone(),
-            backup_volume,
+            snapshot_url: config.snapshot_url.clone(),
             metrics: Arc::default(),
         }
     }

@@ -7,6 +7,7 @@
 //! the size of the dataset. The work is blocking I/O: from async code, run it in
 //! `tokio::task::spawn_blocking`.
 
+pub mod primary;
 pub mod rdb;
 pub mod replication;
 

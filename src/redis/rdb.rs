@@ -174,10 +174,30 @@ enum Len {
 ///
 /// [`RdbError`] when the input is not a well-formed RDB or ends early.
 pub fn scan<R: Read>(input: R) -> Result<RdbInfo, RdbError> {
+    Ok(scan_with(input, None)?.0)
+}
+
+/// Walks an RDB like [`scan`] and also returns the expiry time of every key that has one
+/// (Unix milliseconds, unsorted): what a restore needs to tell keys that expired since the
+/// snapshot from keys that were lost.
+///
+/// # Errors
+///
+/// [`RdbError`] when the input is not a well-formed RDB or ends early.
+pub fn scan_expiries<R: Read>(input: R) -> Result<(RdbInfo, Vec<u64>), RdbError> {
+    let (info, expiries) = scan_with(input, Some(Vec::new()))?;
+    Ok((info, expiries.unwrap_or_default()))
+}
+
+fn scan_with<R: Read>(
+    input: R,
+    expiries: Option<Vec<u64>>,
+) -> Result<(RdbInfo, Option<Vec<u64>>), RdbError> {
     let mut scanner = Scanner {
         input,
         offset: 0,
         db: 0,
+        expiries,
         hints: BTreeMap::new(),
         info: RdbInfo {
             version: 0,
@@ -188,7 +208,7 @@ pub fn scan<R: Read>(input: R) -> Result<RdbInfo, RdbError> {
         },
     };
     scanner.run()?;
-    Ok(scanner.info)
+    Ok((scanner.info, scanner.expiries))
 }
 
 struct Scanner<R> {
@@ -197,6 +217,8 @@ struct Scanner<R> {
     offset: u64,
     /// The database of the entries being read.
     db: u32,
+    /// Expiry times of the keys seen, when asked for.
+    expiries: Option<Vec<u64>>,
     /// `RESIZEDB` hints per database, the fallback when the scan cannot finish.
     hints: BTreeMap<u32, DbKeys>,
     info: RdbInfo,
@@ -213,7 +235,8 @@ impl<R: Read> Scanner<R> {
             .ok_or_else(|| RdbError::BadMagic(String::from_utf8_lossy(&magic).into_owned()))?;
         self.info.version = version;
 
-        let mut expires = false;
+        // The expiry (Unix ms) of the key entry that follows, if it has one.
+        let mut expires: Option<u64> = None;
         loop {
             let opcode = self.read_u8()?;
             match opcode {
@@ -233,12 +256,14 @@ impl<R: Read> Scanner<R> {
                     self.hints.insert(self.db, DbKeys { keys, expires });
                 }
                 OP_EXPIRETIME_MS => {
-                    self.skip(8)?;
-                    expires = true;
+                    let mut ms = [0u8; 8];
+                    self.read_exact(&mut ms)?;
+                    expires = Some(u64::from_le_bytes(ms));
                 }
                 OP_EXPIRETIME => {
-                    self.skip(4)?;
-                    expires = true;
+                    let mut seconds = [0u8; 4];
+                    self.read_exact(&mut seconds)?;
+                    expires = Some(u64::from(u32::from_le_bytes(seconds)) * 1000);
                 }
                 OP_AUX => {
                     let key = self.small_string()?;
@@ -274,10 +299,12 @@ impl<R: Read> Scanner<R> {
                     }
                     let db = self.info.databases.entry(self.db).or_default();
                     db.keys += 1;
-                    if expires {
+                    if let Some(at) = expires.take() {
                         db.expires += 1;
+                        if let Some(expiries) = &mut self.expiries {
+                            expiries.push(at);
+                        }
                     }
-                    expires = false;
                 }
             }
         }

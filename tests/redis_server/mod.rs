@@ -82,13 +82,14 @@ impl RedisServer {
     }
 
     pub fn client_db(&self, db: i64) -> redis::Connection {
-        let auth = self
-            .password
-            .as_ref()
-            .map(|p| format!(":{p}@"))
-            .unwrap_or_default();
-        let url = format!("redis://{auth}127.0.0.1:{}/{db}", self.port);
-        redis::Client::open(url)
+        // No URL: a password may hold `/`, `%` or `#`.
+        let mut settings = redis::RedisConnectionInfo::default().set_db(db);
+        if let Some(password) = &self.password {
+            settings = settings.set_password(password);
+        }
+        redis::IntoConnectionInfo::into_connection_info(("127.0.0.1", self.port))
+            .map(|info| info.set_redis_settings(settings))
+            .and_then(redis::Client::open)
             .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(5)))
             .expect("connecting to the test redis-server")
     }

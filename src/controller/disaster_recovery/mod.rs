@@ -243,13 +243,13 @@ async fn stop_attempt(
     }
 }
 
-/// What a restore Job needs besides the operator's image: `titan-dr`, the backup volume and
-/// the named Backup.
+/// What a restore Job needs besides the operator's image: `titan-dr`, the snapshot endpoint
+/// and the named Backup.
 async fn restore_setup(ctx: &Context, ns: &str, backup: &str) -> Result<RestoreSetup, Error> {
     let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), ns);
     Ok(RestoreSetup {
         command: ctx.restore_command.clone(),
-        backup_volume: ctx.backup_volume.clone(),
+        snapshot_url: ctx.snapshot_url.clone(),
         backup: backups.get_opt(backup).await.map_err(Error::Observe)?,
     })
 }

@@ -1,0 +1,403 @@
+//! What a restore does before and after the bytes move: find the snapshot to restore and
+//! verify it (from a folder, or from the operator over HTTP), and load a Redis snapshot
+//! into a running Redis over replication, then check what Redis holds.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use super::key::BackupKey;
+use super::manifest::Manifest;
+use super::remote::Remote;
+use super::store::Store;
+use crate::redis::primary::Primary;
+
+/// Where the snapshots are: a folder, or a Backup at the operator's snapshot endpoint.
+#[derive(Args, Debug, Clone)]
+pub struct SourceArgs {
+    /// The snapshot folder.
+    #[arg(long, required_unless_present = "from", conflicts_with = "from")]
+    pub dir: Option<PathBuf>,
+    /// The operator's snapshot endpoint (e.g. `http://titan-dr.titan-dr-system.svc:8081`):
+    /// the snapshots are downloaded into `--work-dir` and verified there.
+    #[arg(long, requires_all = ["backup", "token_file"])]
+    pub from: Option<String>,
+    /// The Backup at the endpoint, as `namespace/name`.
+    #[arg(long)]
+    pub backup: Option<String>,
+    /// A ServiceAccount token for the audience `titan-dr` (a projected token's file).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Where downloaded snapshots are kept while they are verified and restored.
+    #[arg(long, default_value = "/tmp")]
+    pub work_dir: PathBuf,
+}
+
+/// A snapshot that verified, in a store on this machine.
+pub struct Chosen {
+    pub store: Store,
+    pub manifest: Manifest,
+    /// The newer snapshots that were refused, with why.
+    pub refused: Vec<String>,
+}
+
+/// The snapshot `which` names, verified: an ID is that snapshot or an error; `latest` is the
+/// newest snapshot that verifies, each newer one that does not being reported and skipped
+/// (a damaged newest snapshot must not leave the system unrestored while a good one exists).
+///
+/// # Errors
+///
+/// No snapshot verifies, the named one does not, or the snapshots cannot be read.
+pub fn choose(source: &SourceArgs, key: &BackupKey, which: &str) -> anyhow::Result<Chosen> {
+    let handle = tokio::runtime::Handle::current();
+    let remote = match (&source.dir, &source.from) {
+        (Some(dir), _) => {
+            if !dir.is_dir() {
+                bail!("{} is not a folder", dir.display());
+            }
+            None
+        }
+        (None, Some(url)) => {
+            let backup = source.backup.as_deref().unwrap_or_default();
+            let (namespace, name) = backup
+                .split_once('/')
+                .with_context(|| format!("--backup {backup:?} is not namespace/name"))?;
+            Some(Remote {
+                url: url.clone(),
+                namespace: namespace.into(),
+                backup: name.into(),
+                token_file: source.token_file.clone().unwrap_or_default(),
+            })
+        }
+        (None, None) => bail!("give --dir or --from"),
+    };
+    let (store, index) = match &remote {
+        None => (Store::open(source.dir.clone().unwrap_or_default())?, None),
+        Some(remote) => {
+            let dir = source
+                .work_dir
+                .join(format!("titan-dr-{}", std::process::id()));
+            (Store::open(dir)?, Some(handle.block_on(remote.index())?))
+        }
+    };
+    let candidates: Vec<String> = match &index {
+        None => store.ids()?,
+        Some(index) => index.snapshots.iter().map(|s| s.id.clone()).collect(),
+    };
+    let candidates: Vec<String> = match which {
+        "latest" => candidates,
+        id => vec![store.resolve(id).map(|_| id.to_owned()).or_else(|err| {
+            // A remote store is empty until downloaded: check the ID against the index.
+            if remote.is_some() && candidates.iter().any(|c| c == id) {
+                Ok(id.to_owned())
+            } else {
+                Err(err)
+            }
+        })?],
+    };
+    if candidates.is_empty() {
+        bail!("the Backup has no snapshots; nothing was restored");
+    }
+    let mut refused = Vec::new();
+    for id in &candidates {
+        let entry = index
+            .as_ref()
+            .and_then(|index| index.snapshots.iter().find(|s| &s.id == id));
+        if let (Some(remote), Some(entry)) = (&remote, entry) {
+            handle.block_on(remote.download(entry, store.dir()))?;
+        }
+        match store.verify(id, key) {
+            Ok(manifest) => {
+                return Ok(Chosen {
+                    store,
+                    manifest,
+                    refused,
+                });
+            }
+            Err(err) => {
+                eprintln!("refusing snapshot {id}: {err}");
+                refused.push(err.to_string());
+                if remote.is_some() {
+                    for file in store.files_of(id) {
+                        let _ = std::fs::remove_file(store.dir().join(file));
+                    }
+                }
+            }
+        }
+    }
+    bail!(
+        "no snapshot verified ({} refused); nothing was restored: {}",
+        refused.len(),
+        refused.join("; ")
+    )
+}
+
+/// A Redis connection from `host:port` and a password, without building a URL (a password
+/// may hold `/`, `%`, `#` or `@`).
+pub fn redis_client(address: &str, password: Option<&str>) -> anyhow::Result<redis::Client> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+        .with_context(|| format!("{address:?} is not host:port"))?;
+    let mut settings = redis::RedisConnectionInfo::default();
+    if let Some(password) = password {
+        settings = settings.set_password(password);
+    }
+    let info =
+        redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(host, port))?
+            .set_redis_settings(settings);
+    Ok(redis::Client::open(info)?)
+}
+
+/// How a Redis restore over replication reaches this process.
+pub struct Replication<'a> {
+    /// `host:port` of the Redis restored to.
+    pub address: &'a str,
+    pub password: Option<&'a str>,
+    /// The address that Redis connects back to (the restore pod's IP).
+    pub advertise_host: &'a str,
+    /// How long the whole load may take.
+    pub timeout: Duration,
+}
+
+/// Loads the RDB at `rdb` into the running Redis at `to.address`: this process listens as a
+/// primary, Redis is made its replica (which replaces its whole dataset with the RDB), then
+/// promoted back and made to save, so its own volume holds the restored data. Redis's
+/// `masterauth` is set to a one-time secret for the sync and put back afterwards.
+///
+/// # Errors
+///
+/// Redis refused a command, never synced within the timeout, or could not be promoted.
+pub fn replicate(rdb: &Path, to: &Replication<'_>) -> anyhow::Result<()> {
+    let client = redis_client(to.address, to.password)?;
+    let mut redis = client
+        .get_connection_with_timeout(Duration::from_secs(10))
+        .with_context(|| format!("connecting to Redis at {}", to.address))?;
+    let primary = Primary::bind("0.0.0.0:0").context("listening for the replica")?;
+    let port = primary.port()?;
+    let previous: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("masterauth")
+        .query(&mut redis)
+        .with_context(|| format!("Redis at {} refused CONFIG GET", to.address))?;
+    let previous = previous.get(1).cloned().unwrap_or_default();
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("masterauth")
+        .arg(primary.secret())
+        .exec(&mut redis)
+        .with_context(|| format!("Redis at {} refused CONFIG SET masterauth", to.address))?;
+    let serving = primary.serve(rdb.to_owned());
+    let synced = (|| -> anyhow::Result<()> {
+        redis::cmd("REPLICAOF")
+            .arg(to.advertise_host)
+            .arg(port)
+            .exec(&mut redis)
+            .with_context(|| format!("Redis at {} refused REPLICAOF", to.address))?;
+        println!(
+            "Redis at {} is replicating the snapshot from {}:{port}",
+            to.address, to.advertise_host
+        );
+        let started = Instant::now();
+        loop {
+            let info: String = redis::cmd("INFO").query(&mut redis)?;
+            let field = |name| info_field(&info, name).unwrap_or_default();
+            if field("master_link_status") == "up"
+                && field("master_sync_in_progress") == "0"
+                && field("loading") == "0"
+            {
+                return Ok(());
+            }
+            if started.elapsed() > to.timeout {
+                bail!(
+                    "Redis at {} did not load the snapshot within {:?} (link {}, sync in progress {})",
+                    to.address,
+                    to.timeout,
+                    field("master_link_status"),
+                    field("master_sync_in_progress")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })();
+    // Promoted whatever happened: a Redis left a replica of a gone primary would refuse writes.
+    let promoted = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .exec(&mut redis)
+        .with_context(|| format!("Redis at {} refused REPLICAOF NO ONE", to.address));
+    let _ = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("masterauth")
+        .arg(&previous)
+        .exec(&mut redis);
+    let served = serving.stop();
+    if let Err(err) = synced {
+        let refused = served.refused.join("; ");
+        return Err(err.context(format!("replicas refused: [{refused}]")));
+    }
+    promoted?;
+    // Saved now, so a restart of Redis comes back with the restored data.
+    redis::cmd("SAVE")
+        .exec(&mut redis)
+        .with_context(|| format!("Redis at {} refused SAVE", to.address))?;
+    println!(
+        "Redis at {} loaded the snapshot, was promoted and saved it",
+        to.address
+    );
+    Ok(())
+}
+
+/// What a restored Redis must hold: every key without a TTL, and of the keys with one, at
+/// least those that have not expired since (Redis drops expired keys lazily, so some may
+/// still be counted) and at most all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedKeys {
+    pub persistent: u64,
+    /// Expiry times (Unix ms) of the keys with a TTL.
+    pub expiries: Vec<u64>,
+}
+
+impl ExpectedKeys {
+    /// From a decrypted RDB.
+    ///
+    /// # Errors
+    ///
+    /// The file is not a well-formed RDB.
+    pub fn of_rdb(rdb: &Path) -> anyhow::Result<Self> {
+        let file = std::io::BufReader::new(std::fs::File::open(rdb)?);
+        let (info, expiries) = crate::redis::rdb::scan_expiries(file)?;
+        Ok(Self {
+            persistent: info.total_keys() - expiries.len() as u64,
+            expiries,
+        })
+    }
+
+    /// Checks Redis's `keys` and `expires` (summed over databases) at `now_ms`.
+    ///
+    /// # Errors
+    ///
+    /// A sentence naming the difference.
+    pub fn check(&self, keys: u64, expires: u64, now_ms: u64) -> Result<String, String> {
+        let persistent = keys.saturating_sub(expires);
+        let live = self.expiries.iter().filter(|&&at| at > now_ms).count() as u64;
+        let most = self.expiries.len() as u64;
+        if persistent != self.persistent {
+            return Err(format!(
+                "Redis holds {persistent} keys without a TTL, the snapshot {}",
+                self.persistent
+            ));
+        }
+        if expires < live || expires > most {
+            return Err(format!(
+                "Redis holds {expires} keys with a TTL, the snapshot {most} of which {live} have not expired"
+            ));
+        }
+        Ok(format!(
+            "{keys} keys, as the snapshot ({} without a TTL, {expires} of {most} with one; {} expired since)",
+            self.persistent,
+            most - live
+        ))
+    }
+}
+
+/// Waits for Redis at `address` to answer, then checks its keys against `expected`.
+///
+/// # Errors
+///
+/// Redis never answered, or holds other keys than the snapshot.
+pub fn check_keys(
+    address: &str,
+    password: Option<&str>,
+    expected: &ExpectedKeys,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let client = redis_client(address, password)?;
+    let started = Instant::now();
+    let mut last = String::from("it never answered");
+    while started.elapsed() < timeout {
+        let info = client
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .and_then(|mut con| redis::cmd("INFO").arg("keyspace").query::<String>(&mut con));
+        match info {
+            Ok(info) => {
+                let (keys, expires) = keyspace(&info);
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as u64;
+                return match expected.check(keys, expires, now) {
+                    Ok(summary) => {
+                        println!("Redis at {address} holds {summary}");
+                        Ok(())
+                    }
+                    Err(difference) => bail!("Redis at {address} differs: {difference}"),
+                };
+            }
+            Err(error) => last = format!("it does not answer: {error}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("Redis at {address} was not back within {timeout:?}: {last}")
+}
+
+pub(crate) fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+/// `keys=` and `expires=` summed over the `db<N>:` lines of INFO keyspace.
+pub(crate) fn keyspace(info: &str) -> (u64, u64) {
+    let field = |line: &str, name: &str| -> u64 {
+        line.split([':', ','])
+            .find_map(|part| part.strip_prefix(name)?.parse().ok())
+            .unwrap_or(0)
+    };
+    info.lines()
+        .filter(|l| l.starts_with("db"))
+        .fold((0, 0), |(keys, expires), line| {
+            (
+                keys + field(line, "keys="),
+                expires + field(line, "expires="),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_that_expired_since_the_snapshot_do_not_fail_it() {
+        let expected = ExpectedKeys {
+            persistent: 10,
+            expiries: vec![1_000, 2_000, 3_000],
+        };
+        // At t=2500 two have expired: Redis may still count them, or not.
+        assert!(expected.check(13, 3, 2_500).is_ok());
+        assert!(expected.check(11, 1, 2_500).is_ok());
+        // One that has not expired is missing.
+        let short = expected.check(10, 0, 2_500).unwrap_err();
+        assert!(short.contains("0 keys with a TTL"), "{short}");
+        // A key without a TTL is missing, or one too many.
+        assert!(
+            expected
+                .check(12, 3, 0)
+                .unwrap_err()
+                .contains("9 keys without")
+        );
+        assert!(expected.check(14, 3, 0).is_err());
+        assert!(expected.check(14, 4, 0).is_err());
+    }
+
+    #[test]
+    fn keyspace_sums_keys_and_expires_over_databases() {
+        let info =
+            "# Keyspace\r\ndb0:keys=12,expires=2,avg_ttl=100\r\ndb3:keys=1,expires=0,avg_ttl=0\r\n";
+        assert_eq!(keyspace(info), (13, 2));
+        assert_eq!(keyspace("# Keyspace\r\n"), (0, 0));
+    }
+}
