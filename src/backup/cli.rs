@@ -534,7 +534,7 @@ fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Sum of `keys=` over the `db<N>:` lines of INFO keyspace.
-fn keyspace_keys(info: &str) -> u64 {
+pub(crate) fn keyspace_keys(info: &str) -> u64 {
     info.lines()
         .filter(|l| l.starts_with("db"))
         .filter_map(|l| {
