@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, PodSecurityContext, PodSpec,
-    PodTemplateSpec, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, PodSecurityContext,
+    PodSpec, PodTemplateSpec, SeccompProfile, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -20,6 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::api::disaster_recovery::{JobTemplate, RedisRestart, RestoreStep, Step};
 use crate::api::{Backup, DisasterRecovery};
 use crate::plan::{StepKind, parse_duration};
+use crate::probe::{Probe, REDIS_PASSWORD_ENV};
 
 pub const LABEL_RECOVERY: &str = "dr.titan.io/recovery";
 pub const LABEL_RUN: &str = "dr.titan.io/run";
@@ -69,8 +71,10 @@ pub fn kind_label(kind: StepKind) -> &'static str {
 #[derive(Debug, Clone)]
 pub struct JobSetup {
     /// The operator's own image: it runs the init container that installs titan-step, and
-    /// restore steps.
+    /// restore and probe steps.
     pub operator_image: String,
+    /// The `titan-dr` command inside the operator's image, run by restore and probe steps.
+    pub titan_dr_command: String,
     /// Path of titan-step inside the operator's image.
     pub titan_step_path: String,
     /// `activeDeadlineSeconds` of a step without `timeout`; zero sets none.
@@ -79,11 +83,9 @@ pub struct JobSetup {
     pub restore: Option<RestoreSetup>,
 }
 
-/// Where a restore Job finds the snapshots and the `titan-dr` binary.
+/// Where a restore Job finds the snapshots.
 #[derive(Debug, Clone)]
 pub struct RestoreSetup {
-    /// The `titan-dr` command inside the operator's image.
-    pub command: String,
     /// The operator's backup volume (a PVC, or a hostPath on a local node).
     pub backup_volume: Volume,
     /// The Backup named by the step, if it exists.
@@ -105,6 +107,7 @@ type RestoreParts = (Vec<String>, Vec<Volume>, Vec<VolumeMount>);
 fn restore_parts(
     restore: &RestoreStep,
     setup: &RestoreSetup,
+    titan_dr: &str,
     namespace: &str,
 ) -> Result<RestoreParts, String> {
     let backup = setup
@@ -141,11 +144,7 @@ fn restore_parts(
         mount("key", KEY_MOUNT, true),
     ];
     let Some(redis) = &restore.redis else {
-        let mut argv = vec![
-            setup.command.clone(),
-            "backup".into(),
-            "restore-config".into(),
-        ];
+        let mut argv = vec![titan_dr.into(), "backup".into(), "restore-config".into()];
         argv.extend(common);
         argv.push(format!("--namespace={namespace}"));
         return Ok((argv, volumes, mounts));
@@ -159,7 +158,7 @@ fn restore_parts(
     let mut data_volume: Volume = serde_json::from_value(redis.data_volume.clone())
         .map_err(|e| format!("restore.redis.dataVolume is not a volume source: {e}"))?;
     data_volume.name = "redis-data".into();
-    let mut argv = vec![setup.command.clone(), "backup".into(), "restore".into()];
+    let mut argv = vec![titan_dr.into(), "backup".into(), "restore".into()];
     argv.extend(common);
     argv.extend([
         format!("--to={REDIS_DATA_MOUNT}/{file}"),
@@ -189,6 +188,30 @@ fn restore_parts(
         mounts.push(mount("redis-auth", REDIS_AUTH_MOUNT, true));
     }
     Ok((argv, volumes, mounts))
+}
+
+/// The command line of a probe step, `titan-dr probe --spec JSON`, and the env its probe
+/// reads: a redis password from its Secret.
+fn probe_parts(probe: &Probe, titan_dr: &str) -> Result<(Vec<String>, Vec<EnvVar>), String> {
+    let spec = serde_json::to_string(probe).map_err(|e| format!("the probe: {e}"))?;
+    let argv = vec![titan_dr.into(), "probe".into(), "--spec".into(), spec];
+    let password = probe
+        .redis
+        .as_ref()
+        .and_then(|r| r.password_secret_ref.as_ref());
+    let env = password.map(|secret| EnvVar {
+        name: REDIS_PASSWORD_ENV.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                optional: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    Ok((argv, env.into_iter().collect()))
 }
 
 /// The restricted defaults of every step pod (what Pod Security `restricted` asks), under the
@@ -293,23 +316,34 @@ pub fn build_job(
     ]);
     let template = dr.spec.template.clone().unwrap_or_default();
     let mut image = step.image.clone().or(template.image.clone());
-    let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
-    let argv = match (&step.command, &step.args, &step.restore) {
-        (Some(command), _, _) => Ok(vec!["/bin/sh".into(), "-c".into(), command.clone()]),
-        (None, Some(args), _) => Ok(args.clone()),
-        (None, None, Some(spec)) => {
+    let (mut volumes, mut mounts, mut probe_env) = (Vec::new(), Vec::new(), Vec::new());
+    let argv = match (&step.command, &step.args, &step.restore, &step.probe) {
+        (Some(command), ..) => Ok(vec!["/bin/sh".into(), "-c".into(), command.clone()]),
+        (None, Some(args), ..) => Ok(args.clone()),
+        (None, None, Some(spec), _) => {
             // Restore steps run `titan-dr`, which only the operator's image holds.
             image = Some(setup.operator_image.clone());
             let namespace = dr.namespace().unwrap_or_default();
             match &setup.restore {
-                Some(restore) => restore_parts(spec, restore, &namespace).map(|(argv, v, m)| {
-                    (volumes, mounts) = (v, m);
-                    argv
-                }),
+                Some(restore) => restore_parts(spec, restore, &setup.titan_dr_command, &namespace)
+                    .map(|(argv, v, m)| {
+                        (volumes, mounts) = (v, m);
+                        argv
+                    }),
                 None => Err("restore steps are not set up in this operator".to_string()),
             }
         }
-        (None, None, None) => Err("the step has neither command, args nor restore".to_string()),
+        (None, None, None, Some(probe)) => {
+            // Probes are run by `titan-dr` too.
+            image = Some(setup.operator_image.clone());
+            probe_parts(probe, &setup.titan_dr_command).map(|(argv, env)| {
+                probe_env = env;
+                argv
+            })
+        }
+        (None, None, None, None) => {
+            Err("the step has neither command, args, restore nor probe".to_string())
+        }
     };
     let command = match argv {
         Ok(argv) => [TITAN_STEP, "run", "--"]
@@ -339,6 +373,7 @@ pub fn build_job(
     }];
     env.extend(template.env.iter().cloned());
     env.extend(step.env.iter().cloned());
+    env.extend(probe_env);
     let deadline = step
         .timeout
         .as_deref()
@@ -473,6 +508,7 @@ spec:
     fn setup() -> JobSetup {
         JobSetup {
             operator_image: "titan-dr:0.1.0".into(),
+            titan_dr_command: "/usr/local/bin/titan-dr".into(),
             titan_step_path: "/usr/local/bin/titan-step".into(),
             default_timeout: Duration::from_secs(30 * 60),
             restore: None,
@@ -657,7 +693,6 @@ spec:
         let step = &dr.spec.steps[0];
         let with_restore = JobSetup {
             restore: Some(RestoreSetup {
-                command: "/usr/local/bin/titan-dr".into(),
                 backup_volume: Volume::default(),
                 backup: None,
             }),
@@ -672,6 +707,67 @@ spec:
             [TITAN_STEP, "fail", "Backup redis does not exist"]
         );
         assert!(pod.init_containers.is_some());
+    }
+
+    #[test]
+    fn a_probe_step_runs_titan_dr_probe_in_the_operators_image_with_the_password_secret() {
+        let mut dr = recovery();
+        dr.spec.steps[0] = serde_yaml::from_str(
+            "{name: redis-keys, probe: {redis: {address: 'redis:6379', check: KeyCount, \
+             passwordSecretRef: {name: redis-auth, key: password}}}, env: [{name: B, value: '2'}]}",
+        )
+        .unwrap();
+        let pod = step_pod(&dr, 0);
+        let container = &pod.containers[0];
+        // Not the template's toolbox image: only the operator's has titan-dr.
+        assert_eq!(container.image.as_deref(), Some("titan-dr:0.1.0"));
+        let spec = r#"{"redis":{"address":"redis:6379","passwordSecretRef":{"name":"redis-auth","key":"password"},"check":"KeyCount"}}"#;
+        assert_eq!(
+            container.command.as_deref().unwrap(),
+            [
+                TITAN_STEP,
+                "run",
+                "--",
+                "/usr/local/bin/titan-dr",
+                "probe",
+                "--spec",
+                spec
+            ]
+        );
+        let probe: crate::probe::Probe = serde_json::from_str(spec).unwrap();
+        assert_eq!(
+            Some(&probe),
+            dr.spec.steps[0].probe.as_ref(),
+            "the spec round-trips"
+        );
+        let env = container.env.as_ref().unwrap();
+        let names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, [ATTEMPT_ENV, "A", "B", REDIS_PASSWORD_ENV]);
+        let secret = env[3].value_from.as_ref().unwrap().secret_key_ref.as_ref();
+        assert_eq!(
+            secret.map(|s| (s.name.as_str(), s.key.as_str())),
+            Some(("redis-auth", "password"))
+        );
+        assert_eq!(env[3].value, None, "the password is not in the Job");
+
+        // An http probe gets no env of its own.
+        dr.spec.steps[0] = serde_yaml::from_str(
+            "{name: health, probe: {http: {url: 'http://brain:3000/health'}}}",
+        )
+        .unwrap();
+        let pod = step_pod(&dr, 0);
+        let command = pod.containers[0].command.clone().unwrap();
+        assert_eq!(
+            command[3..],
+            [
+                "/usr/local/bin/titan-dr",
+                "probe",
+                "--spec",
+                r#"{"http":{"url":"http://brain:3000/health"}}"#
+            ]
+        );
+        let env = pod.containers[0].env.clone().unwrap();
+        assert!(env.iter().all(|e| e.name != REDIS_PASSWORD_ENV), "{env:?}");
     }
 
     /// The pod of a restore step whose `restore.redis` is `redis` (YAML flow mapping), of a
@@ -692,7 +788,6 @@ spec:
         .unwrap();
         let with_restore = JobSetup {
             restore: Some(RestoreSetup {
-                command: "/usr/local/bin/titan-dr".into(),
                 backup_volume: claim,
                 backup: Some(backup),
             }),
