@@ -9,8 +9,8 @@ use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
     PodSecurityContext, PodSpec, PodTemplateSpec, ProjectedVolumeSource, SeccompProfile,
-    SecretVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
-    VolumeProjection,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -23,6 +23,7 @@ use crate::api::disaster_recovery::{JobTemplate, RedisRestart, RestoreStep, Step
 use crate::api::{Backup, DisasterRecovery};
 use crate::backup::remote::AUDIENCE;
 use crate::plan::{StepKind, parse_duration};
+use crate::probe::{Probe, REDIS_PASSWORD_ENV};
 
 pub const LABEL_RECOVERY: &str = "dr.titan.io/recovery";
 pub const LABEL_RUN: &str = "dr.titan.io/run";
@@ -75,8 +76,10 @@ pub fn kind_label(kind: StepKind) -> &'static str {
 #[derive(Debug, Clone)]
 pub struct JobSetup {
     /// The operator's own image: it runs the init container that installs titan-step, and
-    /// restore steps.
+    /// restore and probe steps.
     pub operator_image: String,
+    /// The `titan-dr` command inside the operator's image, run by restore and probe steps.
+    pub titan_dr_command: String,
     /// Path of titan-step inside the operator's image.
     pub titan_step_path: String,
     /// `activeDeadlineSeconds` of a step without `timeout`; zero sets none.
@@ -85,11 +88,9 @@ pub struct JobSetup {
     pub restore: Option<RestoreSetup>,
 }
 
-/// Where a restore Job finds the snapshots and the `titan-dr` binary.
+/// Where a restore Job finds the snapshots.
 #[derive(Debug, Clone)]
 pub struct RestoreSetup {
-    /// The `titan-dr` command inside the operator's image.
-    pub command: String,
     /// The operator's snapshot endpoint, as restore Jobs reach it (`None`: not served).
     pub snapshot_url: Option<String>,
     /// The Backup named by the step, if it exists.
@@ -144,6 +145,7 @@ fn secret_volume(name: &str, secret: &str) -> Volume {
 fn restore_parts(
     restore: &RestoreStep,
     setup: &RestoreSetup,
+    titan_dr: &str,
     target_namespace: &str,
 ) -> Result<RestoreParts, String> {
     let backup = setup
@@ -191,11 +193,7 @@ fn restore_parts(
         format!("--snapshot={snapshot}"),
     ];
     let Some(redis) = &restore.redis else {
-        parts.argv = vec![
-            setup.command.clone(),
-            "backup".into(),
-            "restore-config".into(),
-        ];
+        parts.argv = vec![titan_dr.into(), "backup".into(), "restore-config".into()];
         parts.argv.extend(common);
         parts.argv.push(format!("--namespace={target_namespace}"));
         return Ok(parts);
@@ -205,7 +203,7 @@ fn restore_parts(
         .as_deref()
         .and_then(|w| parse_duration(w).ok())
         .unwrap_or(std::time::Duration::from_secs(60));
-    parts.argv = vec![setup.command.clone(), "backup".into(), "restore".into()];
+    parts.argv = vec![titan_dr.into(), "backup".into(), "restore".into()];
     parts.argv.extend(common);
     match &redis.data_volume {
         None => {
@@ -264,6 +262,30 @@ fn restore_parts(
         );
     }
     Ok(parts)
+}
+
+/// The command line of a probe step, `titan-dr probe --spec JSON`, and the env its probe
+/// reads: a redis password from its Secret.
+fn probe_parts(probe: &Probe, titan_dr: &str) -> Result<(Vec<String>, Vec<EnvVar>), String> {
+    let spec = serde_json::to_string(probe).map_err(|e| format!("the probe: {e}"))?;
+    let argv = vec![titan_dr.into(), "probe".into(), "--spec".into(), spec];
+    let password = probe
+        .redis
+        .as_ref()
+        .and_then(|r| r.password_secret_ref.as_ref());
+    let env = password.map(|secret| EnvVar {
+        name: REDIS_PASSWORD_ENV.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                optional: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    Ok((argv, env.into_iter().collect()))
 }
 
 /// The restricted defaults of every step pod (what Pod Security `restricted` asks), under the
@@ -370,21 +392,35 @@ pub fn build_job(
     let mut image = step.image.clone().or(template.image.clone());
     let (mut volumes, mut mounts, mut extra_env) = (Vec::new(), Vec::new(), Vec::new());
     let target_namespace = dr.target_namespace();
-    let argv = match (&step.command, &step.args, &step.restore) {
-        (Some(command), _, _) => Ok(vec!["/bin/sh".into(), "-c".into(), command.clone()]),
-        (None, Some(args), _) => Ok(args.clone()),
-        (None, None, Some(spec)) => {
+    let argv = match (&step.command, &step.args, &step.restore, &step.probe) {
+        (Some(command), ..) => Ok(vec!["/bin/sh".into(), "-c".into(), command.clone()]),
+        (None, Some(args), ..) => Ok(args.clone()),
+        (None, None, Some(spec), _) => {
             // Restore steps run `titan-dr`, which only the operator's image holds.
             image = Some(setup.operator_image.clone());
             match &setup.restore {
-                Some(restore) => restore_parts(spec, restore, &target_namespace).map(|parts| {
-                    (volumes, mounts, extra_env) = (parts.volumes, parts.mounts, parts.env);
-                    parts.argv
-                }),
+                Some(restore) => {
+                    restore_parts(spec, restore, &setup.titan_dr_command, &target_namespace).map(
+                        |parts| {
+                            (volumes, mounts, extra_env) = (parts.volumes, parts.mounts, parts.env);
+                            parts.argv
+                        },
+                    )
+                }
                 None => Err("restore steps are not set up in this operator".to_string()),
             }
         }
-        (None, None, None) => Err("the step has neither command, args nor restore".to_string()),
+        (None, None, None, Some(probe)) => {
+            // Probes are run by `titan-dr` too.
+            image = Some(setup.operator_image.clone());
+            probe_parts(probe, &setup.titan_dr_command).map(|(argv, env)| {
+                extra_env = env;
+                argv
+            })
+        }
+        (None, None, None, None) => {
+            Err("the step has neither command, args, restore nor probe".to_string())
+        }
     };
     let command = match argv {
         Ok(argv) => [TITAN_STEP, "run", "--"]
@@ -416,9 +452,10 @@ pub fn build_job(
         value(ATTEMPT_ENV, attempt.to_string()),
         value(TARGET_NAMESPACE_ENV, target_namespace),
     ];
-    env.extend(extra_env);
     env.extend(template.env.iter().cloned());
     env.extend(step.env.iter().cloned());
+    // Last, so that what the operator sets for a restore or probe is what the step sees.
+    env.extend(extra_env);
     let deadline = step
         .timeout
         .as_deref()
@@ -553,6 +590,7 @@ spec:
     fn setup() -> JobSetup {
         JobSetup {
             operator_image: "titan-dr:0.1.0".into(),
+            titan_dr_command: "/usr/local/bin/titan-dr".into(),
             titan_step_path: "/usr/local/bin/titan-step".into(),
             default_timeout: Duration::from_secs(30 * 60),
             restore: None,
@@ -737,7 +775,6 @@ spec:
         let step = &dr.spec.steps[0];
         let with_restore = JobSetup {
             restore: Some(RestoreSetup {
-                command: "/usr/local/bin/titan-dr".into(),
                 snapshot_url: Some(URL.into()),
                 backup: None,
             }),
@@ -756,6 +793,76 @@ spec:
 
     const URL: &str = "http://titan-dr.titan-dr-system.svc:8081";
 
+    #[test]
+    fn a_probe_step_runs_titan_dr_probe_in_the_operators_image_with_the_password_secret() {
+        let mut dr = recovery();
+        dr.spec.steps[0] = serde_yaml::from_str(
+            "{name: redis-keys, probe: {redis: {address: 'redis:6379', check: KeyCount, \
+             passwordSecretRef: {name: redis-auth, key: password}}}, env: [{name: B, value: '2'}]}",
+        )
+        .unwrap();
+        let pod = step_pod(&dr, 0);
+        let container = &pod.containers[0];
+        // Not the template's toolbox image: only the operator's has titan-dr.
+        assert_eq!(container.image.as_deref(), Some("titan-dr:0.1.0"));
+        let spec = r#"{"redis":{"address":"redis:6379","passwordSecretRef":{"name":"redis-auth","key":"password"},"check":"KeyCount"}}"#;
+        assert_eq!(
+            container.command.as_deref().unwrap(),
+            [
+                TITAN_STEP,
+                "run",
+                "--",
+                "/usr/local/bin/titan-dr",
+                "probe",
+                "--spec",
+                spec
+            ]
+        );
+        let probe: crate::probe::Probe = serde_json::from_str(spec).unwrap();
+        assert_eq!(
+            Some(&probe),
+            dr.spec.steps[0].probe.as_ref(),
+            "the spec round-trips"
+        );
+        let env = container.env.as_ref().unwrap();
+        let names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                ATTEMPT_ENV,
+                TARGET_NAMESPACE_ENV,
+                "A",
+                "B",
+                REDIS_PASSWORD_ENV
+            ]
+        );
+        let secret = env[4].value_from.as_ref().unwrap().secret_key_ref.as_ref();
+        assert_eq!(
+            secret.map(|s| (s.name.as_str(), s.key.as_str())),
+            Some(("redis-auth", "password"))
+        );
+        assert_eq!(env[4].value, None, "the password is not in the Job");
+
+        // An http probe gets no env of its own.
+        dr.spec.steps[0] = serde_yaml::from_str(
+            "{name: health, probe: {http: {url: 'http://brain:3000/health'}}}",
+        )
+        .unwrap();
+        let pod = step_pod(&dr, 0);
+        let command = pod.containers[0].command.clone().unwrap();
+        assert_eq!(
+            command[3..],
+            [
+                "/usr/local/bin/titan-dr",
+                "probe",
+                "--spec",
+                r#"{"http":{"url":"http://brain:3000/health"}}"#
+            ]
+        );
+        let env = pod.containers[0].env.clone().unwrap();
+        assert!(env.iter().all(|e| e.name != REDIS_PASSWORD_ENV), "{env:?}");
+    }
+
     /// The pod of a restore step whose `restore.redis` is `redis` (YAML flow mapping), of a
     /// Backup with a password, in the recovery's namespace.
     fn redis_restore_pod(redis: &str) -> PodSpec {
@@ -764,20 +871,25 @@ spec:
             "{{name: restore-redis, restore: {{backup: redis, redis: {redis}}}}}"
         ))
         .unwrap();
-        let backup: Backup = serde_yaml::from_str(
-            "apiVersion: dr.titan.io/v1alpha1\nkind: Backup\nmetadata: {name: redis, namespace: titan}\nspec:\n  source: {redis: {address: 'redis:6379', passwordSecretRef: {name: redis-auth, key: password}}}\n  destination: {path: redis}\n  encryption: {secretRef: {name: backup-key}}\n",
-        )
+        let source = "{redis: {address: 'redis:6379', passwordSecretRef: {name: redis-auth, key: password}}}";
+        pod_of(restore_job(&dr, "redis", source, Some(URL)))
+    }
+
+    /// The Job of the first step of `dr`, a restore of Backup `name` (in namespace titan)
+    /// with `source`, by an operator whose snapshot endpoint is `url`.
+    fn restore_job(dr: &DisasterRecovery, name: &str, source: &str, url: Option<&str>) -> Job {
+        let backup: Backup = serde_yaml::from_str(&format!(
+            "apiVersion: dr.titan.io/v1alpha1\nkind: Backup\nmetadata: {{name: {name}, namespace: titan}}\nspec:\n  source: {source}\n  destination: {{path: {name}}}\n  encryption: {{secretRef: {{name: backup-key}}}}\n",
+        ))
         .unwrap();
         let with_restore = JobSetup {
             restore: Some(RestoreSetup {
-                command: "/usr/local/bin/titan-dr".into(),
-                snapshot_url: Some(URL.into()),
+                snapshot_url: url.map(String::from),
                 backup: Some(backup),
             }),
             ..setup()
         };
-        let step = &dr.spec.steps[0];
-        pod_of(build_job(&dr, "1", StepKind::Step, step, 1, &with_restore))
+        build_job(dr, "1", StepKind::Step, &dr.spec.steps[0], 1, &with_restore)
     }
 
     const DATA: &str = "dataVolume: {persistentVolumeClaim: {claimName: redis-data}}";
@@ -899,26 +1011,7 @@ spec:
             "{name: restore-config, restore: {backup: config, configuration: {}}}",
         )
         .unwrap();
-        let backup: Backup = serde_yaml::from_str(
-            "apiVersion: dr.titan.io/v1alpha1\nkind: Backup\nmetadata: {name: config, namespace: titan}\nspec:\n  source: {configMaps: {selector: {}}}\n  destination: {path: config}\n  encryption: {secretRef: {name: backup-key}}\n",
-        )
-        .unwrap();
-        let with_restore = JobSetup {
-            restore: Some(RestoreSetup {
-                command: "titan-dr".into(),
-                snapshot_url: Some(URL.into()),
-                backup: Some(backup),
-            }),
-            ..setup()
-        };
-        let job = build_job(
-            &dr,
-            "1",
-            StepKind::Step,
-            &dr.spec.steps[0],
-            1,
-            &with_restore,
-        );
+        let job = restore_job(&dr, "config", "{configMaps: {selector: {}}}", Some(URL));
         assert_eq!(
             job.metadata.namespace.as_deref(),
             Some("titan"),
@@ -926,20 +1019,16 @@ spec:
         );
         let container = &pod_of(job).containers[0];
         let argv = container.command.as_ref().unwrap();
-        assert_eq!(argv[3..6], ["titan-dr", "backup", "restore-config"]);
+        assert_eq!(
+            argv[3..6],
+            ["/usr/local/bin/titan-dr", "backup", "restore-config"]
+        );
         assert_eq!(argv.last().unwrap(), "--namespace=titan-prod");
         let env = container.env.as_ref().unwrap();
         let target = env.iter().find(|e| e.name == TARGET_NAMESPACE_ENV).unwrap();
         assert_eq!(target.value.as_deref(), Some("titan-prod"));
         // Without the endpoint the step fails saying so.
-        let without = JobSetup {
-            restore: Some(RestoreSetup {
-                snapshot_url: None,
-                ..with_restore.restore.clone().unwrap()
-            }),
-            ..setup()
-        };
-        let job = build_job(&dr, "1", StepKind::Step, &dr.spec.steps[0], 1, &without);
+        let job = restore_job(&dr, "config", "{configMaps: {selector: {}}}", None);
         let argv = pod_of(job).containers[0].command.clone().unwrap();
         assert_eq!(argv[1], "fail");
         assert!(argv[2].contains("TITAN_SNAPSHOT_URL"), "{argv:?}");

@@ -10,6 +10,7 @@ pub mod job;
 pub mod local;
 pub mod operator;
 pub mod plan;
+pub mod probe;
 pub mod process;
 pub mod redis;
 pub mod runbook;

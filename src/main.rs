@@ -29,6 +29,10 @@ enum Command {
     /// Encrypted snapshots in a folder: snapshot, list, verify, restore, prune, keygen.
     /// Works without a cluster.
     Backup(titan_dr::backup::cli::BackupCommand),
+    /// Run a step's probe, given as JSON, and print its output; what probe steps run. Exits 0
+    /// when the check passed, 1 when it failed, 2 on an invalid spec.
+    #[command(hide = true)]
+    Probe(cli::ProbeArgs),
 }
 
 #[tokio::main]
@@ -46,6 +50,7 @@ async fn main() -> ExitCode {
         Command::Plan(args) => cli::plan::plan(&args).into(),
         Command::Run(args) => cli::run::run(&args).await.into(),
         Command::Runbook(command) => cli::runbook::runbook(&command).into(),
+        Command::Probe(args) => cli::probe::run(&args).await.into(),
         // Blocking file and socket I/O: keep it off the async workers.
         Command::Backup(command) => {
             match tokio::task::spawn_blocking(move || titan_dr::backup::cli::run(command)).await {

@@ -43,7 +43,7 @@ pub struct Config {
     #[arg(long, env = "TITAN_SNAPSHOT_URL")]
     pub snapshot_url: Option<String>,
     /// The operator's own image: every step pod's init container copies titan-step out of
-    /// it, and restore steps run `titan-dr` in it.
+    /// it, and restore and probe steps run `titan-dr` in it.
     #[arg(long, env = "TITAN_OPERATOR_IMAGE", default_value = concat!("ghcr.io/titan-dr/titan-dr:", env!("CARGO_PKG_VERSION")))]
     pub operator_image: String,
     /// Path of the static titan-step binary in the operator's image.
@@ -53,7 +53,7 @@ pub struct Config {
         default_value = "/usr/local/bin/titan-step"
     )]
     pub titan_step_path: String,
-    /// The `titan-dr` command in the operator's image, run by restore steps.
+    /// The `titan-dr` command in the operator's image, run by restore and probe steps.
     #[arg(long, env = "TITAN_RESTORE_COMMAND", default_value = "titan-dr")]
     pub restore_command: String,
     /// Deadline (`activeDeadlineSeconds`) of a step attempt whose step sets no `timeout`, as a

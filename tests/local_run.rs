@@ -35,11 +35,15 @@ struct Run {
 
 impl Run {
     fn of(name: &str) -> Run {
+        Run::of_file(&fixture(&format!("local/{name}")))
+    }
+
+    fn of_file(file: &Path) -> Run {
         let dir = tempfile::tempdir().expect("a scratch directory");
         let started = Instant::now();
         let output = bin()
             .arg("run")
-            .arg(fixture(&format!("local/{name}")))
+            .arg(file)
             .args(run_flags(dir.path()))
             .output()
             .expect("titan-dr runs");
@@ -228,6 +232,64 @@ fn an_unmet_expectation_fails_and_says_why() {
     assert!(
         run.stdout()
             .contains(r#"expected output to contain "PONG", got "Could not connect to Redis""#),
+        "{}",
+        run.context()
+    );
+}
+
+/// An HTTP server on a loopback port that answers every request with `status` and `body`, in
+/// a thread that ends with the test process; its port.
+fn serve_http(status: &'static str, body: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let port = listener.local_addr().expect("bound").port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.read(&mut [0; 4096]);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+/// `titan-dr run` of the http-probe fixture against a server answering `status` and `body`.
+fn run_http_probe(status: &'static str, body: &'static str) -> Run {
+    let port = serve_http(status, body);
+    let yaml = std::fs::read_to_string(fixture("local/http-probe.yaml")).expect("the fixture");
+    let file = tempfile::NamedTempFile::new().expect("a scratch file");
+    std::fs::write(file.path(), yaml.replace("PORT", &port.to_string())).expect("written");
+    Run::of_file(file.path())
+}
+
+#[test]
+fn an_http_probe_validation_is_judged_by_expect_on_the_body() {
+    let run = run_http_probe("200 OK", r#"{"status":"ok","trading":true}"#);
+    assert_eq!(run.code(), Some(0), "{}", run.context());
+    assert!(
+        run.report().contains("- **Passed** `brain-health`"),
+        "{}",
+        run.context()
+    );
+}
+
+#[test]
+fn an_http_probe_fails_on_an_unexpected_status_naming_url_and_status() {
+    let run = run_http_probe("503 Service Unavailable", r#"{"trading":false}"#);
+    assert_eq!(run.code(), Some(1), "{}", run.context());
+    let report = run.report();
+    assert!(
+        report.contains("answered 503 Service Unavailable, expected 2xx"),
+        "{}",
+        run.context()
+    );
+    assert!(report.contains("/health"), "{}", run.context());
+    assert!(
+        run.stdout().contains("expected exit code 0, got 1"),
         "{}",
         run.context()
     );

@@ -7,6 +7,7 @@ use kube::{CustomResource, KubeSchema, ResourceExt};
 use serde::{Deserialize, Serialize};
 
 use super::backup::SecretKeyRef;
+use crate::probe::Probe;
 
 /// Go/Kubernetes duration syntax: `300s`, `5m`, `1h30m`, `1.5h`.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
@@ -177,10 +178,11 @@ pub struct JobTemplate {
     pub pod_security_context: Option<PodSecurityContext>,
 }
 
-/// One recovery step, validation or rollback step: a command run as a Kubernetes Job.
+/// One recovery step, validation or rollback step: a command (or a restore, or a probe) run as
+/// a Kubernetes Job.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("[has(self.command), has(self.args), has(self.restore)].filter(x, x).size() == 1").message("exactly one of command, args or restore must be set"))]
+#[x_kube(validation = kube::core::Rule::new("[has(self.command), has(self.args), has(self.restore), has(self.probe)].filter(x, x).size() == 1").message("exactly one of command, args, restore or probe must be set"))]
 pub struct Step {
     /// Unique name of the step (a DNS label); part of the Job name.
     #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
@@ -195,6 +197,10 @@ pub struct Step {
     /// Restore a snapshot of a Backup instead of running a command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreStep>,
+    /// A typed check (http, redis or kubernetes) instead of a command, run by `titan-dr probe`
+    /// in the operator's image; `expect` judges its output like a command's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<Probe>,
     /// Container image for this step; overrides `template.image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,

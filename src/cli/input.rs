@@ -173,14 +173,37 @@ fn schema_problems(resource: &DisasterRecovery) -> Vec<String> {
         for (i, step) in steps.iter().enumerate() {
             let field = format!("spec.{list}[{i}]");
             check_name(format!("{field}.name"), &step.name, &mut problems);
-            match (&step.command, &step.args) {
-                (Some(_), None) => {}
-                (None, Some(args)) if !args.is_empty() => {}
-                (None, Some(_)) => problems.push(format!("{field}.args: must not be empty")),
-                _ => problems.push(format!(
-                    "{field} ({}): exactly one of command or args must be set",
+            let kinds = [
+                step.command.is_some(),
+                step.args.is_some(),
+                step.restore.is_some(),
+                step.probe.is_some(),
+            ];
+            if kinds.iter().filter(|&&set| set).count() != 1 {
+                problems.push(format!(
+                    "{field} ({}): exactly one of command, args or probe must be set",
                     step.name
-                )),
+                ));
+            } else if step.restore.is_some() {
+                problems.push(format!(
+                    "{field} ({}): restore steps run only in a cluster",
+                    step.name
+                ));
+            }
+            if step.args.as_ref().is_some_and(Vec::is_empty) {
+                problems.push(format!("{field}.args: must not be empty"));
+            }
+            if let Some(probe) = &step.probe {
+                let kinds = [
+                    probe.http.is_some(),
+                    probe.redis.is_some(),
+                    probe.kubernetes.is_some(),
+                ];
+                if kinds.iter().filter(|&&set| set).count() != 1 {
+                    problems.push(format!(
+                        "{field}.probe: set exactly one of http, redis or kubernetes"
+                    ));
+                }
             }
             if step.retries() > MAX_RETRIES {
                 problems.push(format!(
@@ -238,8 +261,16 @@ mod tests {
         let problems = schema_problems(&resource);
         assert_eq!(
             problems,
-            ["spec.steps[0] (a): exactly one of command or args must be set"]
+            ["spec.steps[0] (a): exactly one of command, args or probe must be set"]
         );
+        let probe = MINIMAL.replace("command: 'true'", "probe: {}");
+        let problems = schema_problems(&parse(&probe).expect("parses"));
+        assert_eq!(
+            problems,
+            ["spec.steps[0].probe: set exactly one of http, redis or kubernetes"]
+        );
+        let http = MINIMAL.replace("command: 'true'", "probe: {http: {url: 'http://x/'}}");
+        assert!(schema_problems(&parse(&http).expect("parses")).is_empty());
         let resource = parse(&MINIMAL.replace("name: a", "name: Bad_Name")).expect("parses");
         assert!(schema_problems(&resource)[0].starts_with("spec.steps[0].name:"));
     }

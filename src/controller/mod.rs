@@ -35,8 +35,6 @@ pub struct Context {
     pub backup_dir: PathBuf,
     /// What every Job is built with; the controller adds the restore part for restore steps.
     pub job_setup: JobSetup,
-    /// The `titan-dr` command in the operator's image, for restore Jobs.
-    pub restore_command: String,
     /// The operator's snapshot endpoint as restore Jobs reach it.
     pub snapshot_url: Option<String>,
     pub metrics: Arc<Metrics>,
@@ -56,11 +54,11 @@ impl Context {
             backup_dir: config.backup_dir.clone(),
             job_setup: JobSetup {
                 operator_image: config.operator_image.clone(),
+                titan_dr_command: config.restore_command.clone(),
                 titan_step_path: config.titan_step_path.clone(),
                 default_timeout: config.default_step_timeout,
                 restore: None,
             },
-            restore_command: config.restore_command.clone(),
             snapshot_url: config.snapshot_url.clone(),
             metrics: Arc::default(),
         }

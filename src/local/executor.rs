@@ -478,13 +478,24 @@ fn output_tail(log: &Path) -> String {
     tail.text()
 }
 
-/// `command` runs with `/bin/sh -c`, as in the step's container; `args` runs as it is.
+/// `command` runs with `/bin/sh -c`, as in the step's container; `args` runs as it is; a
+/// `probe` is `titan-dr probe --spec JSON` of this very binary, as in the step's Job.
 fn argv(step: &Step) -> Vec<String> {
-    match (&step.command, &step.args) {
-        (Some(command), _) => vec!["/bin/sh".into(), "-c".into(), command.clone()],
-        (None, Some(args)) => args.clone(),
+    match (&step.command, &step.args, &step.probe) {
+        (Some(command), ..) => vec!["/bin/sh".into(), "-c".into(), command.clone()],
+        (None, Some(args), _) => args.clone(),
+        (None, None, Some(probe)) => {
+            match (std::env::current_exe(), serde_json::to_string(probe)) {
+                (Ok(exe), Ok(spec)) => {
+                    let exe = exe.to_string_lossy().into_owned();
+                    vec![exe, "probe".into(), "--spec".into(), spec]
+                }
+                // An empty argv fails the attempt, saying it could not start.
+                _ => Vec::new(),
+            }
+        }
         // Rejected when the file was loaded; an empty argv fails the attempt if it ever comes.
-        (None, None) => Vec::new(),
+        (None, None, None) => Vec::new(),
     }
 }
 
@@ -532,5 +543,26 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(argv(&args), ["echo", "$HOME"]);
+    }
+
+    #[test]
+    fn a_probe_runs_this_binary_with_its_spec() {
+        let step: Step =
+            serde_yaml::from_str("{name: health, probe: {http: {url: 'http://localhost:1/'}}}")
+                .unwrap();
+        let argv = argv(&step);
+        assert_eq!(
+            argv[0],
+            std::env::current_exe().unwrap().to_string_lossy(),
+            "{argv:?}"
+        );
+        assert_eq!(
+            argv[1..],
+            [
+                "probe",
+                "--spec",
+                r#"{"http":{"url":"http://localhost:1/"}}"#
+            ]
+        );
     }
 }

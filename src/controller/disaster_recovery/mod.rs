@@ -243,12 +243,11 @@ async fn stop_attempt(
     }
 }
 
-/// What a restore Job needs besides the operator's image: `titan-dr`, the snapshot endpoint
+/// What a restore Job needs besides the operator's image and `titan-dr`: the snapshot endpoint
 /// and the named Backup.
 async fn restore_setup(ctx: &Context, ns: &str, backup: &str) -> Result<RestoreSetup, Error> {
     let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), ns);
     Ok(RestoreSetup {
-        command: ctx.restore_command.clone(),
         snapshot_url: ctx.snapshot_url.clone(),
         backup: backups.get_opt(backup).await.map_err(Error::Observe)?,
     })
@@ -259,7 +258,13 @@ fn validate(dr: &DisasterRecovery) -> Result<Plan, String> {
     let plan = Plan::new(&dr.spec).map_err(|e| e.to_string())?;
     let template_image = dr.spec.template.as_ref().and_then(|t| t.image.as_ref());
     let without_image: Vec<&str> = all_steps(dr)
-        .filter(|(_, s)| s.image.is_none() && template_image.is_none() && s.restore.is_none())
+        // Restore and probe steps run in the operator's image.
+        .filter(|(_, s)| {
+            s.image.is_none()
+                && template_image.is_none()
+                && s.restore.is_none()
+                && s.probe.is_none()
+        })
         .map(|(_, s)| s.name.as_str())
         .collect();
     if !without_image.is_empty() {
