@@ -95,6 +95,8 @@ pub struct RestoreSetup {
     pub snapshot_url: Option<String>,
     /// The Backup named by the step, if it exists.
     pub backup: Option<Backup>,
+    /// When the run started: `latest` is the newest snapshot started by then.
+    pub not_after: Option<k8s_openapi::jiff::Timestamp>,
 }
 
 const TOKEN_MOUNT: &str = "/var/run/titan-dr/token";
@@ -192,6 +194,12 @@ fn restore_parts(
         format!("--key-file={KEY_MOUNT}/{key}"),
         format!("--snapshot={snapshot}"),
     ];
+    let common = common.into_iter().chain(
+        setup
+            .not_after
+            .filter(|_| snapshot == "latest")
+            .map(|at| format!("--not-after={at}")),
+    );
     let Some(redis) = &restore.redis else {
         parts.argv = vec![titan_dr.into(), "backup".into(), "restore-config".into()];
         parts.argv.extend(common);
@@ -777,6 +785,7 @@ spec:
             restore: Some(RestoreSetup {
                 snapshot_url: Some(URL.into()),
                 backup: None,
+                not_after: None,
             }),
             ..setup()
         };
@@ -886,6 +895,7 @@ spec:
             restore: Some(RestoreSetup {
                 snapshot_url: url.map(String::from),
                 backup: Some(backup),
+                not_after: Some("2026-12-01T22:00:00Z".parse().unwrap()),
             }),
             ..setup()
         };
@@ -907,13 +917,14 @@ spec:
             .collect()
     }
 
-    const DOWNLOAD: [&str; 6] = [
+    const DOWNLOAD: [&str; 7] = [
         "--from=http://titan-dr.titan-dr-system.svc:8081",
         "--backup=titan/redis",
         "--token-file=/var/run/titan-dr/token/token",
         "--work-dir=/var/run/titan-dr/work",
         "--key-file=/var/run/titan-dr/key/key",
         "--snapshot=latest",
+        "--not-after=2026-12-01T22:00:00Z",
     ];
 
     #[test]

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use k8s_openapi::jiff::Timestamp;
 
 use super::key::BackupKey;
-use super::manifest::Manifest;
+use super::manifest::{Manifest, snapshot_id};
 use super::remote::Remote;
 use super::store::Store;
 use crate::redis::primary::Primary;
@@ -33,6 +34,11 @@ pub struct SourceArgs {
     /// Where downloaded snapshots are kept while they are verified and restored.
     #[arg(long, default_value = "/tmp")]
     pub work_dir: PathBuf,
+    /// With `latest`: only snapshots started at or before this time (RFC 3339). A recovery
+    /// passes its own start, so that a snapshot its own steps made possible (of a Redis just
+    /// started empty, say) is never what it restores.
+    #[arg(long)]
+    pub not_after: Option<Timestamp>,
 }
 
 /// A snapshot that verified, in a store on this machine.
@@ -87,7 +93,21 @@ pub fn choose(source: &SourceArgs, key: &BackupKey, which: &str) -> anyhow::Resu
         Some(index) => index.snapshots.iter().map(|s| s.id.clone()).collect(),
     };
     let candidates: Vec<String> = match which {
-        "latest" => candidates,
+        "latest" => {
+            let cutoff = source.not_after.map(snapshot_id);
+            let before = |id: &String| cutoff.as_ref().is_none_or(|cutoff| id <= cutoff);
+            let (kept, later): (Vec<String>, Vec<String>) =
+                candidates.into_iter().partition(before);
+            if !later.is_empty() {
+                println!(
+                    "leaving out {} snapshot(s) newer than {}: {}",
+                    later.len(),
+                    source.not_after.map(|t| t.to_string()).unwrap_or_default(),
+                    later.join(", ")
+                );
+            }
+            kept
+        }
         id => vec![store.resolve(id).map(|_| id.to_owned()).or_else(|err| {
             // A remote store is empty until downloaded: check the ID against the index.
             if remote.is_some() && candidates.iter().any(|c| c == id) {
@@ -172,9 +192,19 @@ pub struct Replication<'a> {
 /// Redis refused a command, never synced within the timeout, or could not be promoted.
 pub fn replicate(rdb: &Path, to: &Replication<'_>) -> anyhow::Result<()> {
     let client = redis_client(to.address, to.password)?;
-    let mut redis = client
-        .get_connection_with_timeout(Duration::from_secs(10))
-        .with_context(|| format!("connecting to Redis at {}", to.address))?;
+    // Redis may have just started: its Service answers a moment after the pod is ready.
+    let started = Instant::now();
+    let mut redis = loop {
+        match client.get_connection_with_timeout(Duration::from_secs(5)) {
+            Ok(redis) => break redis,
+            Err(err) if started.elapsed() < to.timeout && err.is_io_error() => {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(err) => {
+                return Err(err).with_context(|| format!("connecting to Redis at {}", to.address));
+            }
+        }
+    };
     let primary = Primary::bind("0.0.0.0:0").context("listening for the replica")?;
     let port = primary.port()?;
     let previous: Vec<String> = redis::cmd("CONFIG")

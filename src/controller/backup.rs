@@ -201,6 +201,16 @@ async fn take_snapshot(ctx: &Context, backup: &Backup) -> Result<String, Failure
             };
             let entries = config_archive::entries(&maps, &secret_list)
                 .map_err(|e| Failure::new("Internal", e.to_string()))?;
+            // A snapshot of nothing would become the newest, and a restore of `latest` would
+            // then restore nothing: an empty selection is a failure, not a snapshot.
+            if entries.is_empty() {
+                return Err(Failure::new(
+                    "NothingSelected",
+                    format!(
+                        "no ConfigMap or Secret in namespace {source_ns} matches the selectors; no snapshot taken"
+                    ),
+                ));
+            }
             let count = entries.len() as u64;
             tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
                 let mut writer = store.begin_now(SnapshotKind::Configuration, &key)?;

@@ -25,9 +25,12 @@ pub async fn check(probe: &KubernetesProbe) -> Result<String, ProbeError> {
     let client = Client::try_default()
         .await
         .map_err(|e| ProbeError::new(format!("no connection to Kubernetes: {e}")))?;
+    // The scenario's target namespace before the Job's own: the probe checks what is recovered.
     let namespace = probe
         .namespace
         .clone()
+        .or_else(|| std::env::var(crate::job::TARGET_NAMESPACE_ENV).ok())
+        .filter(|ns| !ns.is_empty())
         .unwrap_or_else(|| client.default_namespace().to_owned());
     let params = ListParams {
         label_selector: probe.selector.clone(),

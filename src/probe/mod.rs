@@ -99,8 +99,8 @@ pub enum RedisCheck {
 pub struct KubernetesProbe {
     /// The kind of the objects listed.
     pub kind: WorkloadKind,
-    /// Their namespace (default: the step's namespace in the cluster, the kubeconfig's
-    /// namespace in a local run).
+    /// Their namespace (default: the scenario's `TITAN_TARGET_NAMESPACE`, which in the
+    /// cluster is `spec.targetNamespace` or the resource's namespace; else the kubeconfig's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// A label selector, e.g. `app.kubernetes.io/part-of=titan` (default: every object).

@@ -139,7 +139,8 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
         };
         let mut setup = ctx.job_setup.clone();
         if let Some(restore) = &step.restore {
-            setup.restore = Some(restore_setup(&ctx, &ns, &restore.backup).await?);
+            let started = base.started_at.as_ref().map(|t| t.0);
+            setup.restore = Some(restore_setup(&ctx, &ns, &restore.backup, started).await?);
         }
         let job = build_job(&dr, &run, attempt.kind, step, attempt.number, &setup);
         let job_name = job.name_any();
@@ -245,10 +246,16 @@ async fn stop_attempt(
 
 /// What a restore Job needs besides the operator's image and `titan-dr`: the snapshot endpoint
 /// and the named Backup.
-async fn restore_setup(ctx: &Context, ns: &str, backup: &str) -> Result<RestoreSetup, Error> {
+async fn restore_setup(
+    ctx: &Context,
+    ns: &str,
+    backup: &str,
+    not_after: Option<Timestamp>,
+) -> Result<RestoreSetup, Error> {
     let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), ns);
     Ok(RestoreSetup {
         snapshot_url: ctx.snapshot_url.clone(),
+        not_after,
         backup: backups.get_opt(backup).await.map_err(Error::Observe)?,
     })
 }
