@@ -11,12 +11,12 @@ mod support;
 use support::redis_pod::{REDIS_PASSWORD, connect, start_redis};
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use titan_dr::api::backup::BackupStatus;
 use titan_dr::api::disaster_recovery::{RunPhase, StepPhase};
@@ -95,51 +95,6 @@ fn partial_size(dir: &Path) -> Option<u64> {
         .find_map(|e| e.metadata().ok().map(|m| m.len()))
 }
 
-/// Where the node keeps the volume bound to a claim (local-path makes hostPath volumes).
-async fn claim_path(client: &Client, ns: &str, claim: &str) -> PathBuf {
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
-    let bound = support::wait_for(
-        &claims,
-        claim,
-        "the claim to be bound",
-        LIMIT,
-        |c: Option<&PersistentVolumeClaim>| {
-            c.and_then(|c| c.spec.as_ref()?.volume_name.as_ref())
-                .is_some()
-        },
-    )
-    .await;
-    let volume = bound.spec.and_then(|s| s.volume_name).unwrap();
-    let pv = Api::<PersistentVolume>::all(client.clone())
-        .get(&volume)
-        .await
-        .unwrap();
-    let spec = pv.spec.unwrap();
-    let path = spec
-        .host_path
-        .map(|h| h.path)
-        .or(spec.local.map(|l| l.path))
-        .unwrap_or_else(|| panic!("volume {volume} has no path on the node"));
-    PathBuf::from(path)
-}
-
-/// The operator's backup volume on the node: the chart's claim `<release>-backups`.
-async fn backup_volume(client: &Client, ns: &str) -> PathBuf {
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
-    let of_chart = ListParams::default().labels("app.kubernetes.io/part-of=titan-dr");
-    let names: Vec<String> = claims
-        .list(&of_chart)
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|c| c.metadata.name)
-        .filter(|n| n.ends_with("-backups"))
-        .collect();
-    assert_eq!(names.len(), 1, "the chart's backup claim: {names:?}");
-    claim_path(client, ns, &names[0]).await
-}
-
 /// How often the Redis container of pod `name` was restarted.
 async fn restarts(client: &Client, ns: &str, name: &str) -> i32 {
     let pod = Api::<Pod>::namespaced(client.clone(), ns)
@@ -213,7 +168,7 @@ async fn scheduled_snapshots_keep_the_last_three_and_survive_redis_dying_mid_sna
         assert_eq!(snapshot.keys, Some(KEYS));
         assert!(snapshot.location.starts_with("redis/") && snapshot.location.ends_with(".rdb.age"));
         assert_eq!(ready(Some(&first)).unwrap().0, "True");
-        let store_dir = backup_volume(&client, &ns).await.join("redis");
+        let store_dir = support::backup_volume(&client, &ns).await.join("redis");
 
         // 2: the next tick; Redis dies while the snapshot streams. Its fork now sleeps a
         // millisecond or more per key: the transfer takes a minute instead of a moment.
@@ -304,8 +259,9 @@ async fn scheduled_snapshots_keep_the_last_three_and_survive_redis_dying_mid_sna
     .await;
 }
 
-/// A ServiceAccount `name` allowed only what `restore-config` does: get, create and patch
-/// (server-side apply) ConfigMaps and Secrets in the namespace.
+/// A ServiceAccount `name` allowed only what `restore-config` does: read the Backups'
+/// snapshots from the operator, and get, create and patch (server-side apply) ConfigMaps and
+/// Secrets in the namespace.
 async fn config_restorer(client: &Client, ns: &str, name: &str) {
     let objects = format!(
         r#"
@@ -313,7 +269,9 @@ async fn config_restorer(client: &Client, ns: &str, name: &str) {
 - apiVersion: rbac.authorization.k8s.io/v1
   kind: Role
   metadata: {{name: {name}}}
-  rules: [{{apiGroups: [""], resources: [configmaps, secrets], verbs: [get, create, patch]}}]
+  rules:
+    - {{apiGroups: [""], resources: [configmaps, secrets], verbs: [get, create, patch]}}
+    - {{apiGroups: [dr.titan.io], resources: [backups/snapshots], verbs: [get]}}
 - apiVersion: rbac.authorization.k8s.io/v1
   kind: RoleBinding
   metadata: {{name: {name}}}
@@ -364,7 +322,7 @@ async fn configuration_snapshots_and_rpo_of_a_recovery() {
         let snapshot = &done.status.unwrap().snapshots[0];
         assert_eq!(snapshot.keys, Some(2), "the two labelled ConfigMaps");
         assert!(snapshot.location.ends_with(".tar.age"));
-        let store = Store::open(backup_volume(&client, &ns).await.join("config")).unwrap();
+        let store = Store::open(support::backup_volume(&client, &ns).await.join("config")).unwrap();
         let restored = tempfile::tempdir().unwrap();
         let tar = restored.path().join("config.tar");
         store.restore(&snapshot.id, &key, &tar).unwrap();
@@ -419,7 +377,8 @@ async fn configuration_snapshots_and_rpo_of_a_recovery() {
 
 /// The restore step brings a flushed Redis, running in a pod, back to the snapshot: it writes
 /// the RDB into the pod's data claim and shuts Redis down without saving, the kubelet starts
-/// it again on that file. A tampered snapshot is refused and the Redis is left alone.
+/// it again on that file. A tampered snapshot is refused and the Redis is left alone. The
+/// restore Job reads the snapshot from the operator as its own ServiceAccount.
 #[tokio::test]
 async fn a_restore_step_brings_a_flushed_redis_back_and_refuses_a_tampered_snapshot() {
     let key = BackupKey::generate();
@@ -427,12 +386,13 @@ async fn a_restore_step_brings_a_flushed_redis_back_and_refuses_a_tampered_snaps
         let _operator = support::Operator::install(&ns).await;
         create_key_secret(&client, &ns, &key).await;
         create_secret(&client, &ns, "redis-auth", "password", REDIS_PASSWORD).await;
+        config_restorer(&client, &ns, "restorer").await;
         let claim = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: redis-data}\nspec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 64Mi}}}";
         support::create_yaml::<PersistentVolumeClaim>(&client, &ns, claim)
             .await
             .unwrap();
         let ip = start_redis(&client, &ns, "redis", &[], true, Some("redis-data")).await;
-        let data_dir = claim_path(&client, &ns, "redis-data").await;
+        let data_dir = support::claim_path(&client, &ns, "redis-data").await;
         let mut con = connect(&ip, Some(REDIS_PASSWORD));
         for i in 0..2000 {
             let _: () = redis::pipe()
@@ -487,7 +447,7 @@ spec:
   scenario: database-corruption
   objectives: {{rto: 10m, rpo: 5m}}
   backups: [redis]
-  template: {{image: {toolbox}}}
+  template: {{image: {toolbox}, serviceAccountName: restorer}}
   steps:
     - name: restore-redis
       timeout: 3m
@@ -516,8 +476,9 @@ spec:
         assert_eq!(step.phase, StepPhase::Succeeded, "{step:#?}");
         let output = step.output.as_deref().unwrap_or("");
         assert!(output.contains("sent SHUTDOWN NOSAVE to Redis at redis:6379"), "{step:#?}");
+        assert!(output.contains("restarted on the restored file"), "{step:#?}");
         assert!(
-            output.contains(&format!("restarted with {keys_before} keys")),
+            output.contains(&format!("holds {keys_before} keys, as the snapshot")),
             "{step:#?}"
         );
         let ready = status
@@ -566,7 +527,7 @@ spec:
             .arg("restore")
             .query(&mut con)
             .unwrap();
-        let store_dir = backup_volume(&client, &ns).await.join("redis");
+        let store_dir = support::backup_volume(&client, &ns).await.join("redis");
         let store = Store::open(&store_dir).unwrap();
         let manifest = store.list().unwrap().snapshots[0].clone();
         let file = store_dir.join(&manifest.file);
@@ -594,7 +555,7 @@ spec:
             output.contains(&manifest.id),
             "the snapshot is named: {output}"
         );
-        assert!(output.contains("refusing to restore"), "{output}");
+        assert!(output.contains("no snapshot verified"), "{output}");
         assert!(!output.contains("SHUTDOWN"), "{output}");
         let ready = status
             .conditions

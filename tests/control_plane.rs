@@ -129,7 +129,7 @@ async fn crds_accept_a_valid_recovery_and_reject_invalid_ones_naming_the_field()
         );
         let error = create_dr(&client, &ns, "both", &both).await.unwrap_err();
         assert!(
-            error.contains("spec.steps[1]") && error.contains("exactly one of command, args or restore"),
+            error.contains("spec.steps[1]") && error.contains("exactly one of command, args, restore or probe"),
             "{error}"
         );
 

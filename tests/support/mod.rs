@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures::FutureExt;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{Condition, await_condition};
 use kube::{Api, Client, Config, Resource};
@@ -361,4 +361,49 @@ pub async fn http_get(host: &str, port: u16, path: &str) -> (String, String) {
         head.lines().next().unwrap_or_default().to_string(),
         body.to_string(),
     )
+}
+
+/// Where the node keeps the volume bound to a claim (local-path makes hostPath volumes).
+pub async fn claim_path(client: &Client, ns: &str, claim: &str) -> PathBuf {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let bound = wait_for(
+        &claims,
+        claim,
+        "the claim to be bound",
+        Duration::from_secs(120),
+        |c: Option<&PersistentVolumeClaim>| {
+            c.and_then(|c| c.spec.as_ref()?.volume_name.as_ref())
+                .is_some()
+        },
+    )
+    .await;
+    let volume = bound.spec.and_then(|s| s.volume_name).unwrap();
+    let pv = Api::<PersistentVolume>::all(client.clone())
+        .get(&volume)
+        .await
+        .unwrap();
+    let spec = pv.spec.unwrap();
+    let path = spec
+        .host_path
+        .map(|h| h.path)
+        .or(spec.local.map(|l| l.path))
+        .unwrap_or_else(|| panic!("volume {volume} has no path on the node"));
+    PathBuf::from(path)
+}
+
+/// The operator's backup volume on the node: the chart's claim `<release>-backups`.
+pub async fn backup_volume(client: &Client, ns: &str) -> PathBuf {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let of_chart = ListParams::default().labels("app.kubernetes.io/part-of=titan-dr");
+    let names: Vec<String> = claims
+        .list(&of_chart)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .filter(|n| n.ends_with("-backups"))
+        .collect();
+    assert_eq!(names.len(), 1, "the chart's backup claim: {names:?}");
+    claim_path(client, ns, &names[0]).await
 }

@@ -1,0 +1,282 @@
+//! Titan on Kubernetes (examples/titan/kubernetes), as the example ships it: the system in
+//! the namespace `titan`, its recovery kit in `titan-recovery`, the operator installed by its
+//! chart into a namespace of its own. The namespace `titan` is deleted, the recovery applied,
+//! and the system must come back with its data; then a tampered newest snapshot is skipped
+//! for the previous one, an all-tampered store restores nothing, and the restore's rights are
+//! those of the step's own ServiceAccount.
+//!
+//! The example's namespaces are fixed, so this one test owns them; it deletes them first.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client, ResourceExt};
+use titan_dr::api::disaster_recovery::{RunPhase, StepPhase};
+use titan_dr::api::{Backup, DisasterRecovery};
+use titan_dr::backup::{BackupKey, Store};
+
+const KIT: &str = "examples/titan/kubernetes";
+const TITAN: &str = "titan";
+const RECOVERY: &str = "titan-recovery";
+/// The example's Redis password, with characters that break naive URLs.
+const PASSWORD: &str = "titan/example%password#1";
+const LIMIT: Duration = Duration::from_secs(300);
+
+fn kubectl(args: &[&str]) -> String {
+    support::run(
+        Command::new(support::kubectl())
+            .args(args)
+            .current_dir(support::root())
+            .env("KUBECONFIG", support::kubeconfig()),
+    )
+}
+
+async fn delete_namespace(client: &Client, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let Ok(Some(namespace)) = namespaces.get_opt(name).await else {
+        return;
+    };
+    let _ = namespaces.delete(name, &DeleteParams::background()).await;
+    let uid = namespace.uid().unwrap();
+    let gone = await_condition(namespaces, name, conditions::is_deleted(&uid));
+    tokio::time::timeout(LIMIT, gone)
+        .await
+        .unwrap_or_else(|_| panic!("namespace {name} is deleted in time"))
+        .unwrap();
+}
+
+/// A connection to Titan's Redis, at its pod's IP.
+async fn redis(client: &Client) -> redis::Connection {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), TITAN);
+    let pod = support::wait_for(
+        &pods,
+        "titan-redis-0",
+        "Redis's pod IP",
+        LIMIT,
+        |p: Option<&Pod>| p.and_then(|p| p.status.as_ref()?.pod_ip.as_ref()).is_some(),
+    )
+    .await;
+    let ip = pod.status.unwrap().pod_ip.unwrap();
+    titan_dr::backup::restore::redis_client(&format!("{ip}:6379"), Some(PASSWORD))
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(10))
+        .unwrap()
+}
+
+/// Every key with its serialized value and absolute expiry (ms, -1 for none).
+fn dataset(con: &mut redis::Connection) -> BTreeMap<String, (Vec<u8>, i64)> {
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(con).unwrap();
+    keys.into_iter()
+        .filter_map(|key| {
+            let dump: Option<Vec<u8>> = redis::cmd("DUMP").arg(&key).query(con).unwrap();
+            let expiry: i64 = redis::cmd("PEXPIRETIME").arg(&key).query(con).unwrap();
+            // A key that expired since KEYS listed it is gone.
+            Some((key, (dump?, expiry)))
+        })
+        .collect()
+}
+
+fn run_ended(run: &'static str) -> impl Fn(Option<&DisasterRecovery>) -> bool {
+    move |dr| {
+        dr.and_then(|d| d.status.as_ref()).is_some_and(|s| {
+            s.run_id.as_deref() == Some(run)
+                && matches!(s.phase, Some(RunPhase::Succeeded | RunPhase::Failed))
+        })
+    }
+}
+
+/// A DisasterRecovery in the recovery namespace of one restore step of the Redis Backup.
+fn restore_only(name: &str, account: &str) -> DisasterRecovery {
+    serde_yaml::from_str(&format!(
+        "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {{name: {name}}}\nspec:\n  scenario: database-corruption\n  targetNamespace: titan\n  template: {{serviceAccountName: {account}}}\n  steps:\n    - name: restore-redis\n      timeout: 3m\n      restore: {{backup: redis, redis: {{address: 'titan-redis.titan.svc:6379', wait: 60s}}}}\n"
+    ))
+    .unwrap()
+}
+
+/// Runs `dr` once, as a new resource (deleting an earlier one of that name first).
+async fn run_once(drs: &Api<DisasterRecovery>, dr: &DisasterRecovery) -> DisasterRecovery {
+    let name = dr.name_any();
+    if let Ok(Some(old)) = drs.get_opt(&name).await {
+        let _ = drs.delete(&name, &DeleteParams::foreground()).await;
+        let uid = old.uid().unwrap();
+        let gone = await_condition(drs.clone(), &name, conditions::is_deleted(&uid));
+        tokio::time::timeout(LIMIT, gone).await.unwrap().unwrap();
+    }
+    drs.create(&PostParams::default(), dr).await.unwrap();
+    support::wait_for(drs, &name, "run 1", LIMIT, run_ended("1")).await
+}
+
+fn flip_a_byte(file: &Path) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(file, bytes).unwrap();
+}
+
+#[tokio::test]
+async fn a_deleted_titan_namespace_comes_back_from_its_snapshots_with_its_data() {
+    support::with_namespace(|client, ns| async move {
+        delete_namespace(&client, TITAN).await;
+        delete_namespace(&client, RECOVERY).await;
+        let _operator =
+            support::Operator::install_with(&ns, &["operator.watchNamespace=titan-recovery"]).await;
+
+        // The system, running, with data: some keys expire before the recovery restores them.
+        kubectl(&["apply", "--server-side", "-k", &format!("{KIT}/titan")]);
+        for workload in kubectl(&["-n", TITAN, "get", "deployments,statefulsets", "-o", "name"]).lines() {
+            kubectl(&["-n", TITAN, "rollout", "status", workload, "--timeout=180s"]);
+        }
+        let mut con = redis(&client).await;
+        for i in 0..3000 {
+            let _: () = redis::pipe()
+                .set(format!("order:{i}"), format!("{{\"id\":{i}}}"))
+                .hset(format!("position:{}", i % 300), format!("f{i}"), i)
+                .query(&mut con)
+                .unwrap();
+        }
+        for i in 0..200 {
+            let _: () = redis::cmd("SET").arg(format!("session:{i}")).arg(i).arg("EX").arg(3600).query(&mut con).unwrap();
+        }
+        for i in 0..50 {
+            let _: () = redis::cmd("SET").arg(format!("quote:{i}")).arg(i).arg("EX").arg(12).query(&mut con).unwrap();
+        }
+
+        // The recovery kit: its Backups snapshot Redis and the configuration at once.
+        kubectl(&["create", "namespace", RECOVERY]);
+        let key = BackupKey::generate().to_key_file();
+        kubectl(&["-n", RECOVERY, "create", "secret", "generic", "titan-backup-key", &format!("--from-literal=key={key}")]);
+        kubectl(&["apply", "--server-side", "-k", KIT]);
+        let backups: Api<Backup> = Api::namespaced(client.clone(), RECOVERY);
+        for name in ["redis", "config"] {
+            support::wait_for(&backups, name, "a snapshot", LIMIT, |b: Option<&Backup>| {
+                b.and_then(|b| b.status.as_ref()).is_some_and(|s| !s.snapshots.is_empty())
+            })
+            .await;
+        }
+        let redis_backup = backups.get("redis").await.unwrap();
+        let first = &redis_backup.status.as_ref().unwrap().snapshots[0];
+        assert_eq!(first.keys, Some(3000 + 300 + 200 + 50), "every key is in the snapshot");
+        let config = backups.get("config").await.unwrap();
+        // Five ConfigMaps and the Redis password.
+        assert_eq!(config.status.unwrap().snapshots[0].keys, Some(6));
+        let before: BTreeMap<_, _> = dataset(&mut con)
+            .into_iter()
+            .filter(|(key, _)| !key.starts_with("quote:"))
+            .collect();
+        assert_eq!(before.len(), 3500);
+
+        // The disaster, then the recovery.
+        delete_namespace(&client, TITAN).await;
+        kubectl(&["-n", RECOVERY, "apply", "-f", &format!("{KIT}/recovery/recovery.yaml")]);
+        let drs: Api<DisasterRecovery> = Api::namespaced(client.clone(), RECOVERY);
+        let done = support::wait_for(&drs, "complete-system-failure", "the recovery", LIMIT, run_ended("1")).await;
+        let status = done.status.unwrap();
+        let failed: Vec<_> = status.steps.iter().filter(|s| s.phase != StepPhase::Succeeded).collect();
+        assert!(failed.is_empty(), "{failed:#?}");
+        assert_eq!(status.phase, Some(RunPhase::Succeeded));
+        let condition = |kind: &str| {
+            let c = status.conditions.iter().find(|c| c.type_ == kind).unwrap_or_else(|| panic!("no {kind}"));
+            (c.status.clone(), c.reason.clone(), c.message.clone())
+        };
+        for kind in ["Ready", "Validated", "RTOMet", "RPOMet"] {
+            assert_eq!(condition(kind).0, "True", "{kind}: {:?}", condition(kind));
+        }
+        for validation in ["processes-online", "redis-connectivity", "websocket-connections", "trading-status"] {
+            let (state, reason, message) = condition(&format!("validation.dr.titan.io/{validation}"));
+            assert_eq!((state.as_str(), reason.as_str()), ("True", "Passed"), "{validation}: {message}");
+        }
+        let restore = status.steps.iter().find(|s| s.name == "restore-redis").unwrap();
+        let output = restore.output.clone().unwrap_or_default();
+        // The newest snapshot taken before the run started (the schedule may have added one).
+        let restored = output
+            .split("verified snapshot ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no verified snapshot named: {output}"));
+        let started = titan_dr::backup::manifest::snapshot_id(status.started_at.clone().unwrap().0);
+        let taken = backups.get("redis").await.unwrap().status.unwrap().snapshots;
+        let newest_before = taken.iter().map(|s| s.id.as_str()).filter(|id| *id <= started.as_str()).max();
+        assert_eq!(Some(restored), newest_before, "{output}");
+        assert!(output.contains("50 expired since"), "{output}");
+        assert!(output.contains("holds"), "{output}");
+
+        // Every Deployment Available, and the data as it was, less what expired meanwhile.
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), TITAN);
+        let listed = deployments.list(&ListParams::default()).await.unwrap();
+        assert_eq!(listed.items.len(), 5);
+        for d in &listed.items {
+            let available = d.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
+                c.iter().any(|c| {
+                    c.type_.as_deref() == Some("Available") && c.status.as_deref() == Some("True")
+                })
+            });
+            assert!(available, "{} is Available", d.name_any());
+        }
+        let mut con = redis(&client).await;
+        assert_eq!(dataset(&mut con), before, "the restored data");
+
+        // Snapshots stop being taken, so the store stays as the test leaves it.
+        let unscheduled = serde_json::json!({"spec": {"schedule": null}});
+        backups.patch("redis", &PatchParams::default(), &Patch::Merge(&unscheduled)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let store_dir = support::backup_volume(&client, &ns).await.join("titan/redis");
+        let store = Store::open(&store_dir).unwrap();
+        let snapshots = store.list().unwrap().snapshots;
+        assert!(snapshots.len() >= 2, "{} snapshots", snapshots.len());
+        let (newest, previous) = (&snapshots[0], &snapshots[1]);
+
+        // The newest snapshot tampered with: the restore names it, skips it and restores the
+        // previous one, with the step's own ServiceAccount.
+        flip_a_byte(&store_dir.join(&newest.file));
+        let _: () = redis::cmd("SET").arg("written-after-the-recovery").arg(1).query(&mut con).unwrap();
+        let again = run_once(&drs, &restore_only("restore-redis", "titan-recovery")).await;
+        let step = &again.status.unwrap().steps[0];
+        assert_eq!(step.phase, StepPhase::Succeeded, "{step:#?}");
+        let output = step.output.clone().unwrap_or_default();
+        assert!(output.contains(&format!("refusing snapshot {}", newest.id)), "{output}");
+        assert!(output.contains(&format!("verified snapshot {}", previous.id)), "{output}");
+        let mut con = redis(&client).await;
+        let gone: Option<String> = redis::cmd("GET").arg("written-after-the-recovery").query(&mut con).unwrap();
+        assert_eq!(gone, None, "Redis holds the previous snapshot");
+
+        // Every snapshot tampered with: nothing is restored and Redis is untouched.
+        for snapshot in &snapshots[1..] {
+            flip_a_byte(&store_dir.join(&snapshot.file));
+        }
+        let _: () = redis::cmd("SET").arg("precious").arg("yes").query(&mut con).unwrap();
+        let untouched = dataset(&mut con);
+        let refused = run_once(&drs, &restore_only("restore-redis", "titan-recovery")).await;
+        let status = refused.status.unwrap();
+        assert_eq!(status.phase, Some(RunPhase::Failed));
+        let output = status.steps[0].output.clone().unwrap_or_default();
+        assert!(output.contains("no snapshot verified"), "{output}");
+        assert_eq!(dataset(&mut redis(&client).await), untouched, "Redis is untouched");
+
+        // Another account of the namespace may not read the snapshots; the recovery's own
+        // account may not write outside `titan`.
+        let foreign = run_once(&drs, &restore_only("restore-as-default", "default")).await;
+        let output = foreign.status.unwrap().steps[0].output.clone().unwrap_or_default();
+        assert!(output.contains("403"), "{output}");
+        assert!(output.contains("may not get backups/snapshots of titan-recovery/redis"), "{output}");
+        let escape: DisasterRecovery = serde_yaml::from_str(&format!(
+            "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {{name: escape}}\nspec:\n  scenario: escape\n  template: {{image: {}, serviceAccountName: titan-recovery}}\n  steps: [{{name: write-elsewhere, command: 'kubectl -n titan-recovery create configmap escape --from-literal=a=b'}}]\n",
+            support::TOOLBOX
+        ))
+        .unwrap();
+        let escaped = run_once(&drs, &escape).await;
+        let output = escaped.status.unwrap().steps[0].output.clone().unwrap_or_default();
+        assert!(output.contains("writes only to the namespace titan"), "{output}");
+
+        delete_namespace(&client, TITAN).await;
+        delete_namespace(&client, RECOVERY).await;
+    })
+    .await;
+}
