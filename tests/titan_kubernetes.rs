@@ -14,14 +14,18 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use titan_dr::api::disaster_recovery::{RunPhase, StepPhase};
 use titan_dr::api::{Backup, DisasterRecovery};
 use titan_dr::backup::{BackupKey, Store};
+use titan_dr::job::LABEL_STEP;
 
 const KIT: &str = "examples/titan/kubernetes";
 const TITAN: &str = "titan";
@@ -114,6 +118,37 @@ async fn run_once(drs: &Api<DisasterRecovery>, dr: &DisasterRecovery) -> Disaste
     support::wait_for(drs, &name, "run 1", LIMIT, run_ended("1")).await
 }
 
+fn job_complete(job: &Job) -> bool {
+    let conditions = job.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c.type_ == "Complete" && c.status == "True")
+    })
+}
+
+/// Job events in the order the API server recorded them: (job, appeared | completed).
+async fn record_job_events(
+    client: Client,
+    ns: String,
+    out: std::sync::Arc<std::sync::Mutex<Vec<(String, &'static str)>>>,
+) {
+    let jobs: Api<Job> = Api::namespaced(client, &ns);
+    let mut seen_complete = std::collections::BTreeSet::new();
+    let mut stream = watcher(jobs, watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    let mut known = std::collections::BTreeSet::new();
+    while let Some(Ok(job)) = stream.next().await {
+        let name = job.labels().get(LABEL_STEP).cloned().unwrap_or_default();
+        if known.insert(name.clone()) {
+            out.lock().unwrap().push((name.clone(), "appeared"));
+        }
+        if job_complete(&job) && seen_complete.insert(name.clone()) {
+            out.lock().unwrap().push((name, "completed"));
+        }
+    }
+}
+
 fn flip_a_byte(file: &Path) {
     let mut bytes = std::fs::read(file).unwrap();
     let middle = bytes.len() / 2;
@@ -175,9 +210,12 @@ async fn a_deleted_titan_namespace_comes_back_from_its_snapshots_with_its_data()
 
         // The disaster, then the recovery.
         delete_namespace(&client, TITAN).await;
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorder = tokio::spawn(record_job_events(client.clone(), RECOVERY.into(), events.clone()));
         kubectl(&["-n", RECOVERY, "apply", "-f", &format!("{KIT}/recovery/recovery.yaml")]);
         let drs: Api<DisasterRecovery> = Api::namespaced(client.clone(), RECOVERY);
         let done = support::wait_for(&drs, "complete-system-failure", "the recovery", LIMIT, run_ended("1")).await;
+        recorder.abort();
         let status = done.status.unwrap();
         let failed: Vec<_> = status.steps.iter().filter(|s| s.phase != StepPhase::Succeeded).collect();
         assert!(failed.is_empty(), "{failed:#?}");
@@ -208,6 +246,37 @@ async fn a_deleted_titan_namespace_comes_back_from_its_snapshots_with_its_data()
         assert!(output.contains("50 expired since"), "{output}");
         assert!(output.contains("holds"), "{output}");
 
+        // In dependency order, the three phases side by side.
+        let events = events.lock().unwrap().clone();
+        let at = |step: &str, what: &str| {
+            events
+                .iter()
+                .position(|(s, w)| s == step && *w == what)
+                .unwrap_or_else(|| panic!("no {what} event for {step}: {events:?}"))
+        };
+        let phases = [
+            "start-titan-phase1",
+            "start-titan-phase2",
+            "start-titan-phase3",
+        ];
+        for phase in phases {
+            assert!(
+                at("start-titan-shared", "completed") < at(phase, "appeared"),
+                "{phase} before shared: {events:?}"
+            );
+        }
+        let last_appeared = phases.iter().map(|p| at(p, "appeared")).max().unwrap();
+        let first_completed = phases.iter().map(|p| at(p, "completed")).min().unwrap();
+        assert!(
+            last_appeared < first_completed,
+            "phase1/2/3 Jobs did not exist at the same time: {events:?}"
+        );
+        assert!(at("start-redis", "completed") < at("start-titan-brain", "appeared"));
+        assert!(at("start-titan-brain", "completed") < at("start-titan-shared", "appeared"));
+        assert!(
+            at("validate-services-running", "completed") < at("redis-connectivity", "appeared")
+        );
+
         // Every Deployment Available, and the data as it was, less what expired meanwhile.
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), TITAN);
         let listed = deployments.list(&ListParams::default()).await.unwrap();
@@ -223,7 +292,12 @@ async fn a_deleted_titan_namespace_comes_back_from_its_snapshots_with_its_data()
         let mut con = redis(&client).await;
         assert_eq!(dataset(&mut con), before, "the restored data");
 
-        // Snapshots stop being taken, so the store stays as the test leaves it.
+        // Two snapshots at least (the schedule takes one a minute), then no more, so the store
+        // stays as the test leaves it.
+        support::wait_for(&backups, "redis", "a second snapshot", LIMIT, |b: Option<&Backup>| {
+            b.and_then(|b| b.status.as_ref()).is_some_and(|s| s.snapshots.len() >= 2)
+        })
+        .await;
         let unscheduled = serde_json::json!({"spec": {"schedule": null}});
         backups.patch("redis", &PatchParams::default(), &Patch::Merge(&unscheduled)).await.unwrap();
         tokio::time::sleep(Duration::from_secs(2)).await;
