@@ -21,23 +21,14 @@ use sha2::{Digest, Sha256};
 
 use crate::api::disaster_recovery::{JobTemplate, RedisRestart, RestoreStep, Step};
 use crate::api::{Backup, DisasterRecovery};
-use crate::backup::remote::AUDIENCE;
+use crate::names::{AUDIENCE, REDIS_PASSWORD_ENV};
 use crate::plan::{StepKind, parse_duration};
-use crate::probe::{Probe, REDIS_PASSWORD_ENV};
+use crate::probe::Probe;
 
-pub const LABEL_RECOVERY: &str = "dr.titan.io/recovery";
-pub const LABEL_RUN: &str = "dr.titan.io/run";
-pub const LABEL_STEP: &str = "dr.titan.io/step";
-pub const LABEL_KIND: &str = "dr.titan.io/kind";
-pub const LABEL_ATTEMPT: &str = "dr.titan.io/attempt";
-/// Every attempt's environment says which attempt it is (1 for the first): a step can tell a
-/// retry from its first run. Set the same way by the local executor.
-pub const ATTEMPT_ENV: &str = "TITAN_ATTEMPT";
-/// The namespace the scenario recovers (`spec.targetNamespace`, default the resource's own),
-/// so that one runbook's commands work wherever it is pointed, a drill's namespace included.
-pub const TARGET_NAMESPACE_ENV: &str = "TITAN_TARGET_NAMESPACE";
-/// Keeps a cluster-autoscaler scale-down from evicting a recovery step.
-pub const SAFE_TO_EVICT: &str = "cluster-autoscaler.kubernetes.io/safe-to-evict";
+pub use crate::names::{
+    ATTEMPT_ENV, LABEL_ATTEMPT, LABEL_KIND, LABEL_RECOVERY, LABEL_RUN, LABEL_STEP, SAFE_TO_EVICT,
+    TARGET_NAMESPACE_ENV,
+};
 
 /// The emptyDir through which the init container hands titan-step to the step's container.
 pub const TITAN_STEP_VOLUME: &str = "titan-step";

@@ -8,6 +8,7 @@ pub mod controller;
 pub mod expect;
 pub mod job;
 pub mod local;
+pub mod names;
 pub mod operator;
 pub mod plan;
 pub mod probe;

@@ -13,13 +13,13 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 
 use crate::api::{Backup, DisasterRecovery};
 use crate::controller::{Context, backup, disaster_recovery, measured};
-use crate::job::LABEL_RECOVERY;
+use crate::job::{JobSetup, LABEL_RECOVERY};
 use crate::snapshot_server::SnapshotServer;
-use crate::telemetry;
+use crate::telemetry::{self, Metrics};
 
 /// Operator settings; every flag can also be set from the environment.
 #[derive(clap::Args, Debug, Clone)]
@@ -84,13 +84,20 @@ pub fn init_tracing() {
         .init();
 }
 
+/// The operator's watches, each feeding a cache that reconciles read instead of listing.
+struct Caches {
+    jobs: reflector::Store<Job>,
+    pods: reflector::Store<Pod>,
+    backups: reflector::Store<Backup>,
+}
+
 /// Runs the controllers until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let client = Client::try_default().await?;
-    let ctx = Arc::new(Context::new(client.clone(), &config));
+    let metrics = Arc::new(Metrics::default());
+    let client = telemetry::counted_client(kube::Config::infer().await?, metrics.clone())?;
     // Up before the CRDs are: /healthz answers while /readyz waits.
     let listener = tokio::net::TcpListener::bind(config.metrics_addr).await?;
-    tokio::spawn(telemetry::serve(listener, ctx.metrics.clone()));
+    tokio::spawn(telemetry::serve(listener, metrics.clone()));
     let snapshots = SnapshotServer {
         client: client.clone(),
         backup_dir: config.backup_dir.clone(),
@@ -99,33 +106,63 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let version = client.apiserver_version().await?;
     tracing::info!(version = %version.git_version, "connected to the API server");
     wait_for_crds(&client, Duration::from_secs(config.crd_wait_seconds)).await?;
-    ctx.metrics
+    metrics
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!("titan-dr operator started");
 
-    let (recoveries, jobs): (Api<DisasterRecovery>, Api<Job>) =
-        match config.namespace.as_deref().filter(|ns| !ns.is_empty()) {
+    let namespace = config.namespace.clone().filter(|ns| !ns.is_empty());
+    let api = |client: &Client| -> (Api<DisasterRecovery>, Api<Job>, Api<Pod>, Api<Backup>) {
+        match namespace.as_deref() {
             Some(ns) => (
                 Api::namespaced(client.clone(), ns),
                 Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
             ),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-        };
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        }
+    };
+    let (recoveries, jobs, pods, backups) = api(&client);
     // Only the Jobs this operator made, and their Pods, are watched (and cached).
-    let owned_jobs = watcher::Config::default().labels(LABEL_RECOVERY);
-    let backups: Api<Backup> = match config.namespace.as_deref().filter(|ns| !ns.is_empty()) {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+    let owned = watcher::Config::default().labels(LABEL_RECOVERY);
+    let (job_cache, job_writer) = reflector::store();
+    let (pod_cache, pod_writer) = reflector::store();
+    let (backup_cache, backup_writer) = reflector::store();
+    let job_events = watcher(jobs, owned.clone())
+        .default_backoff()
+        .reflect(job_writer)
+        .applied_objects();
+    let pod_events = watcher(pods, owned)
+        .default_backoff()
+        .reflect(pod_writer)
+        .applied_objects();
+    let backup_events = watcher(backups.clone(), watcher::Config::default())
+        .default_backoff()
+        .reflect(backup_writer)
+        .applied_objects();
+    let caches = Caches {
+        jobs: job_cache,
+        pods: pod_cache,
+        backups: backup_cache,
     };
-    let pods: Api<Pod> = match config.namespace.as_deref().filter(|ns| !ns.is_empty()) {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let recovery_controller = Controller::new(recoveries, watcher::Config::default())
-        .owns(jobs, owned_jobs.clone())
+    let ctx = Arc::new(context(client.clone(), &config, metrics, caches));
+
+    let recovery_controller = Controller::new(recoveries, watcher::Config::default());
+    let recovery_cache = recovery_controller.store();
+    let recovery_controller = recovery_controller
+        .owns_stream(job_events)
         // A pod that cannot start changes itself, not its Job: its changes wake the run too.
-        .watches(pods, owned_jobs, recovery_of_pod)
+        .watches_stream(pod_events, recovery_of_pod)
+        // A Backup's new snapshot changes RPOMet and what a restore step restores.
+        .watches_stream(backup_events, move |backup: Backup| {
+            recoveries_listing(&recovery_cache, &backup)
+        })
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .shutdown_on_signal()
         .run(
@@ -146,6 +183,53 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     futures::join!(recovery_controller, backup_controller);
     tracing::info!("titan-dr operator stopped");
     Ok(())
+}
+
+/// The DisasterRecoveries that list `backup` in `spec.backups` or restore it in a step.
+fn recoveries_listing(
+    recoveries: &reflector::Store<DisasterRecovery>,
+    backup: &Backup,
+) -> Vec<ObjectRef<DisasterRecovery>> {
+    let (ns, name) = (backup.namespace(), backup.name_any());
+    recoveries
+        .state()
+        .into_iter()
+        .filter(|dr| dr.namespace() == ns)
+        .filter(|dr| {
+            let restores = dr
+                .spec
+                .steps
+                .iter()
+                .filter_map(|s| s.restore.as_ref())
+                .any(|r| r.backup == name);
+            restores || dr.spec.backups.contains(&name)
+        })
+        .map(|dr| ObjectRef::from_obj(dr.as_ref()))
+        .collect()
+}
+
+/// What the controllers get from this configuration.
+fn context(client: Client, config: &Config, metrics: Arc<Metrics>, caches: Caches) -> Context {
+    Context {
+        recorder: Context::recorder(&client),
+        client,
+        keep_runs: config.keep_runs,
+        pod_start_grace: config.pod_start_grace,
+        backup_dir: config.backup_dir.clone(),
+        job_setup: JobSetup {
+            operator_image: config.operator_image.clone(),
+            titan_dr_command: config.restore_command.clone(),
+            titan_step_path: config.titan_step_path.clone(),
+            default_timeout: config.default_step_timeout,
+            restore: None,
+        },
+        snapshot_url: config.snapshot_url.clone(),
+        jobs: caches.jobs,
+        pods: caches.pods,
+        backups: caches.backups,
+        failures: Default::default(),
+        metrics,
+    }
 }
 
 /// The DisasterRecovery a step's Pod belongs to, from its labels.

@@ -622,3 +622,87 @@ async fn a_step_whose_job_the_api_server_refuses_fails_saying_why() {
     })
     .await;
 }
+
+/// The operator's counters of API requests by (verb, resource), and its DisasterRecovery
+/// reconciles, from its `/metrics`.
+async fn request_counts(pod_ip: &str) -> (BTreeMap<(String, String), u64>, u64) {
+    let (_, body) = support::http_get(pod_ip, 8080, "/metrics").await;
+    let mut requests = BTreeMap::new();
+    let mut reconciles = 0;
+    for line in body.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: u64 = value.parse().unwrap_or(0);
+        if let Some(labels) = series.strip_prefix("titan_dr_kube_requests_total{") {
+            let label = |name: &str| {
+                labels
+                    .split(',')
+                    .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
+                    .map(|v| v.trim_end_matches(['"', '}']).to_string())
+                    .unwrap_or_default()
+            };
+            requests.insert((label("verb"), label("resource")), value);
+        }
+        if series == r#"titan_dr_reconciles_total{controller="disaster_recovery"}"# {
+            reconciles = value;
+        }
+    }
+    (requests, reconciles)
+}
+
+#[tokio::test]
+async fn a_reconcile_of_a_finished_unchanged_recovery_writes_and_lists_nothing() {
+    support::with_namespace(|client, ns| async move {
+        let operator = support::Operator::install(&ns).await;
+        let dr = scenario("quiet", "    - {name: only, command: 'echo done'}", "", "");
+        let api = create(&client, &ns, &dr).await;
+        let status = wait_finished(&api, "quiet").await;
+        assert_eq!(status.phase, Some(RunPhase::Succeeded));
+        // Let the operator's own status write come back through its watch.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let status = api.get("quiet").await.unwrap().status.unwrap();
+        let ip = operator.pod_ip();
+        let (before, reconciles) = request_counts(&ip).await;
+        assert!(
+            before.keys().any(|(verb, _)| verb == "create"),
+            "requests are counted: {before:?}"
+        );
+
+        // A change that is not the operator's wakes it; the run is over and stays so.
+        let label = serde_json::json!({"metadata": {"labels": {"touched": "yes"}}});
+        api.patch("quiet", &PatchParams::default(), &Patch::Merge(&label))
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + LIMIT;
+        let after = loop {
+            let (after, now) = request_counts(&ip).await;
+            if now > reconciles {
+                break after;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no reconcile after the change"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let changed: Vec<_> = after
+            .iter()
+            .filter(|((verb, resource), n)| {
+                verb != "watch"
+                    && before
+                        .get(&(verb.clone(), resource.clone()))
+                        .copied()
+                        .unwrap_or(0)
+                        != **n
+            })
+            .collect();
+        assert!(
+            changed.is_empty(),
+            "the reconcile made requests: {changed:?}"
+        );
+        let status_after = api.get("quiet").await.unwrap().status.unwrap();
+        assert_eq!(status_after, status, "the status is as it was");
+    })
+    .await;
+}

@@ -8,9 +8,7 @@ use serde::{Deserialize, Serialize};
 /// A retention age: Go duration syntax plus days (`7d`, `36h`).
 pub const AGE_PATTERN: &str = r"^([0-9]+(d|h|m|s))+$";
 /// Five cron fields, or a CronJob macro such as `@daily`.
-/// The annotation by which a namespace lets Backups of other namespaces snapshot its
-/// ConfigMaps and Secrets.
-pub const BACKUP_NAMESPACES_ANNOTATION: &str = "dr.titan.io/backup-namespaces";
+pub use crate::names::BACKUP_NAMESPACES_ANNOTATION;
 pub const CRON_PATTERN: &str =
     r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\s+){4}\S+)$";
 

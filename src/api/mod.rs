@@ -9,8 +9,7 @@ pub use disaster_recovery::{DisasterRecovery, DisasterRecoverySpec, DisasterReco
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-/// API group of every resource of the operator.
-pub const GROUP: &str = "dr.titan.io";
+pub use crate::names::GROUP;
 
 /// Every CRD the operator serves.
 pub fn crds() -> Vec<CustomResourceDefinition> {

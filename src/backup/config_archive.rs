@@ -102,7 +102,7 @@ pub fn read(source: impl Read) -> std::io::Result<Vec<ArchivedObject>> {
 pub async fn apply(entries: Vec<ArchivedObject>, namespace: &str) -> anyhow::Result<Vec<String>> {
     use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
     let client = kube::Client::try_default().await?;
-    let params = PatchParams::apply(crate::controller::MANAGER).force();
+    let params = PatchParams::apply(crate::names::RESTORE_MANAGER).force();
     let mut applied = Vec::new();
     for entry in entries {
         let mut object: DynamicObject = serde_yaml::from_str(&entry.yaml)

@@ -1,5 +1,5 @@
-//! Snapshots over HTTP: the operator serves each Backup's snapshots (see
-//! [`crate::snapshot_server`]) to restore Jobs in any namespace, which cannot mount the
+//! Snapshots over HTTP: the operator serves each Backup's snapshots (its snapshot endpoint,
+//! `snapshot_server.rs`) to restore Jobs in any namespace, which cannot mount the
 //! operator's backup volume. This is the client: it lists a Backup's snapshots and downloads
 //! the files of one into a local folder, where the [`Store`](super::Store) verifies them
 //! exactly as it verifies its own.
@@ -14,9 +14,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-/// The audience of the tokens the operator accepts: tokens made for the API server are
-/// refused, and these are refused by the API server.
-pub const AUDIENCE: &str = "titan-dr";
+pub use crate::names::AUDIENCE;
 
 /// A Backup's snapshots as the operator lists them, newest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -136,6 +136,9 @@ pub fn choose(source: &SourceArgs, key: &BackupKey, which: &str) -> anyhow::Resu
                     refused,
                 });
             }
+            Err(err) if which != "latest" => {
+                bail!("refusing to restore snapshot {id}: {err}; the target is untouched");
+            }
             Err(err) => {
                 eprintln!("refusing snapshot {id}: {err}");
                 refused.push(err.to_string());
@@ -148,7 +151,7 @@ pub fn choose(source: &SourceArgs, key: &BackupKey, which: &str) -> anyhow::Resu
         }
     }
     bail!(
-        "no snapshot verified ({} refused); nothing was restored: {}",
+        "no snapshot verified ({} refused); nothing was restored, the target is untouched: {}",
         refused.len(),
         refused.join("; ")
     )

@@ -379,9 +379,9 @@ async fn write_status(
 }
 
 pub fn error_policy(backup: Arc<Backup>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.report_failure(backup.object_ref(&()), error);
+    ctx.clone().report_failure(backup.object_ref(&()), error);
     tracing::warn!(backup = %backup.name_any(), category = error.category(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(10))
+    Action::requeue(ctx.backoff(backup.as_ref(), Duration::from_secs(10)))
 }
 
 #[cfg(test)]

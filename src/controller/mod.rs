@@ -16,11 +16,15 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::Store;
+
+use crate::api::Backup;
 use crate::job::JobSetup;
 use crate::telemetry::Metrics;
 
-/// The field manager of every write the operator makes.
-pub const MANAGER: &str = "titan-dr-operator";
+pub use crate::names::OPERATOR_MANAGER as MANAGER;
 
 /// What every reconcile gets.
 pub struct Context {
@@ -35,33 +39,71 @@ pub struct Context {
     pub backup_dir: PathBuf,
     /// What every Job is built with; the controller adds the restore part for restore steps.
     pub job_setup: JobSetup,
+    /// The operator's caches of the Jobs it made, their Pods, and the Backups: reconciles read
+    /// these instead of listing.
+    pub jobs: Store<Job>,
+    pub pods: Store<Pod>,
+    pub backups: Store<Backup>,
+    /// Failures in a row per object, for [`Context::backoff`].
+    pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// The operator's snapshot endpoint as restore Jobs reach it.
     pub snapshot_url: Option<String>,
     pub metrics: Arc<Metrics>,
 }
 
+/// The longest wait between two attempts at an object whose reconciles keep failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// The wait after the `failures`-th failure in a row: `base`, doubling, at most 5 minutes.
+fn backoff_after(base: Duration, failures: u32) -> Duration {
+    base.saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
+}
+
+/// Identifies an object in [`Context::failures`].
+fn failure_key<K: kube::Resource<DynamicType = ()>>(object: &K) -> String {
+    let meta = object.meta();
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
 impl Context {
-    pub fn new(client: Client, config: &crate::operator::Config) -> Self {
+    /// How long to wait before reconciling `object` again after a failure: `base`, doubled
+    /// with each failure in a row of that object (reset by its next success), at most 5 min.
+    pub fn backoff<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        base: Duration,
+    ) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let count = failures.entry(failure_key(object)).or_insert(0);
+        *count = count.saturating_add(1);
+        backoff_after(base, *count)
+    }
+
+    /// Waits until the caches hold what the cluster had when they started: a decision made
+    /// on an empty cache would start again what has already run.
+    pub async fn caches_ready(&self) -> Result<(), Error> {
+        let closed = |what| move |_| Error::CacheClosed(what);
+        self.jobs.wait_until_ready().await.map_err(closed("Jobs"))?;
+        self.pods.wait_until_ready().await.map_err(closed("Pods"))?;
+        self.backups
+            .wait_until_ready()
+            .await
+            .map_err(closed("Backups"))
+    }
+
+    /// The Events recorder of this operator instance (`POD_NAME`, when in a pod).
+    pub fn recorder(client: &Client) -> Recorder {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
         };
-        Context {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            keep_runs: config.keep_runs,
-            pod_start_grace: config.pod_start_grace,
-            backup_dir: config.backup_dir.clone(),
-            job_setup: JobSetup {
-                operator_image: config.operator_image.clone(),
-                titan_dr_command: config.restore_command.clone(),
-                titan_step_path: config.titan_step_path.clone(),
-                default_timeout: config.default_step_timeout,
-                restore: None,
-            },
-            snapshot_url: config.snapshot_url.clone(),
-            metrics: Arc::default(),
-        }
+        Recorder::new(client.clone(), reporter)
     }
 }
 
@@ -73,11 +115,19 @@ pub async fn measured<K, Fut>(
     reconcile: impl FnOnce(Arc<K>, Arc<Context>) -> Fut,
 ) -> Result<Action, Error>
 where
+    K: kube::Resource<DynamicType = ()>,
     Fut: Future<Output = Result<Action, Error>>,
 {
     let started = Instant::now();
+    let key = failure_key(object.as_ref());
     let result = reconcile(object, ctx.clone()).await;
     let failure = result.as_ref().err().map(Error::category);
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+    }
     ctx.metrics
         .reconciled(controller, started.elapsed(), failure);
     result
@@ -139,6 +189,8 @@ pub enum Error {
     Prune(#[source] kube::Error),
     #[error("reading the backup store: {0}")]
     Backup(String),
+    #[error("the operator's cache of {0} stopped")]
+    CacheClosed(&'static str),
 }
 
 impl Error {
@@ -150,6 +202,20 @@ impl Error {
             Error::WriteStatus(_) => "WriteStatusFailed",
             Error::Prune(_) => "PruneFailed",
             Error::Backup(_) => "BackupStoreFailed",
+            Error::CacheClosed(_) => "CacheClosed",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_in_a_row_back_off_exponentially_up_to_five_minutes() {
+        let base = Duration::from_secs(5);
+        let waits: Vec<u64> = (1..=8).map(|n| backoff_after(base, n).as_secs()).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(backoff_after(base, u32::MAX), MAX_BACKOFF);
     }
 }

@@ -460,7 +460,7 @@ impl<'a> Run<'a> {
             .chain(&step.env)
             .filter(|e| e.value_from.is_none())
             .map(|EnvVar { name, value, .. }| (name.clone(), value.clone().unwrap_or_default()));
-        std::iter::once((crate::job::ATTEMPT_ENV.to_string(), attempt.to_string()))
+        std::iter::once((crate::names::ATTEMPT_ENV.to_string(), attempt.to_string()))
             .chain(literal)
             .collect()
     }

@@ -29,7 +29,7 @@ pub async fn check(probe: &KubernetesProbe) -> Result<String, ProbeError> {
     let namespace = probe
         .namespace
         .clone()
-        .or_else(|| std::env::var(crate::job::TARGET_NAMESPACE_ENV).ok())
+        .or_else(|| std::env::var(crate::names::TARGET_NAMESPACE_ENV).ok())
         .filter(|ns| !ns.is_empty())
         .unwrap_or_else(|| client.default_namespace().to_owned());
     let params = ListParams {

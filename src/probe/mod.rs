@@ -20,9 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::backup::SecretKeyRef;
 use crate::api::disaster_recovery::DURATION_PATTERN;
 
-/// The env var through which a redis probe gets its password: in the cluster the probe's Job
-/// sets it from `passwordSecretRef`; a local run takes it from its own environment.
-pub const REDIS_PASSWORD_ENV: &str = "TITAN_REDIS_PASSWORD";
+pub use crate::names::REDIS_PASSWORD_ENV;
 
 /// A check run by `titan-dr` itself instead of a command: set exactly one of `http`, `redis`
 /// or `kubernetes`. It runs in the operator's image (no `image` is needed) and its output and

@@ -24,6 +24,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
@@ -38,8 +39,7 @@ use crate::controller::{Context, Error, MANAGER};
 use crate::job::{LABEL_RECOVERY, LABEL_RUN, RestoreSetup, build_job, refused_job};
 use crate::plan::{Plan, RunState, StepKind, parse_duration};
 
-/// Changing this annotation's value starts a new run.
-pub const RUN_NOW: &str = "dr.titan.io/run-now";
+pub use crate::names::RUN_NOW;
 
 /// Safety net: a run in progress is looked at again this often even when no
 /// Job changes (Job changes normally wake it at once).
@@ -53,6 +53,7 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
     let name = dr.name_any();
     let drs: Api<DisasterRecovery> = Api::namespaced(ctx.client.clone(), &ns);
     let previous = dr.status.clone().unwrap_or_default();
+    ctx.caches_ready().await?;
 
     let plan = match validate(&dr) {
         Ok(plan) => plan,
@@ -104,17 +105,20 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
     }
     let run = base.run_id.clone().unwrap_or_default();
 
-    // Observe the run's Jobs.
+    // Observe the run's Jobs and Pods, from the operator's caches.
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-    let selector = format!("{LABEL_RECOVERY}={name},{LABEL_RUN}={run}");
-    let mut run_jobs = jobs
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(Error::Observe)?;
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut run_jobs: Vec<Job> = of_run(&ctx.jobs, &ns, &name, &run)
+        .iter()
+        .map(|job| job.as_ref().clone())
+        .collect();
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods = observe::RunPods {
+        cached: of_run(&ctx.pods, &ns, &name, &run),
+        api: &pods_api,
+    };
     // Attempts whose pod cannot start are failed on their Job first, so that
     // observe below, and any later operator, sees a failed attempt.
-    let recheck = stop_unstartable(&ctx, &ns, &selector, &pods, &mut run_jobs.items).await?;
+    let recheck = stop_unstartable(&ctx, &ns, &pods, &mut run_jobs).await?;
     let spec_steps: BTreeMap<&str, &Step> =
         all_steps(&dr).map(|(_, s)| (s.name.as_str(), s)).collect();
     let recorded: BTreeMap<&str, &StepStatus> = base
@@ -124,8 +128,7 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
         .chain(&base.rollback)
         .map(|s| (s.name.as_str(), s))
         .collect();
-    let mut observed =
-        observe::observe_steps(&pods, &run_jobs.items, &spec_steps, &recorded).await?;
+    let mut observed = observe::observe_steps(&pods, &run_jobs, &spec_steps, &recorded).await?;
 
     // Decide, and start what the plan allows.
     let mut state = RunState::default();
@@ -181,12 +184,33 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
     }
 
     let status = run_status(&ctx, &dr, base, &decision, &observed).await?;
-    announce_transitions(&ctx, &dr, &previous, &status).await;
     write_status(&drs, &name, &previous, &status).await?;
+    // After the write: an Event never tells of a transition the status does not hold.
+    announce_transitions(&ctx, &dr, &previous, &status).await;
     Ok(match decision.outcome {
         Some(_) => Action::await_change(),
         None => Action::requeue(recheck.max(SOONEST)),
     })
+}
+
+/// The cached objects (Jobs, Pods) of run `run` of recovery `name` in `ns`, by their labels.
+fn of_run<K>(store: &Store<K>, ns: &str, name: &str, run: &str) -> Vec<Arc<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .state()
+        .into_iter()
+        .filter(|o| o.meta().namespace.as_deref() == Some(ns))
+        .filter(|o| {
+            let labels = o.meta().labels.as_ref();
+            labels
+                .and_then(|l| l.get(LABEL_RECOVERY))
+                .map(String::as_str)
+                == Some(name)
+                && labels.and_then(|l| l.get(LABEL_RUN)).map(String::as_str) == Some(run)
+        })
+        .collect()
 }
 
 /// Stops the attempts among `jobs` whose pod cannot start, replacing their
@@ -195,8 +219,7 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
 async fn stop_unstartable(
     ctx: &Context,
     ns: &str,
-    selector: &str,
-    pods: &Api<Pod>,
+    pods: &observe::RunPods<'_>,
     jobs: &mut [Job],
 ) -> Result<Duration, Error> {
     let events: Api<Event> = Api::namespaced(ctx.client.clone(), ns);
@@ -204,7 +227,7 @@ async fn stop_unstartable(
     let now = Timestamp::now();
     let grace = ctx.pod_start_grace;
     let mut recheck = RECHECK;
-    for (index, verdict) in observe::pod_starts(pods, &events, selector, jobs, now, grace).await? {
+    for (index, verdict) in observe::pod_starts(pods, &events, jobs, now, grace).await? {
         match verdict {
             StartVerdict::Wait { recheck: None } => {}
             StartVerdict::Wait {
@@ -252,12 +275,17 @@ async fn restore_setup(
     backup: &str,
     not_after: Option<Timestamp>,
 ) -> Result<RestoreSetup, Error> {
-    let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), ns);
     Ok(RestoreSetup {
         snapshot_url: ctx.snapshot_url.clone(),
         not_after,
-        backup: backups.get_opt(backup).await.map_err(Error::Observe)?,
+        backup: cached_backup(ctx, ns, backup),
     })
+}
+
+/// The Backup `name` of namespace `ns`, as the operator's cache has it.
+fn cached_backup(ctx: &Context, ns: &str, name: &str) -> Option<Backup> {
+    let key = ObjectRef::<Backup>::new(name).within(ns);
+    ctx.backups.get(&key).map(|b| b.as_ref().clone())
 }
 
 /// The plan of a valid spec, or why the spec is invalid (naming the culprits).
@@ -377,12 +405,11 @@ async fn rpo_verdict(
         return Ok(unknown("NoBackups", "spec.backups lists no Backup".into()));
     }
     let limit = parse_duration(objective).unwrap_or_default();
-    let backups: Api<Backup> =
-        Api::namespaced(ctx.client.clone(), &dr.namespace().unwrap_or_default());
+    let ns = dr.namespace().unwrap_or_default();
     let mut ages = Vec::new();
     let mut met = true;
     for name in &dr.spec.backups {
-        let Some(backup) = backups.get_opt(name).await.map_err(Error::Observe)? else {
+        let Some(backup) = cached_backup(ctx, &ns, name) else {
             return Ok(unknown(
                 "BackupNotFound",
                 format!("Backup {name} does not exist"),
@@ -538,7 +565,7 @@ async fn announce_transitions(
 
 /// Invalid input waits for a change; anything else is retried soon.
 pub fn error_policy(dr: Arc<DisasterRecovery>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.report_failure(dr.object_ref(&()), error);
+    ctx.clone().report_failure(dr.object_ref(&()), error);
     tracing::warn!(dr = %dr.name_any(), category = error.category(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(ctx.backoff(dr.as_ref(), Duration::from_secs(5)))
 }

@@ -47,7 +47,7 @@ fn attempt_index(job: &Job) -> u32 {
 /// `recorded` is what status already says: a finished attempt recorded there
 /// under the same Job name is not judged again (its Pod may be gone by now).
 pub async fn observe_steps(
-    pods: &Api<Pod>,
+    pods: &RunPods<'_>,
     jobs: &[Job],
     steps: &BTreeMap<&str, &Step>,
     recorded: &BTreeMap<&str, &StepStatus>,
@@ -117,9 +117,8 @@ pub async fn observe_steps(
 /// unable to start, by index into `jobs`. One Pod list for the run (`selector`)
 /// when there is such an attempt; a Job's Events only while it has no Pod.
 pub async fn pod_starts(
-    pods: &Api<Pod>,
+    pods: &RunPods<'_>,
     events: &Api<Event>,
-    selector: &str,
     jobs: &[Job],
     now: Timestamp,
     grace: Duration,
@@ -130,17 +129,14 @@ pub async fn pod_starts(
     if open.is_empty() {
         return Ok(Vec::new());
     }
-    let run_pods = pods
-        .list(&ListParams::default().labels(selector))
-        .await
-        .map_err(Error::Observe)?
-        .items;
+    let run_pods = &pods.cached;
     let mut verdicts = Vec::with_capacity(open.len());
     for index in open {
         let job = &jobs[index];
         let uid = job.uid().unwrap_or_default();
         let of_job: Vec<&Pod> = run_pods
             .iter()
+            .map(AsRef::as_ref)
             .filter(|p| p.owner_references().iter().any(|o| o.uid == uid))
             .collect();
         let found = if pod_start::wants_events(job, &of_job, now) {
@@ -167,20 +163,55 @@ pub fn is_final(phase: StepPhase) -> bool {
     )
 }
 
-/// Exit code and output of a finished Job, from its Pod's terminated container.
-async fn finished_attempt(pods: &Api<Pod>, job: &str, timed_out: bool) -> Result<Finished, Error> {
-    let list = pods
-        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
-        .await
-        .map_err(Error::Observe)?;
-    let terminated = list.items.iter().find_map(|pod| {
-        pod.status
-            .as_ref()?
-            .container_statuses
-            .as_ref()?
-            .iter()
-            .find_map(|c| c.state.as_ref()?.terminated.clone())
-    });
+/// The Pods of one run: those the operator's cache holds, and the API for what it may not
+/// hold yet.
+pub struct RunPods<'a> {
+    pub cached: Vec<std::sync::Arc<Pod>>,
+    pub api: &'a Api<Pod>,
+}
+
+/// The terminated state of the step container of a Pod of `job`.
+fn terminated<'p>(
+    pods: impl IntoIterator<Item = &'p Pod>,
+    job: &str,
+) -> Option<k8s_openapi::api::core::v1::ContainerStateTerminated> {
+    pods.into_iter()
+        .filter(|pod| {
+            pod.labels()
+                .get("batch.kubernetes.io/job-name")
+                .map(String::as_str)
+                == Some(job)
+        })
+        .find_map(|pod| {
+            pod.status
+                .as_ref()?
+                .container_statuses
+                .as_ref()?
+                .iter()
+                .find_map(|c| c.state.as_ref()?.terminated.clone())
+        })
+}
+
+/// Exit code and output of a finished Job, from its Pod's terminated container: from the
+/// cache, or, when the cache has not seen the Pod end yet (the Job's watch can be ahead of the
+/// Pods'), from the API.
+async fn finished_attempt(
+    pods: &RunPods<'_>,
+    job: &str,
+    timed_out: bool,
+) -> Result<Finished, Error> {
+    let terminated = match terminated(pods.cached.iter().map(AsRef::as_ref), job) {
+        Some(found) => Some(found),
+        None => {
+            let selector = format!("batch.kubernetes.io/job-name={job}");
+            let listed = pods
+                .api
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(Error::Observe)?;
+            terminated(&listed.items, job)
+        }
+    };
     Ok(Finished {
         // What the deadline's kill made the process exit with is not the step's answer (a
         // local run reports none either), whether or not the kubelet saw it end.
@@ -237,8 +268,47 @@ status: {{startTime: "2026-11-25T02:00:00Z", conditions: {conditions}}}
     }
 
     #[tokio::test]
+    async fn a_finished_attempt_is_judged_from_the_cached_pod_without_asking_the_api() {
+        let api: Api<Pod> = Api::namespaced(unused_client().await, "titan");
+        let pod: Pod = serde_yaml::from_str(
+            r#"
+metadata:
+  name: restore-1-start-redis-0-abcde
+  namespace: titan
+  labels: {batch.kubernetes.io/job-name: restore-1-start-redis-0}
+status:
+  containerStatuses:
+    - {name: step, image: x, imageID: "", ready: false, restartCount: 0,
+       state: {terminated: {exitCode: 0, message: "PONG"}}}
+"#,
+        )
+        .unwrap();
+        let pods = RunPods {
+            cached: vec![std::sync::Arc::new(pod)],
+            api: &api,
+        };
+        let step: Step = serde_yaml::from_str(
+            "{name: start-redis, command: 'true', expect: {outputContains: PONG}}",
+        )
+        .unwrap();
+        let steps = BTreeMap::from([("start-redis", &step)]);
+        let mut job = stopped_job("[{type: Complete, status: 'True'}]");
+        job.metadata.annotations = None;
+        let observed = observe_steps(&pods, &[job], &steps, &BTreeMap::new())
+            .await
+            .expect("no API call: the client reaches nothing");
+        let status = &observed["start-redis"];
+        assert_eq!(status.phase, StepPhase::Succeeded, "{status:?}");
+        assert_eq!(status.output.as_deref(), Some("PONG"));
+    }
+
+    #[tokio::test]
     async fn a_recorded_start_failure_fails_the_attempt_whatever_the_job_says() {
-        let pods: Api<Pod> = Api::namespaced(unused_client().await, "titan");
+        let api: Api<Pod> = Api::namespaced(unused_client().await, "titan");
+        let pods = RunPods {
+            cached: Vec::new(),
+            api: &api,
+        };
         let step: Step = serde_yaml::from_str("{name: start-redis, command: 'true'}").unwrap();
         let steps = BTreeMap::from([("start-redis", &step)]);
         for conditions in [

@@ -21,11 +21,7 @@ use serde_json::json;
 use super::status::elapsed;
 use crate::plan::format_duration;
 
-/// On a Job whose pod could not start: why. The attempt is Failed with this
-/// message, whatever the Job's own conditions say later.
-pub const FAILED_TO_START: &str = "dr.titan.io/failed-to-start";
-/// When the operator decided so (RFC 3339): the attempt's end.
-pub const FAILED_TO_START_AT: &str = "dr.titan.io/failed-to-start-at";
+pub use crate::names::{FAILED_TO_START, FAILED_TO_START_AT};
 
 /// Waiting reasons of the kubelet that waiting will not clear.
 const HARD: &[&str] = &[
