@@ -19,7 +19,7 @@ use kube::ResourceExt;
 use serde_json::json;
 
 use super::status::elapsed;
-use crate::plan::format_duration;
+use crate::api::duration::format_duration;
 
 /// On a Job whose pod could not start: why. The attempt is Failed with this
 /// message, whatever the Job's own conditions say later.
