@@ -2,7 +2,10 @@
 //! the step's `expect`. Shared by the operator and the local executor, so both
 //! reach the same verdict on the same output.
 
+use regex::Regex;
+
 use crate::api::disaster_recovery::{Expect, StepPhase};
+use crate::api::duration::GoDuration;
 
 /// How an attempt ended, as observed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,9 +26,13 @@ pub struct Verdict {
 
 /// Judges an attempt. Every expectation that is set must hold; the message
 /// says what was expected and what was seen.
-pub fn judge(expect: Option<&Expect>, finished: &Finished, timeout: Option<&str>) -> Verdict {
+pub fn judge(
+    expect: Option<&Expect>,
+    finished: &Finished,
+    timeout: Option<&GoDuration>,
+) -> Verdict {
     if finished.timed_out {
-        let limit = timeout.unwrap_or("its deadline");
+        let limit = timeout.map_or("its deadline", GoDuration::as_str);
         return Verdict {
             phase: StepPhase::TimedOut,
             message: format!("did not finish within {limit}"),
@@ -49,7 +56,9 @@ pub fn judge(expect: Option<&Expect>, finished: &Finished, timeout: Option<&str>
         ));
     }
     if let Some(pattern) = &expect.output_matches {
-        match regex::Regex::new(pattern) {
+        // Compiled again here, which is cheap; Plan::new has refused a pattern that does not
+        // compile, so the error arm is only for callers that judge without a plan.
+        match output_regex(pattern) {
             Ok(re) if re.is_match(output) => {}
             Ok(_) => problems.push(format!(
                 "expected output to match /{pattern}/, got {}",
@@ -84,6 +93,12 @@ pub fn judge(expect: Option<&Expect>, finished: &Finished, timeout: Option<&str>
             message: problems.join("; "),
         }
     }
+}
+
+/// The regex of `expect.outputMatches`, the one way it is compiled: by [`crate::plan::Plan::new`]
+/// to decide whether the spec is valid, and by [`judge`] to use it.
+pub fn output_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    Regex::new(pattern)
 }
 
 /// The text of a field of JSON output; strings without their quotes. The JSON
@@ -230,7 +245,7 @@ mod tests {
                 output: String::new(),
                 timed_out: true,
             },
-            Some("30s"),
+            Some(&"30s".parse().unwrap()),
         );
         assert_eq!(verdict.phase, StepPhase::TimedOut);
         assert_eq!(verdict.message, "did not finish within 30s");

@@ -20,9 +20,10 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::api::disaster_recovery::{JobTemplate, RedisRestart, RestoreStep, Step};
+use crate::api::duration::GoDuration;
 use crate::api::{Backup, DisasterRecovery};
 use crate::names::{AUDIENCE, REDIS_PASSWORD_ENV};
-use crate::plan::{StepKind, parse_duration};
+use crate::plan::StepKind;
 use crate::probe::Probe;
 
 pub use crate::names::{
@@ -199,9 +200,8 @@ fn restore_parts(
     };
     let wait = redis
         .wait
-        .as_deref()
-        .and_then(|w| parse_duration(w).ok())
-        .unwrap_or(std::time::Duration::from_secs(60));
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(60), GoDuration::duration);
     parts.argv = vec![titan_dr.into(), "backup".into(), "restore".into()];
     parts.argv.extend(common);
     match &redis.data_volume {
@@ -457,8 +457,8 @@ pub fn build_job(
     env.extend(extra_env);
     let deadline = step
         .timeout
-        .as_deref()
-        .and_then(|t| parse_duration(t).ok())
+        .as_ref()
+        .map(GoDuration::duration)
         .or(Some(setup.default_timeout).filter(|d| !d.is_zero()))
         .map(|d| d.as_secs_f64().ceil().max(1.0) as i64);
     let security_context = container_security_context(&template, step);

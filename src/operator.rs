@@ -15,6 +15,7 @@ use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 
+use crate::api::duration::{DurationError, GoDuration};
 use crate::api::{Backup, DisasterRecovery};
 use crate::controller::{Context, backup, disaster_recovery, measured};
 use crate::job::{JobSetup, LABEL_RECOVERY};
@@ -58,7 +59,7 @@ pub struct Config {
     pub restore_command: String,
     /// Deadline (`activeDeadlineSeconds`) of a step attempt whose step sets no `timeout`, as a
     /// Go-style duration; `0` sets none.
-    #[arg(long, env = "TITAN_DEFAULT_STEP_TIMEOUT", default_value = "30m", value_parser = crate::plan::parse_duration)]
+    #[arg(long, env = "TITAN_DEFAULT_STEP_TIMEOUT", default_value = "30m", value_parser = go_duration)]
     pub default_step_timeout: Duration,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "TITAN_METRICS_ADDR", default_value = "0.0.0.0:8080")]
@@ -71,8 +72,13 @@ pub struct Config {
     pub concurrency: u16,
     /// How long a step's pod may fail to pull its image, find no node, or be refused by
     /// admission before its attempt fails (errors that cannot clear fail it at once).
-    #[arg(long, env = "TITAN_POD_START_GRACE", default_value = "60s", value_parser = crate::plan::parse_duration)]
+    #[arg(long, env = "TITAN_POD_START_GRACE", default_value = "60s", value_parser = go_duration)]
     pub pod_start_grace: Duration,
+}
+
+/// The operator's duration flags have the syntax of the spec's durations.
+fn go_duration(text: &str) -> Result<Duration, DurationError> {
+    text.parse::<GoDuration>().map(|d| d.duration())
 }
 
 pub fn init_tracing() {
@@ -291,5 +297,7 @@ mod tests {
         assert_eq!(config.default_step_timeout.as_secs(), 90 * 60);
         assert_eq!(config.operator_image, "registry.example/titan-dr:1");
         assert!(Command::try_parse_from(["operator", "--default-step-timeout", "soon"]).is_err());
+        let none = Command::parse_from(["operator", "--default-step-timeout", "0"]).config;
+        assert!(none.default_step_timeout.is_zero());
     }
 }

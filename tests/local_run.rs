@@ -453,6 +453,14 @@ fn invalid_input_exits_2_and_names_what_is_wrong() {
             "unknown field spec.steps.0.timout",
         ),
         (
+            "local/rto-not-a-duration.yaml",
+            r#"spec.objectives.rto: "soon" is not a duration like 300s, 5m, 1h30m or 1.5h"#,
+        ),
+        (
+            "local/bad-output-matches.yaml",
+            r#"invalid plan: step "step-x" has outputMatches /ok(/, which is not a regular expression"#,
+        ),
+        (
             "plan/invalid/step-cycle.yaml",
             "expected apiVersion dr.titan.io/v1alpha1",
         ),

@@ -5,10 +5,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, T
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-/// A retention age: Go duration syntax plus days (`7d`, `36h`).
-pub const AGE_PATTERN: &str = r"^([0-9]+(d|h|m|s))+$";
-/// Five cron fields, or a CronJob macro such as `@daily`.
+use super::duration::RetentionAge;
+
 pub use crate::names::BACKUP_NAMESPACES_ANNOTATION;
+/// Five cron fields, or a CronJob macro such as `@daily`.
 pub const CRON_PATTERN: &str =
     r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\s+){4}\S+)$";
 
@@ -104,8 +104,7 @@ pub struct Retention {
     pub keep_last: Option<u32>,
     /// Drop snapshots older than this (`7d`, `36h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = AGE_PATTERN))]
-    pub max_age: Option<String>,
+    pub max_age: Option<RetentionAge>,
 }
 
 /// Where snapshots are written.

@@ -7,10 +7,9 @@ use kube::{CustomResource, KubeSchema, ResourceExt};
 use serde::{Deserialize, Serialize};
 
 use super::backup::SecretKeyRef;
+use super::duration::GoDuration;
 use crate::probe::Probe;
 
-/// Go/Kubernetes duration syntax: `300s`, `5m`, `1h30m`, `1.5h`.
-pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 /// A DNS-1123 label, as Kubernetes requires for names that end up in Job names and labels.
 pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 
@@ -131,12 +130,10 @@ pub enum Severity {
 pub struct Objectives {
     /// Recovery time objective: the longest a run may take from start to validated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub rto: Option<String>,
+    pub rto: Option<GoDuration>,
     /// Recovery point objective: the oldest the newest backup may be when a run starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub rpo: Option<String>,
+    pub rpo: Option<GoDuration>,
 }
 
 /// A component of the recovered system and the components it depends on.
@@ -213,8 +210,7 @@ pub struct Step {
     pub after: Vec<String>,
     /// Longest one attempt may run (becomes the Job's `activeDeadlineSeconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub timeout: Option<String>,
+    pub timeout: Option<GoDuration>,
     /// Whether a failure of this step stops the run and triggers rollback (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub critical: Option<bool>,
@@ -329,8 +325,7 @@ pub struct RedisRestore {
     pub restart_command: Option<String>,
     /// How long to wait for the restarted Redis (default `60s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub wait: Option<String>,
+    pub wait: Option<GoDuration>,
 }
 
 /// How Redis is made to load the restored file, when `restartCommand` is not set.
@@ -460,6 +455,14 @@ pub struct DisasterRecoveryStatus {
     pub conditions: Vec<Condition>,
 }
 
+impl DisasterRecoveryStatus {
+    /// The number of the current run. `runId` is a string in the API (`"1"`), so that it may
+    /// stop being a counter some day; the controller counts, and reads it here only.
+    pub fn run_number(&self) -> Option<u64> {
+        self.run_id.as_deref()?.parse().ok()
+    }
+}
+
 /// The observed state of one step.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -490,4 +493,22 @@ pub struct StepStatus {
     /// Why the step ended the way it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_run_number_is_read_from_the_run_id_string() {
+        let status = |run_id: Option<&str>| DisasterRecoveryStatus {
+            run_id: run_id.map(str::to_owned),
+            ..Default::default()
+        };
+        assert_eq!(status(Some("12")).run_number(), Some(12));
+        assert_eq!(status(Some("run-12")).run_number(), None);
+        assert_eq!(status(None).run_number(), None);
+        let json = serde_json::to_value(status(Some("1"))).unwrap();
+        assert_eq!(json["runId"], "1", "a string, as the API says");
+    }
 }

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod disaster_recovery;
+pub mod duration;
 
 pub use backup::{Backup, BackupSpec, BackupStatus};
 pub use disaster_recovery::{DisasterRecovery, DisasterRecoverySpec, DisasterRecoveryStatus};

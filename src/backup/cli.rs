@@ -16,8 +16,9 @@ use super::manifest::Manifest;
 use super::restore::{
     ExpectedKeys, Replication, SourceArgs, check_keys, choose, info_field, redis_client, replicate,
 };
-use super::retention::{RetentionPolicy, parse_age};
+use super::retention::RetentionPolicy;
 use super::store::{Store, format_databases};
+use crate::api::duration::RetentionAge;
 use crate::redis::{RedisTarget, SnapshotOptions};
 
 /// Snapshots in a folder: take, list, verify, restore, prune.
@@ -140,8 +141,8 @@ enum BackupSubcommand {
         #[arg(long)]
         keep_last: Option<u32>,
         /// Like 7d, 36h, 1d12h.
-        #[arg(long, value_parser = parse_age)]
-        max_age: Option<Duration>,
+        #[arg(long)]
+        max_age: Option<RetentionAge>,
         /// Show what would be deleted, delete nothing.
         #[arg(long)]
         dry_run: bool,
@@ -308,7 +309,10 @@ pub fn run(command: BackupCommand) -> anyhow::Result<()> {
             dry_run,
         } => {
             let store = existing_store(&dir)?;
-            let policy = RetentionPolicy { keep_last, max_age };
+            let policy = RetentionPolicy {
+                keep_last,
+                max_age: max_age.as_ref().map(RetentionAge::duration),
+            };
             let ids = if dry_run {
                 store.select_pruned(&policy, Timestamp::now())?
             } else {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::api::backup::Retention;
+use crate::api::duration::RetentionAge;
 
 /// Retention rules; a snapshot goes when either rule drops it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -16,64 +17,14 @@ pub struct RetentionPolicy {
     pub max_age: Option<Duration>,
 }
 
-/// A retention age that does not parse.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not an age like 7d, 36h or 1d12h")]
-pub struct AgeError(pub String);
-
 impl RetentionPolicy {
     /// The policy of a Backup's `spec.retention`.
-    ///
-    /// # Errors
-    ///
-    /// [`AgeError`] when `maxAge` does not parse.
-    pub fn from_spec(retention: &Retention) -> Result<Self, AgeError> {
-        Ok(Self {
+    pub fn from_spec(retention: &Retention) -> Self {
+        Self {
             keep_last: retention.keep_last,
-            max_age: retention.max_age.as_deref().map(parse_age).transpose()?,
-        })
-    }
-}
-
-/// Parses a retention age: whole numbers with `d`, `h`, `m` or `s` (`7d`, `1d12h`), the
-/// syntax of `spec.retention.maxAge`.
-///
-/// # Errors
-///
-/// [`AgeError`] for anything else.
-pub fn parse_age(text: &str) -> Result<Duration, AgeError> {
-    let invalid = || AgeError(text.to_owned());
-    if text.is_empty() {
-        return Err(invalid());
-    }
-    let mut total: u64 = 0;
-    let mut number: Option<u64> = None;
-    for c in text.chars() {
-        if let Some(digit) = c.to_digit(10) {
-            let n = number.unwrap_or(0);
-            number = Some(
-                n.checked_mul(10)
-                    .and_then(|n| n.checked_add(u64::from(digit)))
-                    .ok_or_else(invalid)?,
-            );
-            continue;
+            max_age: retention.max_age.as_ref().map(RetentionAge::duration),
         }
-        let unit = match c {
-            'd' => 86_400,
-            'h' => 3_600,
-            'm' => 60,
-            's' => 1,
-            _ => return Err(invalid()),
-        };
-        let seconds = number.take().ok_or_else(invalid)?.checked_mul(unit);
-        total = seconds
-            .and_then(|s| total.checked_add(s))
-            .ok_or_else(invalid)?;
     }
-    if number.is_some() {
-        return Err(invalid()); // a number without its unit
-    }
-    Ok(Duration::from_secs(total))
 }
 
 /// A snapshot as retention sees it.
@@ -129,16 +80,6 @@ mod tests {
                 started_at: at(s),
             })
             .collect()
-    }
-
-    #[test]
-    fn ages_parse() {
-        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
-        assert_eq!(parse_age("1d12h"), Ok(Duration::from_secs(36 * 3_600)));
-        assert_eq!(parse_age("90s"), Ok(Duration::from_secs(90)));
-        for bad in ["", "7", "d", "7w", "1.5h", "-1d", "99999999999999999999d"] {
-            assert!(parse_age(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

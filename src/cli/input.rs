@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::api::disaster_recovery::{
     DNS_LABEL_PATTERN, DisasterRecovery, MAX_COMPONENTS, MAX_STEPS, Step,
 };
-use crate::plan::{Plan, PlanError, parse_duration};
+use crate::plan::{Plan, PlanError};
 
 /// The `apiVersion` a resource file must have.
 pub const API_VERSION: &str = "dr.titan.io/v1alpha1";
@@ -135,17 +135,6 @@ fn schema_problems(resource: &DisasterRecovery) -> Vec<String> {
     if spec.scenario.is_empty() {
         problems.push("spec.scenario: must not be empty".to_owned());
     }
-    if let Some(objectives) = &spec.objectives {
-        for (field, value) in [("rto", &objectives.rto), ("rpo", &objectives.rpo)] {
-            if let Some(text) = value
-                && parse_duration(text).is_err()
-            {
-                problems.push(format!(
-                    "spec.objectives.{field}: {text:?} is not a duration like 300s, 5m or 1h30m"
-                ));
-            }
-        }
-    }
     if spec.components.len() > MAX_COMPONENTS {
         problems.push(format!(
             "spec.components: at most {MAX_COMPONENTS} components"
@@ -244,6 +233,18 @@ mod tests {
         let error = parse(&missing).expect_err("missing name");
         assert!(
             error.contains("spec.steps[0]") && error.contains("name"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_bad_objective_is_refused_naming_the_field() {
+        let yaml = MINIMAL.replace("scenario: x\n", "scenario: x\n  objectives: {rto: soon}\n");
+        let error = parse(&yaml).expect_err("not a duration");
+        assert!(
+            error.starts_with(
+                r#"spec.objectives.rto: "soon" is not a duration like 300s, 5m, 1h30m or 1.5h"#
+            ),
             "{error}"
         );
     }

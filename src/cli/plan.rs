@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::{Exit, input};
 use crate::api::disaster_recovery::DisasterRecovery;
-use crate::plan::{Plan, PlannedStep, format_duration, parse_duration};
+use crate::api::duration::{GoDuration, format_duration};
+use crate::plan::{Plan, PlannedStep};
 
 /// Arguments of `titan-dr plan`.
 #[derive(clap::Args, Debug, Clone)]
@@ -48,8 +49,7 @@ pub enum RtoCheck {
     Exceeded { worst_case: Duration, rto: Duration },
 }
 
-/// Compares the worst case of the critical path with `spec.objectives.rto`. An RTO that is
-/// not a duration counts as none; [`input::load`] has rejected it already.
+/// Compares the worst case of the critical path with `spec.objectives.rto`.
 pub fn rto_check(resource: &DisasterRecovery, plan: &Plan) -> RtoCheck {
     let worst_case = plan.critical_path().worst_case;
     match rto_objective(resource) {
@@ -59,10 +59,9 @@ pub fn rto_check(resource: &DisasterRecovery, plan: &Plan) -> RtoCheck {
     }
 }
 
-/// The RTO objective of a resource, if it sets one that parses.
+/// The RTO objective of a resource, if it sets one.
 pub fn rto_objective(resource: &DisasterRecovery) -> Option<Duration> {
-    let text = resource.spec.objectives.as_ref()?.rto.as_deref()?;
-    parse_duration(text).ok()
+    Some(resource.spec.objectives.as_ref()?.rto.as_ref()?.duration())
 }
 
 /// The plan as text for a person: stages, validations, rollback, critical path and the RTO
@@ -84,7 +83,7 @@ pub fn describe(resource: &DisasterRecovery, plan: &Plan) -> String {
         let _ = writeln!(out, "  {}", description.trim());
     }
     if let Some(objectives) = &spec.objectives {
-        let show = |o: &Option<String>| o.clone().unwrap_or_else(|| "none".into());
+        let show = |o: &Option<GoDuration>| o.as_ref().map_or("none".to_owned(), |d| d.to_string());
         let _ = writeln!(
             out,
             "Objectives: RTO {}, RPO {}",
@@ -252,7 +251,7 @@ mod tests {
         let (mut resource, plan) = titan();
         assert!(matches!(rto_check(&resource, &plan), RtoCheck::Fits { .. }));
         if let Some(objectives) = resource.spec.objectives.as_mut() {
-            objectives.rto = Some("1m".into());
+            objectives.rto = Some("1m".parse().unwrap());
         }
         let check = rto_check(&resource, &plan);
         assert!(matches!(check, RtoCheck::Exceeded { .. }), "{check:?}");

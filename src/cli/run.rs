@@ -9,10 +9,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Exit, input};
 use crate::api::disaster_recovery::DisasterRecovery;
+use crate::api::duration::format_duration;
 use crate::local::display::Display;
 use crate::local::executor::{self, Options, RunOutcome};
 use crate::local::report;
-use crate::plan::{Plan, format_duration};
+use crate::plan::Plan;
 
 /// Arguments of `titan-dr run`.
 #[derive(clap::Args, Debug, Clone)]
@@ -144,7 +145,7 @@ fn header(
     let rto = spec
         .objectives
         .as_ref()
-        .and_then(|o| o.rto.as_deref())
+        .and_then(|o| o.rto.as_ref())
         .map(|rto| format!(", RTO objective {rto}"))
         .unwrap_or_default();
     display.line(&format!(

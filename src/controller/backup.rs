@@ -317,8 +317,7 @@ fn succeeded_status(
 ) -> Result<BackupStatus, Error> {
     let store = Store::open(store_dir(ctx, backup)).map_err(|e| Error::Backup(e.to_string()))?;
     if let Some(retention) = &backup.spec.retention {
-        let policy =
-            RetentionPolicy::from_spec(retention).map_err(|e| Error::Backup(e.to_string()))?;
+        let policy = RetentionPolicy::from_spec(retention);
         store
             .prune(&policy, Timestamp::now())
             .map_err(|e| Error::Backup(e.to_string()))?;

@@ -9,7 +9,8 @@ use std::time::Duration;
 use super::executor::{RunOutcome, RunRecord, StepRecord};
 use super::format_elapsed;
 use crate::api::disaster_recovery::StepPhase;
-use crate::plan::{StepKind, format_duration};
+use crate::api::duration::format_duration;
+use crate::plan::StepKind;
 
 /// Prints a run's progress; see the module documentation.
 pub struct Display {

@@ -415,7 +415,7 @@ impl<'a> Run<'a> {
                     timed_out,
                 };
                 let expect = step.and_then(|s| s.expect.as_ref());
-                let timeout = step.and_then(|s| s.timeout.as_deref());
+                let timeout = step.and_then(|s| s.timeout.as_ref());
                 let verdict = expect::judge(expect, &finished, timeout);
                 (finished.exit_code, verdict.phase, verdict.message, false)
             }

@@ -17,7 +17,7 @@ pub use executor::{Options, RunOutcome, RunRecord, execute};
 
 /// A duration as a person reads it at the scale of local steps: `213ms`, `2.13s`, `12.4s`,
 /// `3m5s`.
-/// [`crate::plan::format_duration`] rounds to whole seconds, which hides a 200 ms step.
+/// [`crate::api::duration::format_duration`] rounds to whole seconds, which hides a 200 ms step.
 pub fn format_elapsed(duration: Duration) -> String {
     let secs = duration.as_secs_f64();
     if secs < 1.0 {
@@ -27,7 +27,7 @@ pub fn format_elapsed(duration: Duration) -> String {
     } else if secs < 60.0 {
         format!("{secs:.1}s")
     } else {
-        crate::plan::format_duration(duration)
+        crate::api::duration::format_duration(duration)
     }
 }
 

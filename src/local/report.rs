@@ -10,7 +10,8 @@ use std::time::Duration;
 use super::executor::{RunOutcome, RunRecord, StepRecord};
 use super::{format_elapsed, svg};
 use crate::api::disaster_recovery::{DisasterRecovery, StepPhase};
-use crate::plan::{Plan, StepKind, format_duration};
+use crate::api::duration::format_duration;
+use crate::plan::{Plan, StepKind};
 
 /// Timestamps in UTC to the millisecond: finer is noise, coarser hides short steps.
 const TIME_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.3fZ";

@@ -9,7 +9,8 @@ use std::time::Duration;
 use super::executor::{AttemptRecord, RunOutcome, RunRecord, StepRecord};
 use super::format_elapsed;
 use crate::api::disaster_recovery::StepPhase;
-use crate::plan::{StepKind, format_duration};
+use crate::api::duration::format_duration;
+use crate::plan::StepKind;
 
 const LABEL_WIDTH: f64 = 240.0;
 const CHART_WIDTH: f64 = 640.0;

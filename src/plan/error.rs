@@ -54,14 +54,16 @@ pub enum PlanError {
     #[error("cycle between steps: {}", .0.join(" -> "))]
     StepCycle(Vec<String>),
 
-    /// A step's `timeout` is not a duration.
+    /// A step's `expect.outputMatches` is not a regular expression.
     #[error(
-        "step {step:?} has timeout {timeout:?}, which is not a duration like 300s, 5m or 1h30m"
+        "step {step:?} has outputMatches /{pattern}/, which is not a regular expression: {error}"
     )]
-    InvalidTimeout {
+    InvalidOutputMatches {
         /// The step, validation or rollback step.
         step: String,
-        /// The text that did not parse.
-        timeout: String,
+        /// The pattern as written.
+        pattern: String,
+        /// Why it does not compile.
+        error: String,
     },
 }

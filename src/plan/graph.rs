@@ -5,8 +5,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use super::{PlanError, parse_duration};
+use super::PlanError;
 use crate::api::disaster_recovery::{Component, DisasterRecoverySpec, Step};
+use crate::api::duration::GoDuration;
 
 /// Worst case assumed for one attempt of a step that has no `timeout`, in worst-case estimates
 /// such as [`Plan::critical_path`]. Without a deadline a Job could run forever, so any number
@@ -39,23 +40,28 @@ impl PlannedStep {
             .saturating_mul(self.retries.saturating_add(1))
     }
 
+    /// Also where `outputMatches` is compiled first: a pattern that does not compile makes
+    /// the spec invalid before any attempt runs, instead of failing the step after it ran.
     fn from_step(step: &Step, needs: Vec<String>) -> Result<Self, PlanError> {
-        let timeout = step
-            .timeout
-            .as_deref()
-            .map(|text| {
-                parse_duration(text).map_err(|_| PlanError::InvalidTimeout {
-                    step: step.name.clone(),
-                    timeout: text.to_owned(),
-                })
-            })
-            .transpose()?;
+        let pattern = step
+            .expect
+            .as_ref()
+            .and_then(|e| e.output_matches.as_deref());
+        if let Some(pattern) = pattern
+            && let Err(error) = crate::expect::output_regex(pattern)
+        {
+            return Err(PlanError::InvalidOutputMatches {
+                step: step.name.clone(),
+                pattern: pattern.to_owned(),
+                error: error.to_string(),
+            });
+        }
         Ok(PlannedStep {
             name: step.name.clone(),
             needs,
             critical: step.is_critical(),
             retries: step.retries(),
-            timeout,
+            timeout: step.timeout.as_ref().map(GoDuration::duration),
         })
     }
 }
@@ -98,7 +104,8 @@ impl Plan {
     /// # Errors
     ///
     /// A [`PlanError`] naming the offenders when names clash, a reference points nowhere, the
-    /// components or steps wait for each other in a cycle, or a `timeout` is not a duration.
+    /// components or steps wait for each other in a cycle, or an `outputMatches` is not a regular
+    /// expression.
     pub fn new(spec: &DisasterRecoverySpec) -> Result<Plan, PlanError> {
         check_unique_names(spec)?;
         let components = ComponentGraph::new(&spec.components)?;

@@ -7,13 +7,11 @@
 //! [`Decision`].
 
 mod decision;
-mod duration;
 mod error;
 mod graph;
 #[cfg(test)]
 mod tests;
 
 pub use decision::{Attempt, Decision, Outcome, RunState, StepKind, StepState};
-pub use duration::{DurationError, format_duration, parse_duration};
 pub use error::PlanError;
 pub use graph::{CriticalPath, DEFAULT_TIMEOUT, Plan, PlannedStep};

@@ -7,6 +7,7 @@ use super::*;
 use crate::api::disaster_recovery::{
     DisasterRecovery, DisasterRecoverySpec, DisasterRecoveryStatus, RunPhase, StepPhase,
 };
+use crate::api::duration::format_duration;
 use StepPhase::{Failed, TimedOut};
 
 macro_rules! fixture {
@@ -512,8 +513,9 @@ fn invalid_specs_name_the_offenders() {
              check-db, notify",
         ),
         (
-            fixture!("invalid/bad-timeout.yaml"),
-            r#"step "redis-ping" has timeout "5 minutes", which is not a duration like 300s, 5m or 1h30m"#,
+            fixture!("invalid/bad-output-matches.yaml"),
+            "step \"redis-ping\" has outputMatches /PONG(/, which is not a regular expression: \
+             regex parse error:\n    PONG(\n        ^\nerror: unclosed group",
         ),
         (
             fixture!("invalid/step-cycle.yaml"),
@@ -527,6 +529,26 @@ fn invalid_specs_name_the_offenders() {
     for (yaml, message) in cases {
         let error = Plan::new(&spec(yaml)).expect_err(message);
         assert_eq!(error.to_string(), message);
+    }
+}
+
+/// Durations are typed: a bad one never reaches the planner (nor becomes zero there), the
+/// spec does not even deserialize, and the error names the field.
+#[test]
+fn invalid_durations_are_refused_when_the_spec_is_read() {
+    let cases = [
+        (
+            fixture!("invalid/bad-timeout.yaml"),
+            r#"validations[0].timeout: "5 minutes" is not a duration like 300s, 5m, 1h30m or 1.5h"#,
+        ),
+        (
+            fixture!("invalid/bad-rto.yaml"),
+            r#"objectives.rto: "soon" is not a duration like 300s, 5m, 1h30m or 1.5h"#,
+        ),
+    ];
+    for (yaml, message) in cases {
+        let error = serde_yaml::from_str::<DisasterRecoverySpec>(yaml).expect_err(message);
+        assert!(error.to_string().starts_with(message), "{error}");
     }
 }
 

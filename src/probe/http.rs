@@ -1,7 +1,6 @@
 //! The http probe: one GET, judged by its status; the body is the output.
 
 use super::{DEFAULT_TIMEOUT, HttpProbe, ProbeError};
-use crate::plan::parse_duration;
 
 /// More than a health endpoint sends; only the tail of the output is judged anyway.
 const MAX_BODY: usize = 1 << 20;
@@ -9,11 +8,10 @@ const MAX_BODY: usize = 1 << 20;
 /// GETs `probe.url`; the body when the status is the expected one.
 pub async fn get(probe: &HttpProbe) -> Result<String, ProbeError> {
     let url = &probe.url;
-    let timeout = match &probe.timeout {
-        Some(text) => parse_duration(text)
-            .map_err(|e| ProbeError::new(format!("http probe timeout {text:?}: {e}")))?,
-        None => DEFAULT_TIMEOUT,
-    };
+    let timeout = probe
+        .timeout
+        .as_ref()
+        .map_or(DEFAULT_TIMEOUT, |t| t.duration());
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| ProbeError::new(format!("{url} is not a URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
@@ -102,7 +100,7 @@ mod tests {
         HttpProbe {
             url: url.into(),
             status,
-            timeout: Some("5s".into()),
+            timeout: Some("5s".parse().unwrap()),
         }
     }
 

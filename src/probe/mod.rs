@@ -18,7 +18,7 @@ use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::api::backup::SecretKeyRef;
-use crate::api::disaster_recovery::DURATION_PATTERN;
+use crate::api::duration::GoDuration;
 
 pub use crate::names::REDIS_PASSWORD_ENV;
 
@@ -53,8 +53,7 @@ pub struct HttpProbe {
     pub status: Option<u16>,
     /// Longest the request may take, body included (default `10s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub timeout: Option<String>,
+    pub timeout: Option<GoDuration>,
 }
 
 /// A Redis check over the Redis protocol.

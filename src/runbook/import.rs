@@ -11,8 +11,9 @@ use super::{
     TITLE_ANNOTATION, components, expect, section_annotation,
 };
 use crate::api::disaster_recovery::{
-    DURATION_PATTERN, DisasterRecovery, DisasterRecoverySpec, MAX_STEPS, Objectives, Severity, Step,
+    DisasterRecovery, DisasterRecoverySpec, MAX_STEPS, Objectives, Severity, Step,
 };
+use crate::api::duration::GoDuration;
 
 const DOC: Document = Document::Runbook;
 
@@ -430,11 +431,9 @@ pub(super) fn duration(
     line: usize,
     what: &str,
     zero: bool,
-) -> Result<String, ImportError> {
+) -> Result<GoDuration, ImportError> {
     static NUMBER: LazyLock<Regex> =
         LazyLock::new(|| Regex::new(r"^[0-9]+(\.[0-9]+)?$").expect("a valid regular expression"));
-    static GO: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(DURATION_PATTERN).expect("a valid regular expression"));
     let split = value
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(value.len());
@@ -447,13 +446,13 @@ pub(super) fn duration(
     };
     let go = match unit {
         Some(unit) if NUMBER.is_match(number) => format!("{number}{unit}"),
-        _ if GO.is_match(value) => value.to_string(),
-        _ => {
-            let message = format!("{what} `{value}` is not a number of seconds, minutes or hours");
-            return Err(DOC.error(line, message));
-        }
+        _ => value.to_string(),
     };
-    if !zero && !go.bytes().any(|b| (b'1'..=b'9').contains(&b)) {
+    let Ok(go) = go.parse::<GoDuration>() else {
+        let message = format!("{what} `{value}` is not a number of seconds, minutes or hours");
+        return Err(DOC.error(line, message));
+    };
+    if !zero && go.duration().is_zero() {
         return Err(DOC.error(line, format!("{what} must be more than zero")));
     }
     Ok(go)

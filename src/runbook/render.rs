@@ -65,7 +65,10 @@ pub fn render(dr: &DisasterRecovery) -> String {
     let objectives = spec.objectives.clone().unwrap_or_default();
     for (label, value) in [("RTO", objectives.rto), ("RPO", objectives.rpo)] {
         if let Some(value) = value {
-            out += &format!("- **Estimated {label}:** {}\n", duration_text(&value));
+            out += &format!(
+                "- **Estimated {label}:** {}\n",
+                duration_text(value.as_str())
+            );
         }
     }
     out += "\n";
@@ -166,7 +169,7 @@ fn render_step(kind: Kind, number: usize, step: &Step, details: Option<&StepDeta
         field("Component", component.clone());
     }
     if let Some(timeout) = &step.timeout {
-        field("Timeout", duration_text(timeout));
+        field("Timeout", duration_text(timeout.as_str()));
     }
     if let Some(critical) = step.critical {
         field("Critical", if critical { "YES" } else { "NO" }.to_string());

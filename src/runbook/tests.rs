@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use crate::api::disaster_recovery::{
     Component, DisasterRecovery, DisasterRecoverySpec, Expect, JsonExpect, Severity, Step,
 };
+use crate::api::duration::GoDuration;
 use crate::runbook::{self, Document, ImportError, StepDetails};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/runbooks");
@@ -66,7 +67,10 @@ fn seed_imports_as_specified() {
     assert_eq!(spec.severity, Severity::Critical);
     let objectives = spec.objectives.clone().expect("objectives");
     assert_eq!(
-        (objectives.rto.as_deref(), objectives.rpo.as_deref()),
+        (
+            objectives.rto.as_ref().map(GoDuration::as_str),
+            objectives.rpo.as_ref().map(GoDuration::as_str)
+        ),
         (Some("15m"), Some("5m"))
     );
     assert!(
@@ -75,7 +79,11 @@ fn seed_imports_as_specified() {
             .is_some_and(|d| d.starts_with("Total server failure"))
     );
 
-    let timeouts: Vec<_> = spec.steps.iter().map(|s| s.timeout.as_deref()).collect();
+    let timeouts: Vec<_> = spec
+        .steps
+        .iter()
+        .map(|s| s.timeout.as_ref().map(GoDuration::as_str))
+        .collect();
     let expected = ["300s", "180s", "60s", "120s", "30s", "60s", "10s"].map(Some);
     assert_eq!(timeouts, expected);
     assert!(spec.steps.iter().all(|s| s.critical == Some(true)));
@@ -93,7 +101,10 @@ fn seed_imports_as_specified() {
 
     let validations = &spec.validations;
     assert_eq!(validations.len(), 4);
-    let timeouts: Vec<_> = validations.iter().map(|v| v.timeout.as_deref()).collect();
+    let timeouts: Vec<_> = validations
+        .iter()
+        .map(|v| v.timeout.as_ref().map(GoDuration::as_str))
+        .collect();
     assert_eq!(timeouts, ["10s", "5s", "10s", "10s"].map(Some));
     // "All processes show "online"" says nothing a single check could hold.
     assert_eq!(validations[0].expect, None);
@@ -188,7 +199,10 @@ fn other_scenarios_take_objectives_from_the_guide() {
         assert_eq!(dr.spec.severity, severity, "{name}");
         let objectives = dr.spec.objectives.clone().unwrap_or_default();
         assert_eq!(
-            (objectives.rto.as_deref(), objectives.rpo.as_deref()),
+            (
+                objectives.rto.as_ref().map(GoDuration::as_str),
+                objectives.rpo.as_ref().map(GoDuration::as_str)
+            ),
             (Some(rto), Some(rpo))
         );
     }
@@ -260,7 +274,10 @@ fn network_partition() {
         spec.steps[1].expect.as_ref().and_then(|e| e.exit_code),
         Some(0)
     );
-    assert_eq!(spec.steps[3].timeout.as_deref(), Some("2m"));
+    assert_eq!(
+        spec.steps[3].timeout.as_ref().map(GoDuration::as_str),
+        Some("2m")
+    );
     assert_eq!(spec.steps[3].retries, Some(3));
     let expects: Vec<_> = spec.validations.iter().map(|v| v.expect.clone()).collect();
     let exit_0 = Expect {
@@ -323,7 +340,7 @@ fn a_resource_written_by_hand_renders_to_a_runbook() {
     let step = |name: &str, command: &str| Step {
         name: name.into(),
         command: Some(command.into()),
-        timeout: Some("30s".into()),
+        timeout: Some("30s".parse().unwrap()),
         ..Step::default()
     };
     let start_redis = Step {
@@ -335,7 +352,7 @@ fn a_resource_written_by_hand_renders_to_a_runbook() {
         component: Some("titan-phase1".into()),
         critical: Some(false),
         retries: Some(2),
-        timeout: Some("1h30m".into()),
+        timeout: Some("1h30m".parse().unwrap()),
         ..step(
             "start-phase1",
             "pm2 start ecosystem.config.js --only titan-phase1",

@@ -33,11 +33,12 @@ use self::status::{RpoVerdict, RunFacts};
 use crate::api::disaster_recovery::{
     DisasterRecoveryStatus, RunPhase, Step, StepPhase, StepStatus,
 };
+use crate::api::duration::format_duration;
 use crate::api::{Backup, DisasterRecovery};
 use crate::controller::conditions::{Conditions, FALSE, TRUE, UNKNOWN};
 use crate::controller::{Context, Error, MANAGER};
 use crate::job::{LABEL_RECOVERY, LABEL_RUN, RestoreSetup, build_job, refused_job};
-use crate::plan::{Plan, RunState, StepKind, parse_duration};
+use crate::plan::{Plan, RunState, StepKind};
 
 pub use crate::names::RUN_NOW;
 
@@ -77,12 +78,8 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
     let trigger = dr.annotations().get(RUN_NOW).cloned().unwrap_or_default();
     let mut base = previous.clone();
     if previous.run_id.is_none() || previous.run_trigger.as_deref().unwrap_or_default() != trigger {
-        let run: u64 = previous
-            .run_id
-            .as_deref()
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(0)
-            + 1;
+        // A runId that is not a number (edited by hand) counts as none: the next run is 1.
+        let run = previous.run_number().unwrap_or(0) + 1;
         base = DisasterRecoveryStatus {
             run_id: Some(run.to_string()),
             run_trigger: Some(trigger),
@@ -377,7 +374,7 @@ async fn run_status(
         observed_generation: dr.metadata.generation,
         phase: Some(decision.phase),
         finished_at,
-        achieved_rto: achieved.map(crate::plan::format_duration),
+        achieved_rto: achieved.map(format_duration),
         steps,
         validations,
         rollback,
@@ -397,14 +394,13 @@ async fn rpo_verdict(
         reason,
         message,
     };
-    let objective = dr.spec.objectives.as_ref().and_then(|o| o.rpo.as_deref());
+    let objective = dr.spec.objectives.as_ref().and_then(|o| o.rpo.as_ref());
     let (Some(objective), Some(started)) = (objective, started) else {
         return Ok(unknown("NoObjective", "objectives.rpo is not set".into()));
     };
     if dr.spec.backups.is_empty() {
         return Ok(unknown("NoBackups", "spec.backups lists no Backup".into()));
     }
-    let limit = parse_duration(objective).unwrap_or_default();
     let ns = dr.namespace().unwrap_or_default();
     let mut ages = Vec::new();
     let mut met = true;
@@ -429,8 +425,8 @@ async fn rpo_verdict(
             ));
         };
         let age = status::elapsed(newest, started);
-        met &= age <= limit;
-        ages.push(format!("{name}: {}", crate::plan::format_duration(age)));
+        met &= age <= objective.duration();
+        ages.push(format!("{name}: {}", format_duration(age)));
     }
     let message = format!(
         "snapshot age at run start ({}) against an objective of {objective}",

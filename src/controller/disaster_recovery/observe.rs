@@ -100,7 +100,7 @@ pub async fn observe_steps(
                 }
                 _ => {
                     let finished = finished_attempt(pods, &job_name, end.timed_out).await?;
-                    let verdict = judge(step.expect.as_ref(), &finished, step.timeout.as_deref());
+                    let verdict = judge(step.expect.as_ref(), &finished, step.timeout.as_ref());
                     status.phase = verdict.phase;
                     status.exit_code = finished.exit_code;
                     status.output = Some(finished.output).filter(|o| !o.is_empty());

@@ -19,7 +19,7 @@ use kube::ResourceExt;
 use serde_json::json;
 
 use super::status::elapsed;
-use crate::plan::format_duration;
+use crate::api::duration::format_duration;
 
 pub use crate::names::{FAILED_TO_START, FAILED_TO_START_AT};
 

@@ -10,8 +10,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::api::disaster_recovery::{
     DisasterRecoverySpec, Expect, RunPhase, Step, StepPhase, StepStatus,
 };
+use crate::api::duration::format_duration;
 use crate::controller::conditions::{Conditions, FALSE, TRUE, UNKNOWN};
-use crate::plan::{Decision, Outcome, format_duration, parse_duration};
+use crate::plan::{Decision, Outcome};
 
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
@@ -199,23 +200,18 @@ fn set_validated(c: &mut Conditions, facts: &RunFacts) {
 }
 
 fn set_rto(c: &mut Conditions, facts: &RunFacts) {
-    let objective = facts
-        .spec
-        .objectives
-        .as_ref()
-        .and_then(|o| o.rto.as_deref());
+    let objective = facts.spec.objectives.as_ref().and_then(|o| o.rto.as_ref());
     let Some(objective) = objective else {
         c.set(RTO_MET, UNKNOWN, "NoObjective", "objectives.rto is not set");
         return;
     };
     match (facts.decision.outcome, facts.achieved_rto) {
         (Some(Outcome::Succeeded), Some(achieved)) => {
-            let limit = parse_duration(objective).unwrap_or_default();
             let message = format!(
                 "recovered in {} against an objective of {objective}",
                 format_duration(achieved)
             );
-            if achieved <= limit {
+            if achieved <= objective.duration() {
                 c.set(RTO_MET, TRUE, "WithinObjective", message)
             } else {
                 c.set(RTO_MET, FALSE, "ObjectiveMissed", message)

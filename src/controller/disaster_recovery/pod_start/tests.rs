@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::*;
-use crate::plan::parse_duration;
+use crate::api::duration::GoDuration;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pod-start");
 const GRACE: Duration = Duration::from_secs(60);
@@ -28,7 +28,7 @@ struct Fixture {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Expected {
     cannot_start: Option<String>,
-    recheck_in: Option<String>,
+    recheck_in: Option<GoDuration>,
 }
 
 fn fixture(path: &Path) -> Fixture {
@@ -68,7 +68,7 @@ fn every_fixture_gets_the_expected_verdict() {
                 message: message.clone(),
             }),
             (None, recheck) => StartVerdict::Wait {
-                recheck: recheck.as_deref().map(|r| parse_duration(r).unwrap()),
+                recheck: recheck.as_ref().map(GoDuration::duration),
             },
             (Some(_), Some(_)) => panic!("{name}: expect one of cannotStart or recheckIn"),
         };
