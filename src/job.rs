@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::api::disaster_recovery::{JobTemplate, RedisRestart, RestoreStep, Step};
+use crate::api::disaster_recovery::{JobTemplate, RedisRestart, RedisRestore, RestoreStep, Step};
 use crate::api::duration::GoDuration;
 use crate::api::{Backup, DisasterRecovery};
 use crate::names::{AUDIENCE, REDIS_PASSWORD_ENV};
@@ -149,9 +149,31 @@ fn restore_parts(
     let url = setup.snapshot_url.as_deref().ok_or(
         "this operator serves no snapshots to restore Jobs (set --snapshot-url, TITAN_SNAPSHOT_URL)",
     )?;
+    let mut parts = RestoreParts::default();
+    let source = snapshot_source(&mut parts, restore, setup, backup, url);
+    let Some(redis) = &restore.redis else {
+        parts.argv = vec![titan_dr.into(), "backup".into(), "restore-config".into()];
+        parts.argv.extend(source);
+        parts.argv.push(format!("--namespace={target_namespace}"));
+        return Ok(parts);
+    };
+    parts.argv = vec![titan_dr.into(), "backup".into(), "restore".into()];
+    parts.argv.extend(source);
+    redis_restore(&mut parts, redis, backup)?;
+    Ok(parts)
+}
+
+/// Mounts what a restore Job needs to fetch the snapshot (its ServiceAccount token for the
+/// endpoint, the key, a work folder) and returns the arguments that name the snapshot.
+fn snapshot_source(
+    parts: &mut RestoreParts,
+    restore: &RestoreStep,
+    setup: &RestoreSetup,
+    backup: &Backup,
+    url: &str,
+) -> Vec<String> {
     let key_ref = &backup.spec.encryption.secret_ref;
     let key = key_ref.key.clone().unwrap_or_else(|| "key".into());
-    let mut parts = RestoreParts::default();
     let token = Volume {
         name: "token".into(),
         projected: Some(ProjectedVolumeSource {
@@ -178,7 +200,7 @@ fn restore_parts(
     parts.mount(work, WORK_MOUNT, false);
     let snapshot = restore.snapshot.as_deref().unwrap_or("latest");
     let namespace = backup.namespace().unwrap_or_default();
-    let common = [
+    let mut args = vec![
         format!("--from={url}"),
         format!("--backup={namespace}/{}", backup.name_any()),
         format!("--token-file={TOKEN_MOUNT}/token"),
@@ -186,59 +208,29 @@ fn restore_parts(
         format!("--key-file={KEY_MOUNT}/{key}"),
         format!("--snapshot={snapshot}"),
     ];
-    let common = common.into_iter().chain(
+    args.extend(
         setup
             .not_after
             .filter(|_| snapshot == "latest")
             .map(|at| format!("--not-after={at}")),
     );
-    let Some(redis) = &restore.redis else {
-        parts.argv = vec![titan_dr.into(), "backup".into(), "restore-config".into()];
-        parts.argv.extend(common);
-        parts.argv.push(format!("--namespace={target_namespace}"));
-        return Ok(parts);
-    };
+    args
+}
+
+/// The rest of a Redis restore's command line: how the snapshot gets into Redis, how long
+/// to wait for it, and the password to check it with.
+fn redis_restore(
+    parts: &mut RestoreParts,
+    redis: &RedisRestore,
+    backup: &Backup,
+) -> Result<(), String> {
     let wait = redis
         .wait
         .as_ref()
         .map_or(std::time::Duration::from_secs(60), GoDuration::duration);
-    parts.argv = vec![titan_dr.into(), "backup".into(), "restore".into()];
-    parts.argv.extend(common);
     match &redis.data_volume {
-        None => {
-            // Redis connects back to this pod for the sync.
-            parts.argv.push(format!("--replicate-to={}", redis.address));
-            parts.env.push(EnvVar {
-                name: "POD_IP".into(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: "status.podIP".into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            });
-        }
-        Some(data_volume) => {
-            let file = redis.file.clone().unwrap_or_else(|| "dump.rdb".into());
-            let mut data_volume: Volume = serde_json::from_value(data_volume.clone())
-                .map_err(|e| format!("restore.redis.dataVolume is not a volume source: {e}"))?;
-            data_volume.name = "redis-data".into();
-            parts.mount(data_volume, REDIS_DATA_MOUNT, false);
-            parts.argv.extend([
-                format!("--to={REDIS_DATA_MOUNT}/{file}"),
-                format!("--check-redis={}", redis.address),
-            ]);
-            match (&redis.restart_command, redis.restart) {
-                (Some(_), Some(_)) => return Err("set restart or restartCommand, not both".into()),
-                (Some(command), None) => parts.argv.push(format!("--then={command}")),
-                (None, None | Some(RedisRestart::Shutdown)) => {
-                    parts.argv.push("--shutdown-redis".into());
-                }
-                (None, Some(RedisRestart::External)) => {}
-            }
-        }
+        None => replicate_to(parts, redis),
+        Some(data_volume) => into_data_volume(parts, redis, data_volume)?,
     }
     parts
         .argv
@@ -260,7 +252,51 @@ fn restore_parts(
             true,
         );
     }
-    Ok(parts)
+    Ok(())
+}
+
+/// Without a data volume: the snapshot is loaded over replication, Redis connecting back to
+/// this pod for the sync.
+fn replicate_to(parts: &mut RestoreParts, redis: &RedisRestore) {
+    parts.argv.push(format!("--replicate-to={}", redis.address));
+    parts.env.push(EnvVar {
+        name: "POD_IP".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "status.podIP".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+}
+
+/// With a data volume: the snapshot is written into it, then Redis restarted on it (shut
+/// down, or by the step's command, or by someone else).
+fn into_data_volume(
+    parts: &mut RestoreParts,
+    redis: &RedisRestore,
+    data_volume: &Value,
+) -> Result<(), String> {
+    let file = redis.file.clone().unwrap_or_else(|| "dump.rdb".into());
+    let mut data_volume: Volume = serde_json::from_value(data_volume.clone())
+        .map_err(|e| format!("restore.redis.dataVolume is not a volume source: {e}"))?;
+    data_volume.name = "redis-data".into();
+    parts.mount(data_volume, REDIS_DATA_MOUNT, false);
+    parts.argv.extend([
+        format!("--to={REDIS_DATA_MOUNT}/{file}"),
+        format!("--check-redis={}", redis.address),
+    ]);
+    match (&redis.restart_command, redis.restart) {
+        (Some(_), Some(_)) => return Err("set restart or restartCommand, not both".into()),
+        (Some(command), None) => parts.argv.push(format!("--then={command}")),
+        (None, None | Some(RedisRestart::Shutdown)) => {
+            parts.argv.push("--shutdown-redis".into());
+        }
+        (None, Some(RedisRestart::External)) => {}
+    }
+    Ok(())
 }
 
 /// The command line of a probe step, `titan-dr probe --spec JSON`, and the env its probe
@@ -380,17 +416,82 @@ pub fn build_job(
 ) -> Job {
     let recovery = dr.name_any();
     let index = attempt.saturating_sub(1);
-    let labels = BTreeMap::from([
-        (LABEL_RECOVERY.to_string(), recovery.clone()),
+    let labels = job_labels(&recovery, run, kind, step, index);
+    let template = dr.spec.template.clone().unwrap_or_default();
+    let target_namespace = dr.target_namespace();
+    let mut program = step_program(step, &template, setup, &target_namespace);
+    let env = step_env(
+        attempt,
+        target_namespace,
+        &template,
+        step,
+        program.parts.env,
+    );
+    program.parts.env = env;
+    Job {
+        metadata: ObjectMeta {
+            name: Some(job_name(&recovery, run, &step.name, index)),
+            namespace: dr.namespace(),
+            labels: Some(labels.clone()),
+            owner_references: dr.controller_owner_ref(&()).map(|r| vec![r]),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            active_deadline_seconds: step_deadline(step, setup),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(BTreeMap::from([(
+                        SAFE_TO_EVICT.to_string(),
+                        "false".to_string(),
+                    )])),
+                    ..Default::default()
+                }),
+                spec: Some(step_pod(&template, step, setup, program)),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The labels of an attempt's Job and pod.
+fn job_labels(
+    recovery: &str,
+    run: &str,
+    kind: StepKind,
+    step: &Step,
+    index: u32,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_RECOVERY.to_string(), recovery.to_string()),
         (LABEL_RUN.to_string(), run.to_string()),
         (LABEL_STEP.to_string(), step.name.clone()),
         (LABEL_KIND.to_string(), kind_label(kind).to_string()),
         (LABEL_ATTEMPT.to_string(), index.to_string()),
-    ]);
-    let template = dr.spec.template.clone().unwrap_or_default();
+    ])
+}
+
+/// What the step's container runs: its image, and its command line through titan-step with
+/// the volumes and env a restore or probe adds (`parts.argv` is unused).
+struct StepProgram {
+    image: Option<String>,
+    command: Vec<String>,
+    parts: RestoreParts,
+}
+
+/// The program of a step of any kind: a shell command, args, a restore or a probe. A step
+/// that cannot run (a restore without its Backup, say) gets `titan-step fail` with why, so
+/// that the failure shows in its status.
+fn step_program(
+    step: &Step,
+    template: &JobTemplate,
+    setup: &JobSetup,
+    target_namespace: &str,
+) -> StepProgram {
     let mut image = step.image.clone().or(template.image.clone());
-    let (mut volumes, mut mounts, mut extra_env) = (Vec::new(), Vec::new(), Vec::new());
-    let target_namespace = dr.target_namespace();
+    let mut parts = RestoreParts::default();
     let argv = match (&step.command, &step.args, &step.restore, &step.probe) {
         (Some(command), ..) => Ok(vec!["/bin/sh".into(), "-c".into(), command.clone()]),
         (None, Some(args), ..) => Ok(args.clone()),
@@ -399,10 +500,11 @@ pub fn build_job(
             image = Some(setup.operator_image.clone());
             match &setup.restore {
                 Some(restore) => {
-                    restore_parts(spec, restore, &setup.titan_dr_command, &target_namespace).map(
-                        |parts| {
-                            (volumes, mounts, extra_env) = (parts.volumes, parts.mounts, parts.env);
-                            parts.argv
+                    restore_parts(spec, restore, &setup.titan_dr_command, target_namespace).map(
+                        |mut restore| {
+                            let argv = std::mem::take(&mut restore.argv);
+                            parts = restore;
+                            argv
                         },
                     )
                 }
@@ -413,7 +515,7 @@ pub fn build_job(
             // Probes are run by `titan-dr` too.
             image = Some(setup.operator_image.clone());
             probe_parts(probe, &setup.titan_dr_command).map(|(argv, env)| {
-                extra_env = env;
+                parts.env = env;
                 argv
             })
         }
@@ -430,18 +532,23 @@ pub fn build_job(
         // Reported by the step itself, so the failure shows in its status.
         Err(problem) => vec![TITAN_STEP.to_string(), "fail".to_string(), problem],
     };
-    volumes.push(Volume {
-        name: TITAN_STEP_VOLUME.into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Default::default()
-    });
-    let titan_step_mount = |read_only: bool| VolumeMount {
-        name: TITAN_STEP_VOLUME.into(),
-        mount_path: TITAN_STEP_DIR.into(),
-        read_only: Some(read_only),
-        ..Default::default()
-    };
-    mounts.push(titan_step_mount(true));
+    StepProgram {
+        image,
+        command,
+        parts,
+    }
+}
+
+/// The step's environment: the attempt and target namespace, the template's, the step's,
+/// and last what the operator sets for a restore or probe (`extra`), which is what the step
+/// sees.
+fn step_env(
+    attempt: u32,
+    target_namespace: String,
+    template: &JobTemplate,
+    step: &Step,
+    extra: Vec<EnvVar>,
+) -> Vec<EnvVar> {
     let value = |name: &str, value: String| EnvVar {
         name: name.into(),
         value: Some(value),
@@ -453,70 +560,84 @@ pub fn build_job(
     ];
     env.extend(template.env.iter().cloned());
     env.extend(step.env.iter().cloned());
-    // Last, so that what the operator sets for a restore or probe is what the step sees.
-    env.extend(extra_env);
-    let deadline = step
-        .timeout
+    env.extend(extra);
+    env
+}
+
+/// `activeDeadlineSeconds`: the step's `timeout`, else the operator's default (none if
+/// zero); whole seconds, rounded up, at least one.
+fn step_deadline(step: &Step, setup: &JobSetup) -> Option<i64> {
+    step.timeout
         .as_ref()
         .map(GoDuration::duration)
         .or(Some(setup.default_timeout).filter(|d| !d.is_zero()))
-        .map(|d| d.as_secs_f64().ceil().max(1.0) as i64);
-    let security_context = container_security_context(&template, step);
+        .map(|d| d.as_secs_f64().ceil().max(1.0) as i64)
+}
 
-    Job {
-        metadata: ObjectMeta {
-            name: Some(job_name(&recovery, run, &step.name, index)),
-            namespace: dr.namespace(),
-            labels: Some(labels.clone()),
-            owner_references: dr.controller_owner_ref(&()).map(|r| vec![r]),
+/// The step's pod: the init container that installs titan-step into the shared emptyDir,
+/// then the step's container running its program through it.
+fn step_pod(
+    template: &JobTemplate,
+    step: &Step,
+    setup: &JobSetup,
+    program: StepProgram,
+) -> PodSpec {
+    let StepProgram {
+        image,
+        command,
+        parts,
+    } = program;
+    let (mut volumes, mut mounts) = (parts.volumes, parts.mounts);
+    volumes.push(Volume {
+        name: TITAN_STEP_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    });
+    mounts.push(titan_step_mount(true));
+    PodSpec {
+        restart_policy: Some("Never".into()),
+        volumes: Some(volumes),
+        service_account_name: template.service_account_name.clone(),
+        security_context: Some(pod_security_context(template, step)),
+        init_containers: Some(vec![install_container(setup)]),
+        containers: vec![Container {
+            name: STEP_CONTAINER.into(),
+            image,
+            command: Some(command),
+            env: Some(parts.env),
+            termination_message_policy: Some("FallbackToLogsOnError".into()),
+            volume_mounts: Some(mounts),
+            security_context: Some(container_security_context(template, step)),
             ..Default::default()
-        },
-        spec: Some(JobSpec {
-            backoff_limit: Some(0),
-            active_deadline_seconds: deadline,
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    annotations: Some(BTreeMap::from([(
-                        SAFE_TO_EVICT.to_string(),
-                        "false".to_string(),
-                    )])),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".into()),
-                    volumes: Some(volumes),
-                    service_account_name: template.service_account_name.clone(),
-                    security_context: Some(pod_security_context(&template, step)),
-                    init_containers: Some(vec![Container {
-                        name: INSTALL_CONTAINER.into(),
-                        image: Some(setup.operator_image.clone()),
-                        command: Some(vec![
-                            setup.titan_step_path.clone(),
-                            "install".into(),
-                            TITAN_STEP.into(),
-                        ]),
-                        termination_message_policy: Some("FallbackToLogsOnError".into()),
-                        volume_mounts: Some(vec![titan_step_mount(false)]),
-                        security_context: Some(restricted_container()),
-                        ..Default::default()
-                    }]),
-                    containers: vec![Container {
-                        name: STEP_CONTAINER.into(),
-                        image,
-                        command: Some(command),
-                        env: Some(env),
-                        termination_message_policy: Some("FallbackToLogsOnError".into()),
-                        volume_mounts: Some(mounts),
-                        security_context: Some(security_context),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-            },
-            ..Default::default()
-        }),
-        status: None,
+        }],
+        ..Default::default()
+    }
+}
+
+/// The init container that copies titan-step out of the operator's image, with exactly the
+/// restricted security context.
+fn install_container(setup: &JobSetup) -> Container {
+    Container {
+        name: INSTALL_CONTAINER.into(),
+        image: Some(setup.operator_image.clone()),
+        command: Some(vec![
+            setup.titan_step_path.clone(),
+            "install".into(),
+            TITAN_STEP.into(),
+        ]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        volume_mounts: Some(vec![titan_step_mount(false)]),
+        security_context: Some(restricted_container()),
+        ..Default::default()
+    }
+}
+
+fn titan_step_mount(read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: TITAN_STEP_VOLUME.into(),
+        mount_path: TITAN_STEP_DIR.into(),
+        read_only: Some(read_only),
+        ..Default::default()
     }
 }
 

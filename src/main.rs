@@ -28,7 +28,7 @@ enum Command {
     Runbook(cli::RunbookCommand),
     /// Encrypted snapshots in a folder: snapshot, list, verify, restore, prune, keygen.
     /// Works without a cluster.
-    Backup(titan_dr::backup::cli::BackupCommand),
+    Backup(cli::BackupCommand),
     /// Run a step's probe, given as JSON, and print its output; what probe steps run. Exits 0
     /// when the check passed, 1 when it failed, 2 on an invalid spec.
     #[command(hide = true)]
@@ -51,13 +51,7 @@ async fn main() -> ExitCode {
         Command::Run(args) => cli::run::run(&args).await.into(),
         Command::Runbook(command) => cli::runbook::runbook(&command).into(),
         Command::Probe(args) => cli::probe::run(&args).await.into(),
-        // Blocking file and socket I/O: keep it off the async workers.
-        Command::Backup(command) => {
-            match tokio::task::spawn_blocking(move || titan_dr::backup::cli::run(command)).await {
-                Ok(result) => exit_with(result),
-                Err(error) => exit_with(Err(error.into())),
-            }
-        }
+        Command::Backup(command) => cli::backup::run(command).await.into(),
     }
 }
 

@@ -1,4 +1,5 @@
-//! Encrypted, checksummed, verified snapshots in a folder, and the `titan-dr backup` CLI.
+//! Encrypted, checksummed, verified snapshots in a folder; the `titan-dr backup` command
+//! line over them is [`crate::cli::backup`].
 //!
 //! - [`Store`]: the folder. [`Store::snapshot_redis`] takes a Redis snapshot over the
 //!   replication protocol (see [`crate::redis`]); [`Store::begin`] takes any other content
@@ -14,7 +15,6 @@
 //! authentication (ChaCha20-Poly1305 per 64 KiB chunk, with a last-chunk flag) also rejects
 //! any modified or truncated ciphertext, and a Redis RDB carries its CRC64 trailer.
 
-pub mod cli;
 pub mod config_archive;
 pub mod error;
 pub mod key;

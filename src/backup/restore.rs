@@ -1,7 +1,10 @@
 //! What a restore does before and after the bytes move: find the snapshot to restore and
 //! verify it (from a folder, or from the operator over HTTP), and load a Redis snapshot
-//! into a running Redis over replication, then check what Redis holds.
+//! into a running Redis over replication, or have the Redis restart on a restored file
+//! (`SHUTDOWN NOSAVE`, then wait for its restart); then check what Redis holds.
 
+use std::io::{self, BufRead, BufReader, ErrorKind, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -399,8 +402,113 @@ pub(crate) fn keyspace(info: &str) -> (u64, u64) {
         })
 }
 
+/// Stops the Redis at `address` with `SHUTDOWN NOSAVE`, so that it exits without writing its
+/// dataset over the file just restored. Done when the server closes the connection; an error
+/// reply (a refused password, `Errors trying to SHUTDOWN`) is the error. Plain RESP over a
+/// socket: a client library would send commands of its own first.
+pub fn shutdown_nosave(
+    address: &str,
+    password: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let unreachable = || format!("Redis at {address} is unreachable");
+    let mut last = io::Error::new(ErrorKind::NotFound, "the name resolves to no address");
+    let mut connected = None;
+    for addr in address.to_socket_addrs().with_context(unreachable)? {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(stream) => {
+                connected = Some(stream);
+                break;
+            }
+            Err(err) => last = err,
+        }
+    }
+    let stream = connected.ok_or(last).with_context(unreachable)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut reader = BufReader::new(stream);
+    // One reply line; `None` when the server closed the connection.
+    let mut reply = |command: &redis::Cmd| -> anyhow::Result<Option<String>> {
+        reader
+            .get_mut()
+            .write_all(&command.get_packed_command())
+            .with_context(|| format!("writing to Redis at {address}"))?;
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => Ok(None),
+            Ok(_) => Ok(Some(line.trim_end().to_owned())),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(err).with_context(|| format!("reading from Redis at {address}")),
+        }
+    };
+    if let Some(password) = password {
+        match reply(redis::cmd("AUTH").arg(password))? {
+            Some(line) if line.starts_with('+') => {}
+            Some(line) => bail!(
+                "Redis at {address} refused the password: {}",
+                error_text(&line)
+            ),
+            None => bail!("Redis at {address} closed the connection at AUTH"),
+        }
+    }
+    match reply(redis::cmd("SHUTDOWN").arg("NOSAVE"))? {
+        None => Ok(()),
+        Some(line) => bail!(
+            "Redis at {address} did not shut down: {}",
+            error_text(&line)
+        ),
+    }
+}
+
+/// The text of an error reply line, without its `-`.
+fn error_text(line: &str) -> &str {
+    line.strip_prefix('-').unwrap_or(line)
+}
+
+/// Waits until the Redis at `address` restarted after the restore: its uptime is shorter
+/// than the time since the file was placed.
+pub fn wait_restarted(
+    address: &str,
+    password: Option<&str>,
+    placed: Instant,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let client = redis_client(address, password)?;
+    let mut last = String::from("it never answered");
+    while placed.elapsed() < timeout {
+        let info = client
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .and_then(|mut con| redis::cmd("INFO").arg("server").query::<String>(&mut con));
+        match info {
+            Ok(info) => {
+                let uptime: u64 = info_field(&info, "uptime_in_seconds")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(u64::MAX);
+                if uptime <= placed.elapsed().as_secs() {
+                    println!("Redis at {address} restarted on the restored file");
+                    return Ok(());
+                }
+                last = format!("it has not restarted since the restore (up {uptime}s)");
+            }
+            Err(error) => last = format!("it does not answer: {error}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("Redis at {address} did not restart within {timeout:?}: {last}")
+}
+
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
     use super::*;
 
     #[test]
@@ -432,5 +540,82 @@ mod tests {
             "# Keyspace\r\ndb0:keys=12,expires=2,avg_ttl=100\r\ndb3:keys=1,expires=0,avg_ttl=0\r\n";
         assert_eq!(keyspace(info), (13, 2));
         assert_eq!(keyspace("# Keyspace\r\n"), (0, 0));
+    }
+
+    /// A fake Redis on a loopback port for one connection: for each exchange it reads the
+    /// command it expects, then answers with the reply, or closes the connection on `None`.
+    fn fake_redis(exchanges: Vec<(redis::Cmd, Option<&'static str>)>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            for (command, reply) in exchanges {
+                let expected = command.get_packed_command();
+                let mut got = vec![0u8; expected.len()];
+                stream.read_exact(&mut got).unwrap();
+                assert_eq!(
+                    String::from_utf8_lossy(&got),
+                    String::from_utf8_lossy(&expected)
+                );
+                match reply {
+                    Some(reply) => stream.write_all(reply.as_bytes()).unwrap(),
+                    None => return,
+                }
+            }
+        });
+        address
+    }
+
+    fn shutdown() -> redis::Cmd {
+        redis::cmd("SHUTDOWN").arg("NOSAVE").clone()
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn shutdown_authenticates_then_is_done_when_redis_closes_the_connection() {
+        let auth = redis::cmd("AUTH").arg("pw with spaces").clone();
+        let address = fake_redis(vec![(auth, Some("+OK\r\n")), (shutdown(), None)]);
+        shutdown_nosave(&address, Some("pw with spaces"), TIMEOUT).unwrap();
+        let address = fake_redis(vec![(shutdown(), None)]);
+        shutdown_nosave(&address, None, TIMEOUT).unwrap();
+    }
+
+    #[test]
+    fn a_redis_that_refuses_to_shut_down_or_the_password_fails_the_restore() {
+        let refusal = "-ERR Errors trying to SHUTDOWN. Check logs.\r\n";
+        let address = fake_redis(vec![(shutdown(), Some(refusal))]);
+        let err = shutdown_nosave(&address, None, TIMEOUT).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "Redis at {address} did not shut down: ERR Errors trying to SHUTDOWN. Check logs."
+            )
+        );
+        let wrong = "-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+        let auth = redis::cmd("AUTH").arg("nope").clone();
+        let address = fake_redis(vec![(auth, Some(wrong))]);
+        let err = shutdown_nosave(&address, Some("nope"), TIMEOUT).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "Redis at {address} refused the password: WRONGPASS"
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_redis_is_named() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let err = shutdown_nosave(&address, None, TIMEOUT).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("Redis at {address} is unreachable")
+        );
     }
 }

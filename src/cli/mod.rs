@@ -1,14 +1,16 @@
-//! The commands that work on files rather than on a cluster: `plan`, `run` and `runbook`; and
-//! `probe`, which probe steps run.
+//! The commands that work on files rather than on a cluster: `plan`, `run`, `runbook` and
+//! `backup` (the snapshot store); and `probe`, which probe steps run.
 //! Each returns an [`Exit`], so that scripts and CI can tell a failed recovery from bad input
 //! and from an interruption.
 
+pub mod backup;
 pub mod input;
 pub mod plan;
 pub mod probe;
 pub mod run;
 pub mod runbook;
 
+pub use backup::BackupCommand;
 pub use plan::PlanArgs;
 pub use probe::ProbeArgs;
 pub use run::RunArgs;

@@ -267,105 +267,127 @@ fn read_item(item: &Section, kind: Kind) -> Result<Item, ImportError> {
         );
         DOC.error(heading, message)
     })?;
-    let mut step = Step::default();
-    let mut details = StepDetails {
-        title: title.to_string(),
-        ..StepDetails::default()
+    let mut read = Item {
+        step: Step::default(),
+        details: StepDetails {
+            title: title.to_string(),
+            ..StepDetails::default()
+        },
+        component_line: heading,
     };
-    let mut component_line = heading;
     let mut prose = Prose::default();
     let mut seen = HashSet::new();
     let body = &item.body;
     let mut i = 0;
     while i < body.len() {
         let line = body[i];
-        let text = line.text.trim();
-        let Some((key, value)) = markdown::field(text) else {
-            if markdown::fence_open(text).is_some() {
-                let end = markdown::fence_end(body, i, DOC)?;
-                let block: Vec<&str> = body[i..end].iter().map(|l| l.text).collect();
-                prose.block(block.join("\n"));
-                i = end;
-            } else if text.is_empty() || text == "---" {
-                // `---` separates steps: no text of theirs.
-                prose.end();
-                i += 1;
-            } else {
-                prose.line(line.text);
-                i += 1;
-            }
+        let Some((key, value)) = markdown::field(line.text.trim()) else {
+            i = read_prose(body, i, &mut prose)?;
             continue;
         };
         prose.end();
-        i += 1;
-        let lower = key.to_ascii_lowercase();
-        if !seen.insert(lower.clone()) {
+        if !seen.insert(key.to_ascii_lowercase()) {
             return Err(DOC.error(
                 line.no,
                 format!("second `**{key}:**` in this {}", kind.noun()),
             ));
         }
-        let error = |what: &str| DOC.error(line.no, format!("{what}, found `{value}`"));
-        match lower.as_str() {
-            "command" => {
-                let (command, next) = block_after(body, i, line.no, key, value)?;
-                if command.trim().is_empty() {
-                    return Err(DOC.error(line.no, "empty command"));
-                }
-                (step.command, i) = (Some(command), next);
-            }
-            "expected output" => {
-                let (output, next) = block_after(body, i, line.no, key, value)?;
-                (details.expected_output, i) = (Some(output), next);
-            }
-            "expected result" => {
-                details.expected_result = Some(value.to_string()).filter(|v| !v.is_empty())
-            }
-            "timeout" => step.timeout = Some(duration(value, line.no, "timeout", false)?),
-            "critical" => {
-                step.critical = Some(match value.to_ascii_lowercase().as_str() {
-                    "yes" | "true" => true,
-                    "no" | "false" => false,
-                    _ => return Err(error("Critical must be YES or NO")),
-                })
-            }
-            "retries" => {
-                let retries = value.parse().ok().filter(|r| *r <= 10);
-                step.retries =
-                    Some(retries.ok_or_else(|| error("Retries must be a number from 0 to 10"))?);
-            }
-            "component" => {
-                if !markdown::is_dns_label(value) {
-                    return Err(error("a component must be a DNS label"));
-                }
-                (step.component, component_line) = (Some(value.to_string()), line.no);
-            }
-            "notes" => step.notes = Some(value.to_string()).filter(|v| !v.is_empty()),
-            _ => {
-                let message = format!(
-                    "unknown field `**{key}:**` (expected Command, Expected Output, Expected Result, Timeout, Critical, Retries, Component or Notes)"
-                );
-                return Err(DOC.error(line.no, message));
-            }
-        }
+        i = read_field(&mut read, body, i, key, value)?;
     }
-    let command = step.command.as_deref().ok_or_else(|| {
+    let command = read.step.command.as_deref().ok_or_else(|| {
         DOC.error(
             heading,
             format!("{} \"{title}\" has no **Command:**", kind.noun()),
         )
     })?;
-    step.expect = expect::derive(
-        details.expected_output.as_deref(),
-        details.expected_result.as_deref(),
+    read.step.expect = expect::derive(
+        read.details.expected_output.as_deref(),
+        read.details.expected_result.as_deref(),
         command,
     );
-    details.text = prose.text();
-    Ok(Item {
-        step,
-        details,
-        component_line,
-    })
+    read.details.text = prose.text();
+    Ok(read)
+}
+
+/// The line `body[i]` of an item, which is no field: a line of a paragraph, the start of a
+/// code block (kept whole), or a blank or `---` that ends a paragraph. Returns the index of
+/// the line after it.
+fn read_prose(body: &[Line], i: usize, prose: &mut Prose) -> Result<usize, ImportError> {
+    let line = body[i];
+    let text = line.text.trim();
+    if markdown::fence_open(text).is_some() {
+        let end = markdown::fence_end(body, i, DOC)?;
+        let block: Vec<&str> = body[i..end].iter().map(|l| l.text).collect();
+        prose.block(block.join("\n"));
+        return Ok(end);
+    }
+    if text.is_empty() || text == "---" {
+        // `---` separates steps: no text of theirs.
+        prose.end();
+    } else {
+        prose.line(line.text);
+    }
+    Ok(i + 1)
+}
+
+/// The field `**key:** value` on the line `body[i]`, into the item. Returns the index of the
+/// line after it, or after the code block that a Command or an Expected Output may hold.
+fn read_field(
+    item: &mut Item,
+    body: &[Line],
+    i: usize,
+    key: &str,
+    value: &str,
+) -> Result<usize, ImportError> {
+    let line = body[i];
+    let next = i + 1;
+    let (step, details) = (&mut item.step, &mut item.details);
+    let error = |what: &str| DOC.error(line.no, format!("{what}, found `{value}`"));
+    match key.to_ascii_lowercase().as_str() {
+        "command" => {
+            let (command, next) = block_after(body, next, line.no, key, value)?;
+            if command.trim().is_empty() {
+                return Err(DOC.error(line.no, "empty command"));
+            }
+            step.command = Some(command);
+            return Ok(next);
+        }
+        "expected output" => {
+            let (output, next) = block_after(body, next, line.no, key, value)?;
+            details.expected_output = Some(output);
+            return Ok(next);
+        }
+        "expected result" => {
+            details.expected_result = Some(value.to_string()).filter(|v| !v.is_empty())
+        }
+        "timeout" => step.timeout = Some(duration(value, line.no, "timeout", false)?),
+        "critical" => {
+            step.critical = Some(match value.to_ascii_lowercase().as_str() {
+                "yes" | "true" => true,
+                "no" | "false" => false,
+                _ => return Err(error("Critical must be YES or NO")),
+            })
+        }
+        "retries" => {
+            let retries = value.parse().ok().filter(|r| *r <= 10);
+            step.retries =
+                Some(retries.ok_or_else(|| error("Retries must be a number from 0 to 10"))?);
+        }
+        "component" => {
+            if !markdown::is_dns_label(value) {
+                return Err(error("a component must be a DNS label"));
+            }
+            (step.component, item.component_line) = (Some(value.to_string()), line.no);
+        }
+        "notes" => step.notes = Some(value.to_string()).filter(|v| !v.is_empty()),
+        _ => {
+            let message = format!(
+                "unknown field `**{key}:**` (expected Command, Expected Output, Expected Result, Timeout, Critical, Retries, Component or Notes)"
+            );
+            return Err(DOC.error(line.no, message));
+        }
+    }
+    Ok(next)
 }
 
 /// The lines of a step that are not fields: lines in a row make a paragraph, and a code block
