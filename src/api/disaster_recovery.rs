@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backup::SecretKeyRef;
 use super::duration::GoDuration;
-use crate::probe::Probe;
+use super::probe::Probe;
 
 /// A DNS-1123 label, as Kubernetes requires for names that end up in Job names and labels.
 pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
@@ -110,6 +110,11 @@ impl DisasterRecovery {
             .clone()
             .or_else(|| self.namespace())
             .unwrap_or_default()
+    }
+
+    /// The recovery time objective, if the scenario sets one.
+    pub fn rto_objective(&self) -> Option<std::time::Duration> {
+        Some(self.spec.objectives.as_ref()?.rto.as_ref()?.duration())
     }
 }
 

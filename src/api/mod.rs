@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod disaster_recovery;
 pub mod duration;
+pub mod probe;
 
 pub use backup::{Backup, BackupSpec, BackupStatus};
 pub use disaster_recovery::{DisasterRecovery, DisasterRecoverySpec, DisasterRecoveryStatus};

@@ -52,16 +52,11 @@ pub enum RtoCheck {
 /// Compares the worst case of the critical path with `spec.objectives.rto`.
 pub fn rto_check(resource: &DisasterRecovery, plan: &Plan) -> RtoCheck {
     let worst_case = plan.critical_path().worst_case;
-    match rto_objective(resource) {
+    match resource.rto_objective() {
         None => RtoCheck::NoObjective { worst_case },
         Some(rto) if worst_case <= rto => RtoCheck::Fits { worst_case, rto },
         Some(rto) => RtoCheck::Exceeded { worst_case, rto },
     }
-}
-
-/// The RTO objective of a resource, if it sets one.
-pub fn rto_objective(resource: &DisasterRecovery) -> Option<Duration> {
-    Some(resource.spec.objectives.as_ref()?.rto.as_ref()?.duration())
 }
 
 /// The plan as text for a person: stages, validations, rollback, critical path and the RTO

@@ -57,7 +57,7 @@ pub async fn run(args: &RunArgs) -> Exit {
     let mut display = Display::new();
     header(&mut display, &args.file, &resource, &plan, &options);
     let record = executor::execute(&resource, &plan, &options, &mut display).await;
-    let rto = super::plan::rto_objective(&resource);
+    let rto = resource.rto_objective();
     display.summary(&record, rto);
 
     if let Some(path) = &args.report {

@@ -38,7 +38,7 @@ pub fn write(
     if let Some(dir) = report_md.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let rto = crate::cli::plan::rto_objective(resource);
+    let rto = resource.rto_objective();
     std::fs::write(&svg_path, svg::gantt(record, rto))?;
     std::fs::write(report_md, markdown(record, resource, plan, &svg_name))?;
     Ok(svg_path)
@@ -51,7 +51,7 @@ pub fn markdown(
     plan: &Plan,
     svg_name: &str,
 ) -> String {
-    let rto = crate::cli::plan::rto_objective(resource);
+    let rto = resource.rto_objective();
     let mut out = String::new();
     // `write!` to a String cannot fail; the results are ignored for that reason.
     let _ = writeln!(out, "# Recovery report: {}\n", record.scenario);
