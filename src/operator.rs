@@ -90,6 +90,65 @@ pub fn init_tracing() {
         .init();
 }
 
+/// The namespace the operator watches, or all.
+struct Scope(Option<String>);
+
+impl Scope {
+    fn api<K>(&self, client: &Client) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match self.0.as_deref() {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+}
+
+/// A cache and the stream of changes that fills it (and wakes the controller).
+type Cached<K> = (
+    reflector::Store<K>,
+    futures::stream::BoxStream<'static, Result<K, watcher::Error>>,
+);
+
+/// The watches of the Jobs this operator made, their Pods (only those: they carry its
+/// labels), and the Backups.
+struct Watched {
+    jobs: Cached<Job>,
+    pods: Cached<Pod>,
+    backups: Cached<Backup>,
+}
+
+impl Watched {
+    fn start(client: &Client, scope: &Scope) -> Self {
+        let owned = watcher::Config::default().labels(LABEL_RECOVERY);
+        Watched {
+            jobs: cached(scope.api(client), owned.clone()),
+            pods: cached(scope.api(client), owned),
+            backups: cached(scope.api(client), watcher::Config::default()),
+        }
+    }
+}
+
+fn cached<K>(api: Api<K>, config: watcher::Config) -> Cached<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let events = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .boxed();
+    (store, events)
+}
+
 /// The operator's watches, each feeding a cache that reconciles read instead of listing.
 struct Caches {
     jobs: reflector::Store<Job>,
@@ -117,46 +176,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!("titan-dr operator started");
 
-    let namespace = config.namespace.clone().filter(|ns| !ns.is_empty());
-    let api = |client: &Client| -> (Api<DisasterRecovery>, Api<Job>, Api<Pod>, Api<Backup>) {
-        match namespace.as_deref() {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-            ),
-        }
-    };
-    let (recoveries, jobs, pods, backups) = api(&client);
-    // Only the Jobs this operator made, and their Pods, are watched (and cached).
-    let owned = watcher::Config::default().labels(LABEL_RECOVERY);
-    let (job_cache, job_writer) = reflector::store();
-    let (pod_cache, pod_writer) = reflector::store();
-    let (backup_cache, backup_writer) = reflector::store();
-    let job_events = watcher(jobs, owned.clone())
-        .default_backoff()
-        .reflect(job_writer)
-        .applied_objects();
-    let pod_events = watcher(pods, owned)
-        .default_backoff()
-        .reflect(pod_writer)
-        .applied_objects();
-    let backup_events = watcher(backups.clone(), watcher::Config::default())
-        .default_backoff()
-        .reflect(backup_writer)
-        .applied_objects();
+    let scope = Scope(config.namespace.clone().filter(|ns| !ns.is_empty()));
+    let watched = Watched::start(&client, &scope);
     let caches = Caches {
-        jobs: job_cache,
-        pods: pod_cache,
-        backups: backup_cache,
+        jobs: watched.jobs.0,
+        pods: watched.pods.0,
+        backups: watched.backups.0,
     };
+    let (job_events, pod_events, backup_events) =
+        (watched.jobs.1, watched.pods.1, watched.backups.1);
+    let (recoveries, backups) = (scope.api(&client), scope.api(&client));
     let ctx = Arc::new(context(client.clone(), &config, metrics, caches));
 
     let recovery_controller = Controller::new(recoveries, watcher::Config::default());

@@ -61,27 +61,7 @@ pub struct Chosen {
 /// No snapshot verifies, the named one does not, or the snapshots cannot be read.
 pub fn choose(source: &SourceArgs, key: &BackupKey, which: &str) -> anyhow::Result<Chosen> {
     let handle = tokio::runtime::Handle::current();
-    let remote = match (&source.dir, &source.from) {
-        (Some(dir), _) => {
-            if !dir.is_dir() {
-                bail!("{} is not a folder", dir.display());
-            }
-            None
-        }
-        (None, Some(url)) => {
-            let backup = source.backup.as_deref().unwrap_or_default();
-            let (namespace, name) = backup
-                .split_once('/')
-                .with_context(|| format!("--backup {backup:?} is not namespace/name"))?;
-            Some(Remote {
-                url: url.clone(),
-                namespace: namespace.into(),
-                backup: name.into(),
-                token_file: source.token_file.clone().unwrap_or_default(),
-            })
-        }
-        (None, None) => bail!("give --dir or --from"),
-    };
+    let remote = remote_of(source)?;
     let (store, index) = match &remote {
         None => (Store::open(source.dir.clone().unwrap_or_default())?, None),
         Some(remote) => {
@@ -91,34 +71,15 @@ pub fn choose(source: &SourceArgs, key: &BackupKey, which: &str) -> anyhow::Resu
             (Store::open(dir)?, Some(handle.block_on(remote.index())?))
         }
     };
-    let candidates: Vec<String> = match &index {
+    let present: Vec<String> = match &index {
         None => store.ids()?,
         Some(index) => index.snapshots.iter().map(|s| s.id.clone()).collect(),
     };
-    let candidates: Vec<String> = match which {
-        "latest" => {
-            let cutoff = source.not_after.map(snapshot_id);
-            let before = |id: &String| cutoff.as_ref().is_none_or(|cutoff| id <= cutoff);
-            let (kept, later): (Vec<String>, Vec<String>) =
-                candidates.into_iter().partition(before);
-            if !later.is_empty() {
-                println!(
-                    "leaving out {} snapshot(s) newer than {}: {}",
-                    later.len(),
-                    source.not_after.map(|t| t.to_string()).unwrap_or_default(),
-                    later.join(", ")
-                );
-            }
-            kept
-        }
-        id => vec![store.resolve(id).map(|_| id.to_owned()).or_else(|err| {
-            // A remote store is empty until downloaded: check the ID against the index.
-            if remote.is_some() && candidates.iter().any(|c| c == id) {
-                Ok(id.to_owned())
-            } else {
-                Err(err)
-            }
-        })?],
+    let candidates = match which {
+        "latest" => before_cutoff(present, source.not_after),
+        // A remote store is empty until downloaded: the ID is checked against the index.
+        id if remote.is_some() && present.iter().any(|c| c == id) => vec![id.to_owned()],
+        id => vec![store.resolve(id)?],
     };
     if candidates.is_empty() {
         bail!("the Backup has no snapshots; nothing was restored");
@@ -131,7 +92,7 @@ pub fn choose(source: &SourceArgs, key: &BackupKey, which: &str) -> anyhow::Resu
         if let (Some(remote), Some(entry)) = (&remote, entry) {
             handle.block_on(remote.download(entry, store.dir()))?;
         }
-        match store.verify(id, key) {
+        let err = match store.verify(id, key) {
             Ok(manifest) => {
                 return Ok(Chosen {
                     store,
@@ -142,14 +103,13 @@ pub fn choose(source: &SourceArgs, key: &BackupKey, which: &str) -> anyhow::Resu
             Err(err) if which != "latest" => {
                 bail!("refusing to restore snapshot {id}: {err}; the target is untouched");
             }
-            Err(err) => {
-                eprintln!("refusing snapshot {id}: {err}");
-                refused.push(err.to_string());
-                if remote.is_some() {
-                    for file in store.files_of(id) {
-                        let _ = std::fs::remove_file(store.dir().join(file));
-                    }
-                }
+            Err(err) => err,
+        };
+        eprintln!("refusing snapshot {id}: {err}");
+        refused.push(err.to_string());
+        if remote.is_some() {
+            for file in store.files_of(id) {
+                let _ = std::fs::remove_file(store.dir().join(file));
             }
         }
     }
@@ -158,6 +118,44 @@ pub fn choose(source: &SourceArgs, key: &BackupKey, which: &str) -> anyhow::Resu
         refused.len(),
         refused.join("; ")
     )
+}
+
+/// The Backup at the operator's endpoint that `source` names, or `None` for a folder.
+fn remote_of(source: &SourceArgs) -> anyhow::Result<Option<Remote>> {
+    match (&source.dir, &source.from) {
+        (Some(dir), _) if !dir.is_dir() => bail!("{} is not a folder", dir.display()),
+        (Some(_), _) => Ok(None),
+        (None, Some(url)) => {
+            let backup = source.backup.as_deref().unwrap_or_default();
+            let (namespace, name) = backup
+                .split_once('/')
+                .with_context(|| format!("--backup {backup:?} is not namespace/name"))?;
+            Ok(Some(Remote {
+                url: url.clone(),
+                namespace: namespace.into(),
+                backup: name.into(),
+                token_file: source.token_file.clone().unwrap_or_default(),
+            }))
+        }
+        (None, None) => bail!("give --dir or --from"),
+    }
+}
+
+/// The snapshot IDs (newest first) started at or before `not_after`; those left out are
+/// said.
+fn before_cutoff(ids: Vec<String>, not_after: Option<Timestamp>) -> Vec<String> {
+    let cutoff = not_after.map(snapshot_id);
+    let (kept, later): (Vec<String>, Vec<String>) = ids
+        .into_iter()
+        .partition(|id| cutoff.as_ref().is_none_or(|cutoff| id <= cutoff));
+    if let (false, Some(at)) = (later.is_empty(), not_after) {
+        println!(
+            "leaving out {} snapshot(s) newer than {at}: {}",
+            later.len(),
+            later.join(", ")
+        );
+    }
+    kept
 }
 
 /// A Redis connection from `host:port` and a password, without building a URL (a password
@@ -197,20 +195,7 @@ pub struct Replication<'a> {
 ///
 /// Redis refused a command, never synced within the timeout, or could not be promoted.
 pub fn replicate(rdb: &Path, to: &Replication<'_>) -> anyhow::Result<()> {
-    let client = redis_client(to.address, to.password)?;
-    // Redis may have just started: its Service answers a moment after the pod is ready.
-    let started = Instant::now();
-    let mut redis = loop {
-        match client.get_connection_with_timeout(Duration::from_secs(5)) {
-            Ok(redis) => break redis,
-            Err(err) if started.elapsed() < to.timeout && err.is_io_error() => {
-                std::thread::sleep(Duration::from_millis(250));
-            }
-            Err(err) => {
-                return Err(err).with_context(|| format!("connecting to Redis at {}", to.address));
-            }
-        }
-    };
+    let mut redis = connect_when_up(to)?;
     let primary = Primary::bind("0.0.0.0:0").context("listening for the replica")?;
     let port = primary.port()?;
     let previous: Vec<String> = redis::cmd("CONFIG")
@@ -226,38 +211,7 @@ pub fn replicate(rdb: &Path, to: &Replication<'_>) -> anyhow::Result<()> {
         .exec(&mut redis)
         .with_context(|| format!("Redis at {} refused CONFIG SET masterauth", to.address))?;
     let serving = primary.serve(rdb.to_owned());
-    let synced = (|| -> anyhow::Result<()> {
-        redis::cmd("REPLICAOF")
-            .arg(to.advertise_host)
-            .arg(port)
-            .exec(&mut redis)
-            .with_context(|| format!("Redis at {} refused REPLICAOF", to.address))?;
-        println!(
-            "Redis at {} is replicating the snapshot from {}:{port}",
-            to.address, to.advertise_host
-        );
-        let started = Instant::now();
-        loop {
-            let info: String = redis::cmd("INFO").query(&mut redis)?;
-            let field = |name| info_field(&info, name).unwrap_or_default();
-            if field("master_link_status") == "up"
-                && field("master_sync_in_progress") == "0"
-                && field("loading") == "0"
-            {
-                return Ok(());
-            }
-            if started.elapsed() > to.timeout {
-                bail!(
-                    "Redis at {} did not load the snapshot within {:?} (link {}, sync in progress {})",
-                    to.address,
-                    to.timeout,
-                    field("master_link_status"),
-                    field("master_sync_in_progress")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    })();
+    let synced = sync_from(&mut redis, to, port);
     // Promoted whatever happened: a Redis left a replica of a gone primary would refuse writes.
     let promoted = redis::cmd("REPLICAOF")
         .arg("NO")
@@ -284,6 +238,59 @@ pub fn replicate(rdb: &Path, to: &Replication<'_>) -> anyhow::Result<()> {
         to.address
     );
     Ok(())
+}
+
+/// A connection to the Redis restored to, retried while it does not answer yet: it may have
+/// just started, and its Service answers a moment after the pod is ready.
+fn connect_when_up(to: &Replication<'_>) -> anyhow::Result<redis::Connection> {
+    let client = redis_client(to.address, to.password)?;
+    let started = Instant::now();
+    loop {
+        match client.get_connection_with_timeout(Duration::from_secs(5)) {
+            Ok(redis) => return Ok(redis),
+            Err(err) if started.elapsed() < to.timeout && err.is_io_error() => {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(err) => {
+                return Err(err).with_context(|| format!("connecting to Redis at {}", to.address));
+            }
+        }
+    }
+}
+
+/// Makes Redis a replica of this process (listening on `port`) and waits until it has
+/// loaded what it was sent.
+fn sync_from(redis: &mut redis::Connection, to: &Replication<'_>, port: u16) -> anyhow::Result<()> {
+    redis::cmd("REPLICAOF")
+        .arg(to.advertise_host)
+        .arg(port)
+        .exec(redis)
+        .with_context(|| format!("Redis at {} refused REPLICAOF", to.address))?;
+    println!(
+        "Redis at {} is replicating the snapshot from {}:{port}",
+        to.address, to.advertise_host
+    );
+    let started = Instant::now();
+    loop {
+        let info: String = redis::cmd("INFO").query(redis)?;
+        let field = |name| info_field(&info, name).unwrap_or_default();
+        if field("master_link_status") == "up"
+            && field("master_sync_in_progress") == "0"
+            && field("loading") == "0"
+        {
+            return Ok(());
+        }
+        if started.elapsed() > to.timeout {
+            bail!(
+                "Redis at {} did not load the snapshot within {:?} (link {}, sync in progress {})",
+                to.address,
+                to.timeout,
+                field("master_link_status"),
+                field("master_sync_in_progress")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// What a restored Redis must hold: every key without a TTL, and of the keys with one, at

@@ -152,83 +152,100 @@ async fn take_snapshot(ctx: &Context, backup: &Backup) -> Result<String, Failure
     let manifest = match &backup.spec.source {
         BackupSource {
             redis: Some(redis), ..
-        } => {
-            let password = match &redis.password_secret_ref {
-                Some(r) => Some(secret_value(&secrets, &r.name, &r.key).await?),
-                None => None,
-            };
-            let target = RedisTarget {
-                address: redis.address.clone(),
-                username: None,
-                password,
-            };
-            tokio::task::spawn_blocking(move || {
-                store.snapshot_redis(&target, &key, &SnapshotOptions::default())
-            })
-            .await
-            .map_err(|e| Failure::new("Internal", e.to_string()))?
-            .map_err(store_failure)?
-        }
-        BackupSource {
-            namespace: source_ns,
-            config_maps,
-            secrets: secret_selector,
-            ..
-        } => {
-            let source_ns = source_ns.clone().unwrap_or_else(|| ns.clone());
-            if source_ns != ns {
-                consented(ctx, &source_ns, &ns).await?;
-            }
-            let maps = match config_maps {
-                Some(s) => {
-                    list(
-                        &Api::<ConfigMap>::namespaced(ctx.client.clone(), &source_ns),
-                        &s.selector,
-                    )
-                    .await?
-                }
-                None => Vec::new(),
-            };
-            let secret_list = match secret_selector {
-                Some(s) => {
-                    list(
-                        &Api::<Secret>::namespaced(ctx.client.clone(), &source_ns),
-                        &s.selector,
-                    )
-                    .await?
-                }
-                None => Vec::new(),
-            };
-            let entries = config_archive::entries(&maps, &secret_list)
-                .map_err(|e| Failure::new("Internal", e.to_string()))?;
-            // A snapshot of nothing would become the newest, and a restore of `latest` would
-            // then restore nothing: an empty selection is a failure, not a snapshot.
-            if entries.is_empty() {
-                return Err(Failure::new(
-                    "NothingSelected",
-                    format!(
-                        "no ConfigMap or Secret in namespace {source_ns} matches the selectors; no snapshot taken"
-                    ),
-                ));
-            }
-            let count = entries.len() as u64;
-            tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-                let mut writer = store.begin_now(SnapshotKind::Configuration, &key)?;
-                let paths: Vec<serde_json::Value> =
-                    entries.iter().map(|e| e.path.clone().into()).collect();
-                writer.details_mut().insert("objects".into(), paths.into());
-                config_archive::write(&entries, &mut writer).map_err(|e| StoreError::Io {
-                    context: "writing the archive".into(),
-                    source: e,
-                })?;
-                writer.commit(Some(count), None)
-            })
-            .await
-            .map_err(|e| Failure::new("Internal", e.to_string()))?
-            .map_err(store_failure)?
-        }
+        } => redis_snapshot(redis, &secrets, store, key).await?,
+        source => config_snapshot(ctx, source, &ns, store, key).await?,
     };
     Ok(manifest.id)
+}
+
+/// A snapshot of Redis over the replication protocol, on a blocking thread.
+async fn redis_snapshot(
+    redis: &crate::api::backup::RedisSource,
+    secrets: &Api<Secret>,
+    store: Store,
+    key: BackupKey,
+) -> Result<crate::backup::Manifest, Failure> {
+    let password = match &redis.password_secret_ref {
+        Some(r) => Some(secret_value(secrets, &r.name, &r.key).await?),
+        None => None,
+    };
+    let target = RedisTarget {
+        address: redis.address.clone(),
+        username: None,
+        password,
+    };
+    tokio::task::spawn_blocking(move || {
+        store.snapshot_redis(&target, &key, &SnapshotOptions::default())
+    })
+    .await
+    .map_err(|e| Failure::new("Internal", e.to_string()))?
+    .map_err(store_failure)
+}
+
+/// A snapshot of the ConfigMaps and Secrets the source selects, as a tar archive.
+async fn config_snapshot(
+    ctx: &Context,
+    source: &BackupSource,
+    ns: &str,
+    store: Store,
+    key: BackupKey,
+) -> Result<crate::backup::Manifest, Failure> {
+    let BackupSource {
+        namespace: source_ns,
+        config_maps,
+        secrets: secret_selector,
+        ..
+    } = source;
+    let source_ns = source_ns.clone().unwrap_or_else(|| ns.to_owned());
+    if source_ns != ns {
+        consented(ctx, &source_ns, ns).await?;
+    }
+    let maps = match config_maps {
+        Some(s) => {
+            list(
+                &Api::<ConfigMap>::namespaced(ctx.client.clone(), &source_ns),
+                &s.selector,
+            )
+            .await?
+        }
+        None => Vec::new(),
+    };
+    let secret_list = match secret_selector {
+        Some(s) => {
+            list(
+                &Api::<Secret>::namespaced(ctx.client.clone(), &source_ns),
+                &s.selector,
+            )
+            .await?
+        }
+        None => Vec::new(),
+    };
+    let entries = config_archive::entries(&maps, &secret_list)
+        .map_err(|e| Failure::new("Internal", e.to_string()))?;
+    // A snapshot of nothing would become the newest, and a restore of `latest` would
+    // then restore nothing: an empty selection is a failure, not a snapshot.
+    if entries.is_empty() {
+        return Err(Failure::new(
+            "NothingSelected",
+            format!(
+                "no ConfigMap or Secret in namespace {source_ns} matches the selectors; no snapshot taken"
+            ),
+        ));
+    }
+    let count = entries.len() as u64;
+    tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let mut writer = store.begin_now(SnapshotKind::Configuration, &key)?;
+        let paths: Vec<serde_json::Value> = entries.iter().map(|e| e.path.clone().into()).collect();
+        writer.details_mut().insert("objects".into(), paths.into());
+        config_archive::write(&entries, &mut writer).map_err(|e| StoreError::Io {
+            context: "writing the archive".into(),
+            source: e,
+        })?;
+        writer.commit(Some(count), None)
+    })
+    .await
+    .map_err(|e| Failure::new("Internal", e.to_string()))?
+    .map_err(store_failure)
 }
 
 fn store_failure(error: StoreError) -> Failure {

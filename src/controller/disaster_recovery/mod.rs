@@ -50,60 +50,104 @@ const SOONEST: Duration = Duration::from_secs(1);
 
 #[tracing::instrument(skip_all, fields(dr = %dr.name_any(), ns = dr.namespace().unwrap_or_default()))]
 pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = dr.namespace().unwrap_or_default();
-    let name = dr.name_any();
-    let drs: Api<DisasterRecovery> = Api::namespaced(ctx.client.clone(), &ns);
+    let drs: Api<DisasterRecovery> = Api::namespaced(ctx.client.clone(), &namespace(&dr));
     let previous = dr.status.clone().unwrap_or_default();
     ctx.caches_ready().await?;
-
     let plan = match validate(&dr) {
         Ok(plan) => plan,
-        Err(message) => {
-            let status = invalid_status(&dr, &previous, &message);
-            write_status(&drs, &name, &previous, &status).await?;
-            if status != previous {
-                ctx.publish(
-                    dr.object_ref(&()),
-                    EventType::Warning,
-                    "InvalidSpec",
-                    &message,
-                )
-                .await;
-            }
-            return Ok(Action::await_change());
-        }
+        Err(message) => return reject_invalid(&ctx, &dr, &drs, &previous, &message).await,
     };
+    let base = current_run(&ctx, &dr, &drs, &previous).await?;
+    let (mut observed, recheck) = observe_run(&ctx, &dr, &base).await?;
+    let mut state = RunState::default();
+    for s in observed.values() {
+        state.set(&s.name, s.phase, s.attempts);
+    }
+    let decision = plan.next(&state);
+    start_attempts(&ctx, &dr, &base, &decision, &mut observed).await?;
+    let status = run_status(&ctx, &dr, base, &decision, &observed).await?;
+    write_status(&drs, &dr.name_any(), &previous, &status).await?;
+    // After the write: an Event never tells of a transition the status does not hold.
+    announce_transitions(&ctx, &dr, &previous, &status).await;
+    Ok(match decision.outcome {
+        Some(_) => Action::await_change(),
+        None => Action::requeue(recheck.max(SOONEST)),
+    })
+}
 
-    // Which run: a new one on creation and whenever the run-now annotation changes.
-    let trigger = dr.annotations().get(RUN_NOW).cloned().unwrap_or_default();
-    let mut base = previous.clone();
-    if previous.run_id.is_none() || previous.run_trigger.as_deref().unwrap_or_default() != trigger {
-        // A runId that is not a number (edited by hand) counts as none: the next run is 1.
-        let run = previous.run_number().unwrap_or(0) + 1;
-        base = DisasterRecoveryStatus {
-            run_id: Some(run.to_string()),
-            run_trigger: Some(trigger),
-            started_at: Some(Time(Timestamp::now())),
-            phase: Some(RunPhase::Running),
-            conditions: previous.conditions.clone(),
-            ..Default::default()
-        };
-        // The run is recorded before any of its Jobs exists, so a crash here
-        // at worst starts the same run again.
-        write_status(&drs, &name, &previous, &base).await?;
+fn namespace(dr: &DisasterRecovery) -> String {
+    dr.namespace().unwrap_or_default()
+}
+
+/// An invalid spec: InvalidSpec in status (and an Event when that is new), no Job, and
+/// nothing more until the spec changes.
+async fn reject_invalid(
+    ctx: &Context,
+    dr: &DisasterRecovery,
+    drs: &Api<DisasterRecovery>,
+    previous: &DisasterRecoveryStatus,
+    message: &str,
+) -> Result<Action, Error> {
+    let status = invalid_status(dr, previous, message);
+    write_status(drs, &dr.name_any(), previous, &status).await?;
+    if &status != previous {
         ctx.publish(
             dr.object_ref(&()),
-            EventType::Normal,
-            "RunStarted",
-            &format!("run {run} started"),
+            EventType::Warning,
+            "InvalidSpec",
+            message,
         )
         .await;
-        prune_old_runs(&ctx, &dr, run).await?;
     }
-    let run = base.run_id.clone().unwrap_or_default();
+    Ok(Action::await_change())
+}
 
-    // Observe the run's Jobs and Pods, from the operator's caches.
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+/// The status the current run starts from: a new run on creation and whenever the run-now
+/// annotation changes (recorded before any of its Jobs exists, so a crash here at worst
+/// starts the same run again), else the one in status.
+async fn current_run(
+    ctx: &Context,
+    dr: &DisasterRecovery,
+    drs: &Api<DisasterRecovery>,
+    previous: &DisasterRecoveryStatus,
+) -> Result<DisasterRecoveryStatus, Error> {
+    let trigger = dr.annotations().get(RUN_NOW).cloned().unwrap_or_default();
+    if previous.run_id.is_some() && previous.run_trigger.as_deref().unwrap_or_default() == trigger {
+        return Ok(previous.clone());
+    }
+    // A runId that is not a number (edited by hand) counts as none: the next run is 1.
+    let run = previous.run_number().unwrap_or(0) + 1;
+    let base = DisasterRecoveryStatus {
+        run_id: Some(run.to_string()),
+        run_trigger: Some(trigger),
+        started_at: Some(Time(Timestamp::now())),
+        phase: Some(RunPhase::Running),
+        conditions: previous.conditions.clone(),
+        ..Default::default()
+    };
+    write_status(drs, &dr.name_any(), previous, &base).await?;
+    let message = format!("run {run} started");
+    ctx.publish(
+        dr.object_ref(&()),
+        EventType::Normal,
+        "RunStarted",
+        &message,
+    )
+    .await;
+    prune_old_runs(ctx, dr, run).await?;
+    Ok(base)
+}
+
+/// What the run's Jobs and Pods (from the operator's caches) say of its steps, after the
+/// attempts whose pod cannot start were failed on their Job (so that this and any later
+/// operator sees a failed attempt); and when to look again.
+async fn observe_run(
+    ctx: &Context,
+    dr: &DisasterRecovery,
+    base: &DisasterRecoveryStatus,
+) -> Result<(BTreeMap<String, StepStatus>, Duration), Error> {
+    let (ns, name) = (namespace(dr), dr.name_any());
+    let run = base.run_id.clone().unwrap_or_default();
     let mut run_jobs: Vec<Job> = of_run(&ctx.jobs, &ns, &name, &run)
         .iter()
         .map(|job| job.as_ref().clone())
@@ -113,11 +157,9 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
         cached: of_run(&ctx.pods, &ns, &name, &run),
         api: &pods_api,
     };
-    // Attempts whose pod cannot start are failed on their Job first, so that
-    // observe below, and any later operator, sees a failed attempt.
-    let recheck = stop_unstartable(&ctx, &ns, &pods, &mut run_jobs).await?;
+    let recheck = stop_unstartable(ctx, &ns, &pods, &mut run_jobs).await?;
     let spec_steps: BTreeMap<&str, &Step> =
-        all_steps(&dr).map(|(_, s)| (s.name.as_str(), s)).collect();
+        all_steps(dr).map(|(_, s)| (s.name.as_str(), s)).collect();
     let recorded: BTreeMap<&str, &StepStatus> = base
         .steps
         .iter()
@@ -125,45 +167,32 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
         .chain(&base.rollback)
         .map(|s| (s.name.as_str(), s))
         .collect();
-    let mut observed = observe::observe_steps(&pods, &run_jobs, &spec_steps, &recorded).await?;
+    let observed = observe::observe_steps(&pods, &run_jobs, &spec_steps, &recorded).await?;
+    Ok((observed, recheck))
+}
 
-    // Decide, and start what the plan allows.
-    let mut state = RunState::default();
-    for s in observed.values() {
-        state.set(&s.name, s.phase, s.attempts);
-    }
-    let decision = plan.next(&state);
+/// Creates the Job of every attempt the plan starts now, and records it as Running.
+async fn start_attempts(
+    ctx: &Context,
+    dr: &DisasterRecovery,
+    base: &DisasterRecoveryStatus,
+    decision: &crate::plan::Decision,
+    observed: &mut BTreeMap<String, StepStatus>,
+) -> Result<(), Error> {
+    let ns = namespace(dr);
+    let run = base.run_id.clone().unwrap_or_default();
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     for attempt in &decision.start {
-        let Some(step) = spec_steps.get(attempt.name.as_str()) else {
+        let Some((_, step)) = all_steps(dr).find(|(_, s)| s.name == attempt.name) else {
             continue;
         };
         let mut setup = ctx.job_setup.clone();
         if let Some(restore) = &step.restore {
             let started = base.started_at.as_ref().map(|t| t.0);
-            setup.restore = Some(restore_setup(&ctx, &ns, &restore.backup, started).await?);
+            setup.restore = Some(restore_setup(ctx, &ns, &restore.backup, started).await?);
         }
-        let job = build_job(&dr, &run, attempt.kind, step, attempt.number, &setup);
-        let job_name = job.name_any();
-        let created = match jobs.create(&PostParams::default(), &job).await {
-            // Invalid whatever the retry: the attempt fails, through a Job that says why.
-            Err(kube::Error::Api(e)) if e.code == 422 => {
-                tracing::info!(job = %job_name, reason = %e.message, "the API server refused a step's Job");
-                let refused = refused_job(&job, &e.message, &ctx.job_setup);
-                jobs.create(&PostParams::default(), &refused).await
-            }
-            other => other,
-        };
-        match created {
-            Ok(_) => {}
-            // Created by an earlier reconcile whose status write was lost.
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(source) => {
-                return Err(Error::CreateJob {
-                    job: job_name,
-                    source,
-                });
-            }
-        }
+        let job = build_job(dr, &run, attempt.kind, step, attempt.number, &setup);
+        let job_name = create_job(ctx, &jobs, &job).await?;
         let first = observed
             .get(&attempt.name)
             .and_then(|s| s.started_at.clone());
@@ -179,15 +208,30 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
             },
         );
     }
+    Ok(())
+}
 
-    let status = run_status(&ctx, &dr, base, &decision, &observed).await?;
-    write_status(&drs, &name, &previous, &status).await?;
-    // After the write: an Event never tells of a transition the status does not hold.
-    announce_transitions(&ctx, &dr, &previous, &status).await;
-    Ok(match decision.outcome {
-        Some(_) => Action::await_change(),
-        None => Action::requeue(recheck.max(SOONEST)),
-    })
+/// Creates an attempt's Job; its name. A Job the API server refuses as invalid becomes a
+/// stand-in that fails saying why (invalid whatever the retry); one that exists already was
+/// created by an earlier reconcile whose status write was lost.
+async fn create_job(ctx: &Context, jobs: &Api<Job>, job: &Job) -> Result<String, Error> {
+    let job_name = job.name_any();
+    let created = match jobs.create(&PostParams::default(), job).await {
+        Err(kube::Error::Api(e)) if e.code == 422 => {
+            tracing::info!(job = %job_name, reason = %e.message, "the API server refused a step's Job");
+            let refused = refused_job(job, &e.message, &ctx.job_setup);
+            jobs.create(&PostParams::default(), &refused).await
+        }
+        other => other,
+    };
+    match created {
+        Ok(_) => Ok(job_name),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(job_name),
+        Err(source) => Err(Error::CreateJob {
+            job: job_name,
+            source,
+        }),
+    }
 }
 
 /// The cached objects (Jobs, Pods) of run `run` of recovery `name` in `ns`, by their labels.
