@@ -49,8 +49,33 @@ pub fn gantt(record: &RunRecord, rto: Option<Duration>) -> String {
         r#"<text x="10" y="20" font-size="15" font-weight="bold">{}</text>"#,
         escape(&title)
     );
+    rows(&mut svg, record, width);
+    time_axis(&mut svg, span, bottom, &x);
+    for (i, step) in record.steps.iter().enumerate() {
+        let y = HEADER + ROW * i as f64 + (ROW - BAR) / 2.0;
+        if step.attempts.is_empty() {
+            not_run(&mut svg, record, step, y);
+        }
+        for attempt in &step.attempts {
+            draw_attempt(&mut svg, step, attempt, y, span, &x);
+        }
+    }
+    if let Some(rto) = rto.filter(|&rto| rto <= span) {
+        let rx = x(rto);
+        let _ = writeln!(
+            svg,
+            r##"<line class="rto" x1="{rx:.1}" y1="{}" x2="{rx:.1}" y2="{bottom}" stroke="#c62828" stroke-width="2" stroke-dasharray="6 3"/><text x="{rx:.1}" y="{}" fill="#c62828" text-anchor="middle">RTO</text>"##,
+            HEADER - 24.0,
+            HEADER - 26.0
+        );
+    }
+    legend(&mut svg, bottom + 24.0, rto.filter(|&rto| rto > span));
+    svg.push_str("</svg>\n");
+    svg
+}
 
-    // Alternate row shading, then the time axis over it.
+/// Alternate row shading and each row's label.
+fn rows(svg: &mut String, record: &RunRecord, width: f64) {
     for (i, step) in record.steps.iter().enumerate() {
         let y = HEADER + ROW * i as f64;
         let fill = if i % 2 == 0 { "#f4f5f7" } else { "#ffffff" };
@@ -75,6 +100,10 @@ pub fn gantt(record: &RunRecord, rto: Option<Duration>) -> String {
             escape(&label)
         );
     }
+}
+
+/// The time axis, over the rows.
+fn time_axis(svg: &mut String, span: Duration, bottom: f64, x: &dyn Fn(Duration) -> f64) {
     let tick = tick_interval(span);
     let mut t = Duration::ZERO;
     while t <= span {
@@ -88,41 +117,23 @@ pub fn gantt(record: &RunRecord, rto: Option<Duration>) -> String {
         );
         t += tick;
     }
+}
 
-    for (i, step) in record.steps.iter().enumerate() {
-        let y = HEADER + ROW * i as f64 + (ROW - BAR) / 2.0;
-        if step.attempts.is_empty() {
-            let why = match step.phase {
-                StepPhase::Skipped => "skipped",
-                _ if step.kind == StepKind::Rollback && record.outcome == RunOutcome::Succeeded => {
-                    "not needed"
-                }
-                _ => "not started",
-            };
-            let _ = writeln!(
-                svg,
-                r##"<text x="{:.1}" y="{:.1}" fill="#888" font-style="italic">{why}</text>"##,
-                LABEL_WIDTH + 4.0,
-                y + BAR - 3.0
-            );
+/// Why a row has no bar.
+fn not_run(svg: &mut String, record: &RunRecord, step: &StepRecord, y: f64) {
+    let why = match step.phase {
+        StepPhase::Skipped => "skipped",
+        _ if step.kind == StepKind::Rollback && record.outcome == RunOutcome::Succeeded => {
+            "not needed"
         }
-        for attempt in &step.attempts {
-            draw_attempt(&mut svg, step, attempt, y, span, &x);
-        }
-    }
-
-    if let Some(rto) = rto.filter(|&rto| rto <= span) {
-        let rx = x(rto);
-        let _ = writeln!(
-            svg,
-            r##"<line class="rto" x1="{rx:.1}" y1="{}" x2="{rx:.1}" y2="{bottom}" stroke="#c62828" stroke-width="2" stroke-dasharray="6 3"/><text x="{rx:.1}" y="{}" fill="#c62828" text-anchor="middle">RTO</text>"##,
-            HEADER - 24.0,
-            HEADER - 26.0
-        );
-    }
-    legend(&mut svg, bottom + 24.0, rto.filter(|&rto| rto > span));
-    svg.push_str("</svg>\n");
-    svg
+        _ => "not started",
+    };
+    let _ = writeln!(
+        svg,
+        r##"<text x="{:.1}" y="{:.1}" fill="#888" font-style="italic">{why}</text>"##,
+        LABEL_WIDTH + 4.0,
+        y + BAR - 3.0
+    );
 }
 
 /// One attempt: the timeout outline, then the bar with a tooltip.

@@ -52,26 +52,7 @@ pub fn render(dr: &DisasterRecovery) -> String {
     if let Some(preamble) = annotations.get(PREAMBLE_ANNOTATION) {
         out += &format!("{preamble}\n\n");
     }
-    let severity = match spec.severity {
-        Severity::Critical => "CRITICAL",
-        Severity::High => "HIGH",
-        Severity::Medium => "MEDIUM",
-        Severity::Low => "LOW",
-    };
-    out += &format!(
-        "## Scenario Details\n\n- **ID:** {}\n- **Severity:** {severity}\n",
-        spec.scenario
-    );
-    let objectives = spec.objectives.clone().unwrap_or_default();
-    for (label, value) in [("RTO", objectives.rto), ("RPO", objectives.rpo)] {
-        if let Some(value) = value {
-            out += &format!(
-                "- **Estimated {label}:** {}\n",
-                duration_text(value.as_str())
-            );
-        }
-    }
-    out += "\n";
+    out += &scenario_details(spec);
     if let Some(description) = &spec.description {
         out += &format!("## Description\n\n{description}\n\n");
     }
@@ -80,17 +61,7 @@ pub fn render(dr: &DisasterRecovery) -> String {
             out += &section(heading, body);
         }
     }
-    if !spec.components.is_empty() {
-        out += "## Components\n\n";
-        for component in &spec.components {
-            out += &format!("- {}", component.name);
-            if !component.depends_on.is_empty() {
-                out += &format!(" (depends on: {})", component.depends_on.join(", "));
-            }
-            out += "\n";
-        }
-        out += "\n";
-    }
+    out += &components(spec);
     for (kind, steps, heading) in [
         (Kind::Step, &spec.steps, "Recovery Steps"),
         (Kind::Validation, &spec.validations, "Validation Steps"),
@@ -113,6 +84,56 @@ pub fn render(dr: &DisasterRecovery) -> String {
             out += &section(heading, body);
         }
     }
+    out += &other_sections(annotations);
+    out
+}
+
+/// The `## Scenario Details` section: ID, severity and objectives.
+fn scenario_details(spec: &crate::api::DisasterRecoverySpec) -> String {
+    let mut out = String::new();
+    let severity = match spec.severity {
+        Severity::Critical => "CRITICAL",
+        Severity::High => "HIGH",
+        Severity::Medium => "MEDIUM",
+        Severity::Low => "LOW",
+    };
+    out += &format!(
+        "## Scenario Details\n\n- **ID:** {}\n- **Severity:** {severity}\n",
+        spec.scenario
+    );
+    let objectives = spec.objectives.clone().unwrap_or_default();
+    for (label, value) in [("RTO", objectives.rto), ("RPO", objectives.rpo)] {
+        if let Some(value) = value {
+            out += &format!(
+                "- **Estimated {label}:** {}\n",
+                duration_text(value.as_str())
+            );
+        }
+    }
+    out += "\n";
+    out
+}
+
+/// The `## Components` section, when the scenario has a component graph.
+fn components(spec: &crate::api::DisasterRecoverySpec) -> String {
+    let mut out = String::new();
+    if !spec.components.is_empty() {
+        out += "## Components\n\n";
+        for component in &spec.components {
+            out += &format!("- {}", component.name);
+            if !component.depends_on.is_empty() {
+                out += &format!(" (depends on: {})", component.depends_on.join(", "));
+            }
+            out += "\n";
+        }
+        out += "\n";
+    }
+    out
+}
+
+/// The sections the runbook had that this form has no place for, by their slugs.
+fn other_sections(annotations: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
     // Any other section the runbook had, by its slug.
     let known = |key: &str| {
         RESERVED.contains(&key)

@@ -75,6 +75,35 @@ pub struct RunFacts<'a> {
     pub rpo: RpoVerdict,
 }
 
+/// One condition per validation, `validation.dr.titan.io/<name>`, reason Passed, Failed,
+/// TimedOut (or Unknown while it has not ended).
+fn set_validations(c: &mut Conditions, facts: &RunFacts) {
+    for (step, status) in facts.spec.validations.iter().zip(facts.validations) {
+        let (cond, reason) = match status.phase {
+            StepPhase::Succeeded => (TRUE, "Passed"),
+            StepPhase::Failed => (FALSE, "Failed"),
+            StepPhase::TimedOut => (FALSE, "TimedOut"),
+            StepPhase::Skipped => (UNKNOWN, "Skipped"),
+            StepPhase::Running => (UNKNOWN, "Running"),
+            StepPhase::Pending => (UNKNOWN, "Pending"),
+        };
+        let message = match status.phase {
+            StepPhase::Succeeded => format!(
+                "expected {}; got {}",
+                describe(step.expect.as_ref()),
+                got(status)
+            ),
+            _ => status.message.clone().unwrap_or_default(),
+        };
+        c.set(
+            &format!("{VALIDATION_PREFIX}{}", step.name),
+            cond,
+            reason,
+            message,
+        );
+    }
+}
+
 /// The conditions of a run.
 pub fn run_conditions(
     facts: &RunFacts,
@@ -131,30 +160,7 @@ pub fn run_conditions(
         facts.rpo.reason,
         facts.rpo.message.clone(),
     );
-    for (step, status) in facts.spec.validations.iter().zip(facts.validations) {
-        let (cond, reason) = match status.phase {
-            StepPhase::Succeeded => (TRUE, "Passed"),
-            StepPhase::Failed => (FALSE, "Failed"),
-            StepPhase::TimedOut => (FALSE, "TimedOut"),
-            StepPhase::Skipped => (UNKNOWN, "Skipped"),
-            StepPhase::Running => (UNKNOWN, "Running"),
-            StepPhase::Pending => (UNKNOWN, "Pending"),
-        };
-        let message = match status.phase {
-            StepPhase::Succeeded => format!(
-                "expected {}; got {}",
-                describe(step.expect.as_ref()),
-                got(status)
-            ),
-            _ => status.message.clone().unwrap_or_default(),
-        };
-        c.set(
-            &format!("{VALIDATION_PREFIX}{}", step.name),
-            cond,
-            reason,
-            message,
-        );
-    }
+    set_validations(&mut c, facts);
     c.build()
 }
 
