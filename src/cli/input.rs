@@ -6,21 +6,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
-use regex::Regex;
+use kube::CustomResourceExt;
 use serde::Deserialize;
 
-use crate::api::disaster_recovery::{
-    DNS_LABEL_PATTERN, DisasterRecovery, MAX_COMPONENTS, MAX_STEPS, Step,
-};
+use crate::api::disaster_recovery::DisasterRecovery;
 use crate::plan::{Plan, PlanError};
 
 /// The `apiVersion` a resource file must have.
 pub const API_VERSION: &str = "dr.titan.io/v1alpha1";
 /// The `kind` a resource file must have.
 pub const KIND: &str = "DisasterRecovery";
-
-/// The CRD allows at most this many retries (`schemars(range(max = 10))`).
-const MAX_RETRIES: u32 = 10;
 
 /// Why a file is not a resource that can be planned. The message names the file and what is
 /// wrong with it.
@@ -115,94 +110,77 @@ pub fn parse(text: &str) -> Result<DisasterRecovery, String> {
     Ok(resource)
 }
 
-/// The rules of the CRD schema that a resource applied to a cluster could not break, and that
-/// a local run relies on. Checked here because a file given to `titan-dr run` never went
-/// through an API server.
+/// What the API server would refuse of this resource, checked against the CRD's own schema:
+/// its structural rules (types, patterns, lengths, item counts, ranges) by JSON Schema, its
+/// `x-kubernetes-validations` CEL rules by kube's client-side CEL. A file given to
+/// `titan-dr run` never went through an API server, and the schema is the one definition of
+/// what is valid. Restore steps, which need the cluster, are refused too.
 fn schema_problems(resource: &DisasterRecovery) -> Vec<String> {
-    static DNS_LABEL: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(DNS_LABEL_PATTERN).expect("the pattern is a valid regex"));
-    let spec = &resource.spec;
-    let mut problems = Vec::new();
-    let check_name = |field: String, name: &str, problems: &mut Vec<String>| {
-        if name.len() > 63 || !DNS_LABEL.is_match(name) {
-            problems.push(format!(
-                "{field}: {name:?} is not a DNS label (lower-case letters, digits and '-', \
-                 at most 63 characters)"
-            ));
-        }
+    static VALIDATOR: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
+        jsonschema::validator_for(&crd_schema()).expect("the generated CRD schema is valid")
+    });
+    let Ok(object) = serde_json::to_value(resource) else {
+        return vec!["the resource does not serialize".into()];
     };
-
-    if spec.scenario.is_empty() {
-        problems.push("spec.scenario: must not be empty".to_owned());
-    }
-    if spec.components.len() > MAX_COMPONENTS {
-        problems.push(format!(
-            "spec.components: at most {MAX_COMPONENTS} components"
-        ));
-    }
-    for (i, component) in spec.components.iter().enumerate() {
-        check_name(
-            format!("spec.components[{i}].name"),
-            &component.name,
-            &mut problems,
+    let mut problems: Vec<String> = VALIDATOR
+        .iter_errors(&object)
+        .map(|error| format!("{}: {error}", field_path(error.instance_path.as_str())))
+        .collect();
+    if let Err(errors) = kube::core::cel::validate_cel(resource) {
+        problems.extend(
+            errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field_path, e.message)),
         );
     }
-    if spec.steps.is_empty() {
-        problems.push("spec.steps: at least one step is required".to_owned());
-    }
-    let lists: [(&str, &[Step]); 3] = [
-        ("steps", &spec.steps),
-        ("validations", &spec.validations),
-        ("rollback", &spec.rollback),
+    let lists = [
+        ("steps", &resource.spec.steps),
+        ("validations", &resource.spec.validations),
+        ("rollback", &resource.spec.rollback),
     ];
     for (list, steps) in lists {
-        if steps.len() > MAX_STEPS {
-            problems.push(format!("spec.{list}: at most {MAX_STEPS} entries"));
-        }
-        for (i, step) in steps.iter().enumerate() {
-            let field = format!("spec.{list}[{i}]");
-            check_name(format!("{field}.name"), &step.name, &mut problems);
-            let kinds = [
-                step.command.is_some(),
-                step.args.is_some(),
-                step.restore.is_some(),
-                step.probe.is_some(),
-            ];
-            if kinds.iter().filter(|&&set| set).count() != 1 {
-                problems.push(format!(
-                    "{field} ({}): exactly one of command, args or probe must be set",
-                    step.name
-                ));
-            } else if step.restore.is_some() {
-                problems.push(format!(
-                    "{field} ({}): restore steps run only in a cluster",
-                    step.name
-                ));
-            }
-            if step.args.as_ref().is_some_and(Vec::is_empty) {
-                problems.push(format!("{field}.args: must not be empty"));
-            }
-            if let Some(probe) = &step.probe {
-                let kinds = [
-                    probe.http.is_some(),
-                    probe.redis.is_some(),
-                    probe.kubernetes.is_some(),
-                ];
-                if kinds.iter().filter(|&&set| set).count() != 1 {
-                    problems.push(format!(
-                        "{field}.probe: set exactly one of http, redis or kubernetes"
-                    ));
-                }
-            }
-            if step.retries() > MAX_RETRIES {
-                problems.push(format!(
-                    "{field}.retries: {} is more than {MAX_RETRIES}",
-                    step.retries()
-                ));
-            }
+        for (i, step) in steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.restore.is_some())
+        {
+            problems.push(format!(
+                "spec.{list}[{i}] ({}): restore steps run only in a cluster",
+                step.name
+            ));
         }
     }
     problems
+}
+
+/// The `openAPIV3Schema` of the DisasterRecovery CRD, as JSON.
+fn crd_schema() -> serde_json::Value {
+    let crd = DisasterRecovery::crd();
+    let schema = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref());
+    serde_json::to_value(schema).unwrap_or_default()
+}
+
+/// A JSON pointer (`/spec/steps/0/name`) as Kubernetes writes a field (`spec.steps[0].name`).
+fn field_path(pointer: &str) -> String {
+    let mut path = String::new();
+    for part in pointer.split('/').filter(|p| !p.is_empty()) {
+        if part.chars().all(|c| c.is_ascii_digit()) {
+            path += &format!("[{part}]");
+        } else {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path += part;
+        }
+    }
+    if path.is_empty() {
+        "(root)".into()
+    } else {
+        path
+    }
 }
 
 #[cfg(test)]
@@ -262,7 +240,7 @@ mod tests {
         let problems = schema_problems(&resource);
         assert_eq!(
             problems,
-            ["spec.steps[0] (a): exactly one of command, args or probe must be set"]
+            ["spec.steps[0]: exactly one of command, args, restore or probe must be set"]
         );
         let probe = MINIMAL.replace("command: 'true'", "probe: {}");
         let problems = schema_problems(&parse(&probe).expect("parses"));
@@ -270,6 +248,19 @@ mod tests {
             problems,
             ["spec.steps[0].probe: set exactly one of http, redis or kubernetes"]
         );
+        let retries = MINIMAL.replace("command: 'true'", "command: 'true', retries: 11");
+        let problems = schema_problems(&parse(&retries).expect("parses"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("spec.steps[0].retries: 11"),
+            "{problems:?}"
+        );
+        let none = MINIMAL.replace(
+            "  steps:\n    - {name: a, command: 'true'}\n",
+            "  steps: []\n",
+        );
+        let problems = schema_problems(&parse(&none).expect("parses"));
+        assert!(problems[0].starts_with("spec.steps: []"), "{problems:?}");
         let http = MINIMAL.replace("command: 'true'", "probe: {http: {url: 'http://x/'}}");
         assert!(schema_problems(&parse(&http).expect("parses")).is_empty());
         let resource = parse(&MINIMAL.replace("name: a", "name: Bad_Name")).expect("parses");
