@@ -13,6 +13,7 @@ test: lint
 
 lint:
 	$(CARGO) fmt --all --check
+	python3 scripts/long-fns.py
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## Tests that need no control plane: unit tests, CRD drift, the local executor end to end.

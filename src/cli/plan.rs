@@ -59,34 +59,9 @@ pub fn rto_check(resource: &DisasterRecovery, plan: &Plan) -> RtoCheck {
     }
 }
 
-/// The plan as text for a person: stages, validations, rollback, critical path and the RTO
-/// verdict.
-pub fn describe(resource: &DisasterRecovery, plan: &Plan) -> String {
-    let spec = &resource.spec;
-    let width = plan
-        .steps()
-        .iter()
-        .chain(plan.validations())
-        .chain(plan.rollback())
-        .map(|s| s.name.len())
-        .max()
-        .unwrap_or(0);
+/// The stages of the steps, the validations and the rollback, one line per step.
+fn stages(plan: &Plan, width: usize) -> String {
     let mut out = String::new();
-    // `write!` to a String cannot fail; the results are ignored for that reason.
-    let _ = writeln!(out, "Scenario {} ({:?})", spec.scenario, spec.severity);
-    if let Some(description) = &spec.description {
-        let _ = writeln!(out, "  {}", description.trim());
-    }
-    if let Some(objectives) = &spec.objectives {
-        let show = |o: &Option<GoDuration>| o.as_ref().map_or("none".to_owned(), |d| d.to_string());
-        let _ = writeln!(
-            out,
-            "Objectives: RTO {}, RPO {}",
-            show(&objectives.rto),
-            show(&objectives.rpo)
-        );
-    }
-
     let stages = plan.stages();
     let _ = writeln!(
         out,
@@ -123,6 +98,38 @@ pub fn describe(resource: &DisasterRecovery, plan: &Plan) -> String {
         }
     }
 
+    out
+}
+
+/// The plan as text for a person: stages, validations, rollback, critical path and the RTO
+/// verdict.
+pub fn describe(resource: &DisasterRecovery, plan: &Plan) -> String {
+    let spec = &resource.spec;
+    let width = plan
+        .steps()
+        .iter()
+        .chain(plan.validations())
+        .chain(plan.rollback())
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    // `write!` to a String cannot fail; the results are ignored for that reason.
+    let _ = writeln!(out, "Scenario {} ({:?})", spec.scenario, spec.severity);
+    if let Some(description) = &spec.description {
+        let _ = writeln!(out, "  {}", description.trim());
+    }
+    if let Some(objectives) = &spec.objectives {
+        let show = |o: &Option<GoDuration>| o.as_ref().map_or("none".to_owned(), |d| d.to_string());
+        let _ = writeln!(
+            out,
+            "Objectives: RTO {}, RPO {}",
+            show(&objectives.rto),
+            show(&objectives.rpo)
+        );
+    }
+
+    out += &stages(plan, width);
     let path = plan.critical_path();
     let _ = writeln!(out, "\nCritical path: {}", path.steps.join(" → "));
     let _ = writeln!(

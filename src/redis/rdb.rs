@@ -297,15 +297,20 @@ impl<R: Read> Scanner<R> {
                     if !self.skip_value(value_type)? {
                         return self.give_up(&format!("value type {value_type}"));
                     }
-                    let db = self.info.databases.entry(self.db).or_default();
-                    db.keys += 1;
-                    if let Some(at) = expires.take() {
-                        db.expires += 1;
-                        if let Some(expiries) = &mut self.expiries {
-                            expiries.push(at);
-                        }
-                    }
+                    self.count_key(expires.take());
                 }
+            }
+        }
+    }
+
+    /// Counts a key entry of the current database, with its expiry if it has one.
+    fn count_key(&mut self, expires: Option<u64>) {
+        let db = self.info.databases.entry(self.db).or_default();
+        db.keys += 1;
+        if let Some(at) = expires {
+            db.expires += 1;
+            if let Some(expiries) = &mut self.expiries {
+                expiries.push(at);
             }
         }
     }

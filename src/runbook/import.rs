@@ -62,6 +62,26 @@ struct Item {
     component_line: usize,
 }
 
+/// Every component a step names is one of `components`.
+fn check_components(
+    lists: &[Vec<Item>; 3],
+    components: &[crate::api::disaster_recovery::Component],
+) -> Result<(), ImportError> {
+    let known: HashSet<&str> = components.iter().map(|c| c.name.as_str()).collect();
+    for item in lists.iter().flatten() {
+        if let Some(component) = item
+            .step
+            .component
+            .as_deref()
+            .filter(|c| !known.contains(c))
+        {
+            let message = format!("unknown component `{component}`");
+            return Err(DOC.error(item.component_line, message));
+        }
+    }
+    Ok(())
+}
+
 /// Reads a runbook in the markdown form (see the module documentation). With `guide_md`, the
 /// disaster-recovery guide, `spec.components` comes from its "System Architecture Overview",
 /// unless the runbook has a `## Components` section of its own.
@@ -115,23 +135,13 @@ pub fn import(runbook_md: &str, guide_md: Option<&str>) -> Result<DisasterRecove
     if lists[Kind::Step as usize].is_empty() {
         return Err(DOC.error(steps_heading, "Recovery Steps has no `### Step N: title`"));
     }
+    // The runbook's own components, else the guide's graph, else none.
     let components = match (components, guide_md) {
         (Some(components), _) => components,
         (None, Some(guide)) => components::from_guide(guide)?,
         (None, None) => Vec::new(),
     };
-    let known: HashSet<&str> = components.iter().map(|c| c.name.as_str()).collect();
-    for item in lists.iter().flatten() {
-        if let Some(component) = item
-            .step
-            .component
-            .as_deref()
-            .filter(|c| !known.contains(c))
-        {
-            let message = format!("unknown component `{component}`");
-            return Err(DOC.error(item.component_line, message));
-        }
-    }
+    check_components(&lists, &components)?;
 
     let ([steps, validations, rollback], step_details) = name_items(lists);
     annotations.insert(
