@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::core::DeserializeGuard;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, CustomResourceExt, ResourceExt};
 
@@ -185,7 +186,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let (job_events, pod_events, backup_events) =
         (watched.jobs.1, watched.pods.1, watched.backups.1);
-    let (recoveries, backups) = (scope.api(&client), scope.api(&client));
+    // Guarded: an object that does not decode fails alone, and the watch goes on.
+    let recoveries: Api<DeserializeGuard<DisasterRecovery>> = scope.api(&client);
+    let backups: Api<DeserializeGuard<Backup>> = scope.api(&client);
     let ctx = Arc::new(context(client.clone(), &config, metrics, caches));
 
     let recovery_controller = Controller::new(recoveries, watcher::Config::default());
@@ -201,7 +204,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .shutdown_on_signal()
         .run(
-            |dr, ctx| measured("disaster_recovery", dr, ctx, disaster_recovery::reconcile),
+            |dr, ctx| {
+                measured(
+                    "disaster_recovery",
+                    dr,
+                    ctx,
+                    disaster_recovery::reconcile_guarded,
+                )
+            },
             disaster_recovery::error_policy,
             ctx.clone(),
         )
@@ -210,7 +220,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .shutdown_on_signal()
         .run(
-            |b, ctx| measured("backup", b, ctx, backup::reconcile),
+            |b, ctx| measured("backup", b, ctx, backup::reconcile_guarded),
             backup::error_policy,
             ctx,
         )
@@ -222,13 +232,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// The DisasterRecoveries that list `backup` in `spec.backups` or restore it in a step.
 fn recoveries_listing(
-    recoveries: &reflector::Store<DisasterRecovery>,
+    recoveries: &reflector::Store<DeserializeGuard<DisasterRecovery>>,
     backup: &Backup,
-) -> Vec<ObjectRef<DisasterRecovery>> {
+) -> Vec<ObjectRef<DeserializeGuard<DisasterRecovery>>> {
     let (ns, name) = (backup.namespace(), backup.name_any());
     recoveries
         .state()
         .into_iter()
+        .filter_map(|guard| guard.0.clone().ok())
         .filter(|dr| dr.namespace() == ns)
         .filter(|dr| {
             let restores = dr
@@ -239,7 +250,7 @@ fn recoveries_listing(
                 .any(|r| r.backup == name);
             restores || dr.spec.backups.contains(&name)
         })
-        .map(|dr| ObjectRef::from_obj(dr.as_ref()))
+        .map(|dr| ObjectRef::new(&dr.name_any()).within(&dr.namespace().unwrap_or_default()))
         .collect()
 }
 
@@ -268,7 +279,7 @@ fn context(client: Client, config: &Config, metrics: Arc<Metrics>, caches: Cache
 }
 
 /// The DisasterRecovery a step's Pod belongs to, from its labels.
-fn recovery_of_pod(pod: Pod) -> Option<ObjectRef<DisasterRecovery>> {
+fn recovery_of_pod(pod: Pod) -> Option<ObjectRef<DeserializeGuard<DisasterRecovery>>> {
     let recovery = pod.labels().get(LABEL_RECOVERY)?;
     Some(ObjectRef::new(recovery).within(&pod.namespace()?))
 }

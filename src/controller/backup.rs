@@ -25,8 +25,9 @@ use crate::api::Backup;
 use crate::api::backup::{BACKUP_NAMESPACES_ANNOTATION, BackupSource, BackupStatus};
 use crate::backup::{BackupKey, RetentionPolicy, SnapshotKind, Store, StoreError, config_archive};
 use crate::controller::conditions::{Conditions, FALSE, TRUE};
-use crate::controller::{Context, Error, MANAGER};
+use crate::controller::{Context, Error, MANAGER, after_failure, decoded};
 use crate::redis::{RedisTarget, SnapshotOptions};
+use kube::core::DeserializeGuard;
 
 /// Why the newest attempt failed: the Ready condition's reason and message.
 #[derive(Debug)]
@@ -394,10 +395,20 @@ async fn write_status(
     Ok(())
 }
 
-pub fn error_policy(backup: Arc<Backup>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.clone().report_failure(backup.object_ref(&()), error);
-    tracing::warn!(backup = %backup.name_any(), category = error.category(), %error, "reconcile failed");
-    Action::requeue(ctx.backoff(backup.as_ref(), Duration::from_secs(10)))
+pub fn error_policy(
+    backup: Arc<DeserializeGuard<Backup>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    after_failure(backup.as_ref(), error, &ctx, Duration::from_secs(10))
+}
+
+/// [`reconcile`] of an object the watch could decode.
+pub async fn reconcile_guarded(
+    backup: Arc<DeserializeGuard<Backup>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    reconcile(decoded(&backup)?, ctx).await
 }
 
 #[cfg(test)]

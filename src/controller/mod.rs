@@ -18,6 +18,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use kube::core::DeserializeGuard;
 use kube::runtime::reflector::Store;
 
 use crate::api::Backup;
@@ -107,6 +108,31 @@ impl Context {
     }
 }
 
+/// The object a watch could decode, or why it could not: one malformed object (written before
+/// a schema change, say) fails its own reconciles instead of stopping the watch of them all.
+pub fn decoded<K: Clone>(guard: &DeserializeGuard<K>) -> Result<Arc<K>, Error> {
+    match &guard.0 {
+        Ok(object) => Ok(Arc::new(object.clone())),
+        Err(invalid) => Err(Error::InvalidObject(invalid.error.clone())),
+    }
+}
+
+/// What to do after a failed reconcile of `object`: report it (a Warning Event whose reason
+/// is the error's category), then wait for a change of an object that does not decode, or
+/// back off, per object, from `base`.
+pub fn after_failure<K>(object: &K, error: &Error, ctx: &Arc<Context>, base: Duration) -> Action
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    ctx.clone().report_failure(object.object_ref(&()), error);
+    let name = object.meta().name.clone().unwrap_or_default();
+    tracing::warn!(kind = %K::kind(&()), %name, category = error.category(), %error, "reconcile failed");
+    match error {
+        Error::InvalidObject(_) => Action::await_change(),
+        _ => Action::requeue(ctx.backoff(object, base)),
+    }
+}
+
 /// Runs one reconcile and records it in the metrics, labelled `controller`.
 pub async fn measured<K, Fut>(
     controller: &'static str,
@@ -191,6 +217,8 @@ pub enum Error {
     Backup(String),
     #[error("the operator's cache of {0} stopped")]
     CacheClosed(&'static str),
+    #[error("the object does not decode: {0}")]
+    InvalidObject(String),
 }
 
 impl Error {
@@ -203,6 +231,7 @@ impl Error {
             Error::Prune(_) => "PruneFailed",
             Error::Backup(_) => "BackupStoreFailed",
             Error::CacheClosed(_) => "CacheClosed",
+            Error::InvalidObject(_) => "InvalidObject",
         }
     }
 }
@@ -210,6 +239,21 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_object_that_does_not_decode_is_an_error_of_its_own() {
+        let bad: DeserializeGuard<crate::api::DisasterRecovery> =
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "dr.titan.io/v1alpha1", "kind": "DisasterRecovery",
+                "metadata": {"name": "old", "namespace": "titan"},
+                "spec": {"scenario": "x", "steps": [{"name": "a", "timeout": "soon"}]}
+            }))
+            .expect("the guard decodes anything with metadata");
+        let error = decoded(&bad).expect_err("not a valid resource");
+        assert_eq!(error.category(), "InvalidObject");
+        assert!(error.to_string().contains("soon"), "{error}");
+        assert_eq!(kube::ResourceExt::name_any(&bad), "old");
+    }
 
     #[test]
     fn failures_in_a_row_back_off_exponentially_up_to_five_minutes() {

@@ -36,9 +36,10 @@ use crate::api::disaster_recovery::{
 use crate::api::duration::format_duration;
 use crate::api::{Backup, DisasterRecovery};
 use crate::controller::conditions::{Conditions, FALSE, TRUE, UNKNOWN};
-use crate::controller::{Context, Error, MANAGER};
+use crate::controller::{Context, Error, MANAGER, after_failure, decoded};
 use crate::job::{LABEL_RECOVERY, LABEL_RUN, RestoreSetup, build_job, refused_job};
 use crate::plan::{Plan, RunState, StepKind};
+use kube::core::DeserializeGuard;
 
 pub use crate::names::RUN_NOW;
 
@@ -604,8 +605,18 @@ async fn announce_transitions(
 }
 
 /// Invalid input waits for a change; anything else is retried soon.
-pub fn error_policy(dr: Arc<DisasterRecovery>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.clone().report_failure(dr.object_ref(&()), error);
-    tracing::warn!(dr = %dr.name_any(), category = error.category(), %error, "reconcile failed");
-    Action::requeue(ctx.backoff(dr.as_ref(), Duration::from_secs(5)))
+pub fn error_policy(
+    dr: Arc<DeserializeGuard<DisasterRecovery>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    after_failure(dr.as_ref(), error, &ctx, Duration::from_secs(5))
+}
+
+/// [`reconcile`] of an object the watch could decode.
+pub async fn reconcile_guarded(
+    dr: Arc<DeserializeGuard<DisasterRecovery>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    reconcile(decoded(&dr)?, ctx).await
 }
