@@ -322,6 +322,24 @@ async fn configuration_snapshots_and_rpo_of_a_recovery() {
         let snapshot = &done.status.unwrap().snapshots[0];
         assert_eq!(snapshot.keys, Some(2), "the two labelled ConfigMaps");
         assert!(snapshot.location.ends_with(".tar.age"));
+        // A selector of expressions selects as Kubernetes does (it once selected everything);
+        // one that selects nothing takes no snapshot, which would restore nothing.
+        let expressions = "{configMaps: {selector: {matchExpressions: [{key: app, operator: In, values: [titan]}]}}}";
+        api.create(&PostParams::default(), &backup("by-expression", expressions, None, "by-expression")).await.unwrap();
+        let nothing = "{configMaps: {selector: {matchLabels: {app: nothing}}}}";
+        api.create(&PostParams::default(), &backup("nothing", nothing, None, "nothing")).await.unwrap();
+        let by_expression = support::wait_for(&api, "by-expression", "a snapshot", LIMIT, |b: Option<&Backup>| {
+            status(b).is_some_and(|s| !s.snapshots.is_empty())
+        })
+        .await;
+        assert_eq!(by_expression.status.unwrap().snapshots[0].keys, Some(2));
+        let refused = support::wait_for(&api, "nothing", "a failed attempt", LIMIT, |b: Option<&Backup>| {
+            ready(b).is_some_and(|(status, _, _)| status == "False")
+        })
+        .await;
+        let (_, reason, message) = ready(Some(&refused)).unwrap();
+        assert_eq!(reason, "NothingSelected", "{message}");
+        assert!(status(Some(&refused)).is_none_or(|s| s.snapshots.is_empty()));
         let store = Store::open(support::backup_volume(&client, &ns).await.join("config")).unwrap();
         let restored = tempfile::tempdir().unwrap();
         let tar = restored.path().join("config.tar");

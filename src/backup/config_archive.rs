@@ -98,10 +98,14 @@ pub fn read(source: impl Read) -> std::io::Result<Vec<ArchivedObject>> {
     Ok(out)
 }
 
-/// Server-side applies every archived object to `namespace`; returns their paths.
-pub async fn apply(entries: Vec<ArchivedObject>, namespace: &str) -> anyhow::Result<Vec<String>> {
+/// Server-side applies every archived object to `namespace` as `client`'s user, under the
+/// restore's own field manager; returns their paths.
+pub async fn apply(
+    client: &kube::Client,
+    entries: Vec<ArchivedObject>,
+    namespace: &str,
+) -> anyhow::Result<Vec<String>> {
     use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
-    let client = kube::Client::try_default().await?;
     let params = PatchParams::apply(crate::names::RESTORE_MANAGER).force();
     let mut applied = Vec::new();
     for entry in entries {

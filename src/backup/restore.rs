@@ -120,16 +120,24 @@ pub fn choose(source: &SourceArgs, key: &BackupKey, which: &str) -> anyhow::Resu
     )
 }
 
+/// A source of snapshots that names none: no folder, no `namespace/name`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SourceError(pub String);
+
 /// The Backup at the operator's endpoint that `source` names, or `None` for a folder.
 fn remote_of(source: &SourceArgs) -> anyhow::Result<Option<Remote>> {
+    let invalid = |why: String| anyhow::Error::new(SourceError(why));
     match (&source.dir, &source.from) {
-        (Some(dir), _) if !dir.is_dir() => bail!("{} is not a folder", dir.display()),
+        (Some(dir), _) if !dir.is_dir() => {
+            Err(invalid(format!("{} is not a folder", dir.display())))
+        }
         (Some(_), _) => Ok(None),
         (None, Some(url)) => {
             let backup = source.backup.as_deref().unwrap_or_default();
             let (namespace, name) = backup
                 .split_once('/')
-                .with_context(|| format!("--backup {backup:?} is not namespace/name"))?;
+                .ok_or_else(|| invalid(format!("--backup {backup:?} is not namespace/name")))?;
             Ok(Some(Remote {
                 url: url.clone(),
                 namespace: namespace.into(),
@@ -137,7 +145,7 @@ fn remote_of(source: &SourceArgs) -> anyhow::Result<Option<Remote>> {
                 token_file: source.token_file.clone().unwrap_or_default(),
             }))
         }
-        (None, None) => bail!("give --dir or --from"),
+        (None, None) => Err(invalid("give --dir or --from".into())),
     }
 }
 

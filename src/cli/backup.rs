@@ -187,8 +187,8 @@ struct PruneArgs {
     dry_run: bool,
 }
 
-/// Runs a `titan-dr backup` command: exits 0 when it did what was asked, 1 with the error on
-/// stderr otherwise.
+/// Runs a `titan-dr backup` command: exits 0 when it did what was asked, 2 when what was asked
+/// cannot be (see [`exit_for`]), 1 when it failed; with the error on stderr.
 pub async fn run(command: BackupCommand) -> Exit {
     // Blocking file and socket I/O: keep it off the async workers.
     let result = tokio::task::spawn_blocking(move || run_blocking(command)).await;
@@ -196,8 +196,25 @@ pub async fn run(command: BackupCommand) -> Exit {
         Ok(()) => Exit::Succeeded,
         Err(error) => {
             eprintln!("error: {error:#}");
-            Exit::Failed
+            exit_for(&error)
         }
+    }
+}
+
+/// Invalid input (2), as for the other commands: a key that is missing or not a key, a
+/// snapshot ID that is not one, a source that names no folder or Backup. Anything else — a
+/// snapshot that does not verify, a Redis that does not answer — is a failure (1).
+pub fn exit_for(error: &anyhow::Error) -> Exit {
+    use crate::backup::{KeyError, VerifyError, restore::SourceError};
+    let invalid = error.chain().any(|cause| {
+        cause.is::<KeyError>()
+            || cause.is::<SourceError>()
+            || matches!(cause.downcast_ref(), Some(VerifyError::InvalidId { .. }))
+    });
+    if invalid {
+        Exit::InvalidInput
+    } else {
+        Exit::Failed
     }
 }
 
@@ -325,7 +342,9 @@ fn restore_config(args: &RestoreConfigArgs) -> anyhow::Result<()> {
         .context("refusing to restore; nothing was applied")?;
     let entries = fs::File::open(&archive).and_then(config_archive::read)?;
     let handle = tokio::runtime::Handle::current();
-    let applied = handle.block_on(config_archive::apply(entries, &args.namespace))?;
+    // The pod's ServiceAccount in a restore Job, the kubeconfig's user elsewhere.
+    let client = handle.block_on(kube::Client::try_default())?;
+    let applied = handle.block_on(config_archive::apply(&client, entries, &args.namespace))?;
     println!(
         "restored snapshot {id}: applied {} objects to namespace {}",
         applied.len(),
@@ -469,7 +488,8 @@ fn verify_each(store: &Store, key: &BackupKey, ids: &[String]) -> usize {
 /// A store that must already exist: reading commands never create folders.
 fn existing_store(dir: &Path) -> anyhow::Result<Store> {
     if !dir.is_dir() {
-        bail!("{} is not a folder", dir.display());
+        let why = format!("{} is not a folder", dir.display());
+        return Err(crate::backup::restore::SourceError(why).into());
     }
     Ok(Store::open(dir)?)
 }
