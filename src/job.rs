@@ -301,9 +301,12 @@ fn into_data_volume(
 
 /// The command line of a probe step, `titan-dr probe --spec JSON`, and the env its probe
 /// reads: a redis password from its Secret.
-fn probe_parts(probe: &Probe, titan_dr: &str) -> Result<(Vec<String>, Vec<EnvVar>), String> {
-    let spec = serde_json::to_string(probe).map_err(|e| format!("the probe: {e}"))?;
-    let argv = vec![titan_dr.into(), "probe".into(), "--spec".into(), spec];
+fn probe_parts(
+    step: &Step,
+    probe: &Probe,
+    titan_dr: &str,
+) -> Result<(Vec<String>, Vec<EnvVar>), String> {
+    let argv = step.argv(titan_dr).ok_or("the probe does not serialize")?;
     let password = probe
         .redis
         .as_ref()
@@ -493,8 +496,9 @@ fn step_program(
     let mut image = step.image.clone().or(template.image.clone());
     let mut parts = RestoreParts::default();
     let argv = match (&step.command, &step.args, &step.restore, &step.probe) {
-        (Some(command), ..) => Ok(vec!["/bin/sh".into(), "-c".into(), command.clone()]),
-        (None, Some(args), ..) => Ok(args.clone()),
+        (Some(_), ..) | (None, Some(_), ..) => {
+            Ok(step.argv(&setup.titan_dr_command).unwrap_or_default())
+        }
         (None, None, Some(spec), _) => {
             // Restore steps run `titan-dr`, which only the operator's image holds.
             image = Some(setup.operator_image.clone());
@@ -514,7 +518,7 @@ fn step_program(
         (None, None, None, Some(probe)) => {
             // Probes are run by `titan-dr` too.
             image = Some(setup.operator_image.clone());
-            probe_parts(probe, &setup.titan_dr_command).map(|(argv, env)| {
+            probe_parts(step, probe, &setup.titan_dr_command).map(|(argv, env)| {
                 parts.env = env;
                 argv
             })

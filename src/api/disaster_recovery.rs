@@ -245,6 +245,21 @@ pub struct Step {
 }
 
 impl Step {
+    /// What the step runs, the same in a Job and in a local process: `command` through
+    /// `/bin/sh -c`, `args` as they are, a probe as `<titan_dr> probe --spec <json>`. `None`
+    /// for a restore (which the cluster builds from what it looks up) or a step with nothing.
+    pub fn argv(&self, titan_dr: &str) -> Option<Vec<String>> {
+        match (&self.command, &self.args, &self.restore, &self.probe) {
+            (Some(command), ..) => Some(vec!["/bin/sh".into(), "-c".into(), command.clone()]),
+            (None, Some(args), ..) => Some(args.clone()),
+            (None, None, None, Some(probe)) => {
+                let spec = serde_json::to_string(probe).ok()?;
+                Some(vec![titan_dr.into(), "probe".into(), "--spec".into(), spec])
+            }
+            _ => None,
+        }
+    }
+
     /// Steps are critical unless they say otherwise.
     pub fn is_critical(&self) -> bool {
         self.critical.unwrap_or(true)

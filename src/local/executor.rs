@@ -481,22 +481,13 @@ fn output_tail(log: &Path) -> String {
 /// `command` runs with `/bin/sh -c`, as in the step's container; `args` runs as it is; a
 /// `probe` is `titan-dr probe --spec JSON` of this very binary, as in the step's Job.
 fn argv(step: &Step) -> Vec<String> {
-    match (&step.command, &step.args, &step.probe) {
-        (Some(command), ..) => vec!["/bin/sh".into(), "-c".into(), command.clone()],
-        (None, Some(args), _) => args.clone(),
-        (None, None, Some(probe)) => {
-            match (std::env::current_exe(), serde_json::to_string(probe)) {
-                (Ok(exe), Ok(spec)) => {
-                    let exe = exe.to_string_lossy().into_owned();
-                    vec![exe, "probe".into(), "--spec".into(), spec]
-                }
-                // An empty argv fails the attempt, saying it could not start.
-                _ => Vec::new(),
-            }
-        }
-        // Rejected when the file was loaded; an empty argv fails the attempt if it ever comes.
-        (None, None, None) => Vec::new(),
-    }
+    // An empty argv fails the attempt, saying it could not start; restore steps are rejected
+    // when the file is loaded.
+    let titan_dr = std::env::current_exe().map(|exe| exe.to_string_lossy().into_owned());
+    titan_dr
+        .ok()
+        .and_then(|exe| step.argv(&exe))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
