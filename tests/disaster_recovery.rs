@@ -305,7 +305,10 @@ async fn an_operator_killed_mid_run_finishes_it_with_the_same_result_and_no_dupl
             tokio::time::sleep(Duration::from_millis(pause_ms)).await;
             operator.kill().await;
         }
-        let status = wait_finished(&api, "crashy").await;
+        // Five restarts of the operator come first: a longer deadline than one run's.
+        let done =
+            support::wait_for(&api, "crashy", "the run to finish", 2 * LIMIT, finished).await;
+        let status = done.status.unwrap();
         drop(operator);
 
         assert_eq!(outcome(&status), outcome(&reference));
