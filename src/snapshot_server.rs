@@ -14,14 +14,12 @@
 //! endpoint hands out nothing a reader could use or alter unnoticed without the key, which
 //! stays in the Backup's namespace.
 
-use std::convert::Infallible;
 use std::path::PathBuf;
 
 use futures::TryStreamExt;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Bytes, Frame};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
@@ -51,23 +49,11 @@ impl SnapshotServer {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "serving Backup snapshots to restore Jobs");
         }
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
+        crate::telemetry::serve_http(listener, "snapshots", move |request| {
             let server = self.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let server = server.clone();
-                    async move { Ok::<_, Infallible>(server.respond(request).await) }
-                });
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "snapshot connection failed");
-                }
-            });
-        }
+            async move { server.respond(request).await }
+        })
+        .await
     }
 
     async fn respond<B>(&self, request: Request<B>) -> Response<Body> {

@@ -179,20 +179,37 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     }
+    serve_http(listener, "metrics", move |request| {
+        let metrics = metrics.clone();
+        async move { respond(&request, &metrics) }
+    })
+    .await
+}
+
+/// Accepts HTTP/1 connections on `listener` until the process ends, each request answered
+/// by `answer`; `what` names the endpoint in the log of a failed connection.
+pub async fn serve_http<A, F, B>(listener: tokio::net::TcpListener, what: &'static str, answer: A)
+where
+    A: Fn(Request<hyper::body::Incoming>) -> F + Clone + Send + 'static,
+    F: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let metrics = metrics.clone();
+        let answer = answer.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, std::convert::Infallible>(respond(&request, &metrics)) }
+                let response = answer(request);
+                async move { Ok::<_, std::convert::Infallible>(response.await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(error) = connection.await {
-                tracing::debug!(%error, "metrics connection failed");
+                tracing::debug!(%error, endpoint = what, "connection failed");
             }
         });
     }
@@ -244,6 +261,28 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn serve_http_answers_every_connection_with_the_handler() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(serve_http(
+            listener,
+            "test",
+            |request: Request<_>| async move {
+                Response::new(Full::new(Bytes::from(request.uri().path().to_owned())))
+            },
+        ));
+        for path in ["/a", "/b"] {
+            let body = reqwest::get(format!("http://{address}{path}"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert_eq!(body, path);
+        }
     }
 
     #[test]
