@@ -80,8 +80,9 @@ struct VerifyArgs {
     all: bool,
 }
 
+/// The snapshot a restore reads: where the snapshots are, the key, and which one.
 #[derive(Args, Debug)]
-struct RestoreArgs {
+struct SnapshotChoice {
     #[command(flatten)]
     source: SourceArgs,
     /// The age identity file (AGE-SECRET-KEY-1...).
@@ -90,6 +91,21 @@ struct RestoreArgs {
     /// Snapshot ID, or `latest`.
     #[arg(long, default_value = "latest")]
     snapshot: String,
+}
+
+impl SnapshotChoice {
+    /// The key, and the snapshot verified with it (see [`choose`]).
+    fn verified(&self) -> anyhow::Result<(BackupKey, Chosen)> {
+        let key = BackupKey::from_file(&self.key_file)?;
+        let chosen = choose(&self.source, &key, &self.snapshot)?;
+        Ok((key, chosen))
+    }
+}
+
+#[derive(Args, Debug)]
+struct RestoreArgs {
+    #[command(flatten)]
+    chosen: SnapshotChoice,
     /// The file to write; replaced only once the snapshot verified.
     #[arg(
         long,
@@ -129,13 +145,7 @@ struct RestoreArgs {
 #[derive(Args, Debug)]
 struct RestoreConfigArgs {
     #[command(flatten)]
-    source: SourceArgs,
-    /// The age identity file (AGE-SECRET-KEY-1...).
-    #[arg(long)]
-    key_file: PathBuf,
-    /// Snapshot ID, or `latest`.
-    #[arg(long, default_value = "latest")]
-    snapshot: String,
+    chosen: SnapshotChoice,
     /// The namespace to apply the objects to.
     #[arg(long)]
     namespace: String,
@@ -232,13 +242,12 @@ fn run_blocking(command: BackupCommand) -> anyhow::Result<()> {
 
 /// `restore`: verifies the snapshot, then loads it over replication or places the file.
 fn restore(args: RestoreArgs) -> anyhow::Result<()> {
-    let key = BackupKey::from_file(&args.key_file)?;
     let password = args
         .check_password_file
         .as_deref()
         .map(read_password)
         .transpose()?;
-    let chosen = choose(&args.source, &key, &args.snapshot)?;
+    let (key, chosen) = args.chosen.verified()?;
     match &args.replicate_to {
         Some(address) => restore_by_replication(&args, &key, &chosen, address, password),
         None => restore_to_file(&args, &key, &chosen, password),
@@ -257,6 +266,7 @@ fn restore_by_replication(
     let id = &chosen.manifest.id;
     let timeout = Duration::from_secs(args.check_timeout);
     let rdb = args
+        .chosen
         .source
         .work_dir
         .join(format!("titan-dr-restore-{id}.rdb"));
@@ -325,13 +335,13 @@ fn restore_to_file(
 
 /// `restore-config`: the verified archive's objects applied to the namespace.
 fn restore_config(args: &RestoreConfigArgs) -> anyhow::Result<()> {
-    let key = BackupKey::from_file(&args.key_file)?;
-    let chosen = choose(&args.source, &key, &args.snapshot)?;
+    let (key, chosen) = args.chosen.verified()?;
     let id = chosen.manifest.id.clone();
     if chosen.manifest.kind != SnapshotKind::Configuration {
         bail!("snapshot {id} is not a configuration snapshot; nothing was applied");
     }
     let archive = args
+        .chosen
         .source
         .work_dir
         .join(format!("titan-dr-restore-{}-{id}.tar", std::process::id()));
