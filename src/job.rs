@@ -1043,12 +1043,10 @@ spec:
         "--not-after=2026-12-01T22:00:00Z",
     ];
 
-    #[test]
-    fn a_redis_restore_replicates_into_the_running_redis_by_default() {
-        let pod = redis_restore_pod("{address: 'titan-redis:6379', wait: 90s}");
-        let container = &pod.containers[0];
-        assert_eq!(container.image.as_deref(), Some("titan-dr:0.1.0"));
-        let mut expected = vec![
+    /// The command of a Redis restore step: titan-step running `titan-dr backup restore`
+    /// with the download arguments, then `tail`.
+    fn restore_argv<'a>(tail: &[&'a str]) -> Vec<&'a str> {
+        let head = [
             TITAN_STEP,
             "run",
             "--",
@@ -1056,8 +1054,18 @@ spec:
             "backup",
             "restore",
         ];
-        expected.extend(DOWNLOAD);
-        expected.extend([
+        head.into_iter()
+            .chain(DOWNLOAD)
+            .chain(tail.iter().copied())
+            .collect()
+    }
+
+    #[test]
+    fn a_redis_restore_replicates_into_the_running_redis_by_default() {
+        let pod = redis_restore_pod("{address: 'titan-redis:6379', wait: 90s}");
+        let container = &pod.containers[0];
+        assert_eq!(container.image.as_deref(), Some("titan-dr:0.1.0"));
+        let expected = restore_argv(&[
             "--replicate-to=titan-redis:6379",
             "--check-timeout=90",
             "--check-password-file=/var/run/titan-dr/redis-auth/password",
@@ -1092,16 +1100,7 @@ spec:
     fn a_redis_restore_into_a_volume_shuts_redis_down_by_default_without_a_shell() {
         let pod = redis_restore_pod(&format!("{{{DATA}, address: 'redis:6379', wait: 90s}}"));
         let container = &pod.containers[0];
-        let mut expected = vec![
-            TITAN_STEP,
-            "run",
-            "--",
-            "/usr/local/bin/titan-dr",
-            "backup",
-            "restore",
-        ];
-        expected.extend(DOWNLOAD);
-        expected.extend([
+        let expected = restore_argv(&[
             "--to=/var/run/titan-dr/redis-data/dump.rdb",
             "--check-redis=redis:6379",
             "--shutdown-redis",
