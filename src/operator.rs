@@ -18,7 +18,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 
 use crate::api::duration::{DurationError, GoDuration};
 use crate::api::{Backup, DisasterRecovery};
-use crate::controller::{Context, backup, disaster_recovery, measured};
+use crate::controller::{CachesReady, Context, backup, disaster_recovery, measured};
 use crate::job::{JobSetup, LABEL_RECOVERY};
 use crate::snapshot_server::SnapshotServer;
 use crate::telemetry::{self, Metrics};
@@ -270,6 +270,7 @@ fn context(client: Client, config: &Config, metrics: Arc<Metrics>, caches: Cache
             restore: None,
         },
         snapshot_url: config.snapshot_url.clone(),
+        caches_ready: CachesReady::of(&caches.jobs, &caches.pods, &caches.backups),
         jobs: caches.jobs,
         pods: caches.pods,
         backups: caches.backups,

@@ -16,6 +16,8 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DeserializeGuard;
@@ -45,11 +47,35 @@ pub struct Context {
     pub jobs: Store<Job>,
     pub pods: Store<Pod>,
     pub backups: Store<Backup>,
+    /// Resolves once the three caches above are filled.
+    pub caches_ready: CachesReady,
     /// Failures in a row per object, for [`Context::backoff`].
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// The operator's snapshot endpoint as restore Jobs reach it.
     pub snapshot_url: Option<String>,
     pub metrics: Arc<Metrics>,
+}
+
+/// Resolves once the Job, Pod and Backup caches hold what the cluster had when their watches
+/// started; fails naming a cache whose watch ended first.
+///
+/// One future, shared by every reconcile that waits: `Store::wait_until_ready` of
+/// kube-runtime 5 wakes only the last of several concurrent waiters (its oneshot receiver
+/// keeps one waker), and a reconcile stranded there never ends, so its object is never
+/// reconciled again by this operator.
+#[derive(Clone)]
+pub struct CachesReady(Shared<BoxFuture<'static, Result<(), &'static str>>>);
+
+impl CachesReady {
+    pub fn of(jobs: &Store<Job>, pods: &Store<Pod>, backups: &Store<Backup>) -> Self {
+        let (jobs, pods, backups) = (jobs.clone(), pods.clone(), backups.clone());
+        let ready = async move {
+            jobs.wait_until_ready().await.map_err(|_| "Jobs")?;
+            pods.wait_until_ready().await.map_err(|_| "Pods")?;
+            backups.wait_until_ready().await.map_err(|_| "Backups")
+        };
+        CachesReady(ready.boxed().shared())
+    }
 }
 
 /// The longest wait between two attempts at an object whose reconciles keep failing.
@@ -89,13 +115,11 @@ impl Context {
     /// Waits until the caches hold what the cluster had when they started: a decision made
     /// on an empty cache would start again what has already run.
     pub async fn caches_ready(&self) -> Result<(), Error> {
-        let closed = |what| move |_| Error::CacheClosed(what);
-        self.jobs.wait_until_ready().await.map_err(closed("Jobs"))?;
-        self.pods.wait_until_ready().await.map_err(closed("Pods"))?;
-        self.backups
-            .wait_until_ready()
+        self.caches_ready
+            .0
+            .clone()
             .await
-            .map_err(closed("Backups"))
+            .map_err(Error::CacheClosed)
     }
 
     /// The Events recorder of this operator instance (`POD_NAME`, when in a pod).
@@ -239,6 +263,89 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::task::{ArcWake, waker};
+    use kube::runtime::{reflector, watcher};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Context as TaskContext, Poll};
+
+    /// A waker that remembers being woken.
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl ArcWake for Flag {
+        fn wake_by_ref(flag: &Arc<Self>) {
+            flag.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn init<K: Clone + kube::Resource<DynamicType = ()>>(writer: &mut reflector::store::Writer<K>) {
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+    }
+
+    /// Why [`CachesReady`] exists: if this starts to fail, kube-runtime wakes every waiter
+    /// and reconciles may wait on the stores themselves again.
+    #[test]
+    fn kube_runtime_wakes_only_the_last_of_two_waiters_on_a_store() {
+        let (store, mut writer) = reflector::store::<Pod>();
+        let (first, second) = (Arc::new(Flag::default()), Arc::new(Flag::default()));
+        let mut waiting_first = Box::pin(store.wait_until_ready());
+        let mut waiting_second = Box::pin(store.wait_until_ready());
+        let first_waker = waker(first.clone());
+        let second_waker = waker(second.clone());
+        let mut first_cx = TaskContext::from_waker(&first_waker);
+        assert!(waiting_first.as_mut().poll(&mut first_cx).is_pending());
+        let mut second_cx = TaskContext::from_waker(&second_waker);
+        assert!(waiting_second.as_mut().poll(&mut second_cx).is_pending());
+        init(&mut writer);
+        assert!(second.0.load(Ordering::SeqCst));
+        assert!(
+            !first.0.load(Ordering::SeqCst),
+            "the first waiter is not woken"
+        );
+    }
+
+    #[test]
+    fn every_waiter_on_the_caches_is_woken_when_all_are_filled() {
+        let (jobs, mut job_writer) = reflector::store::<Job>();
+        let (pods, mut pod_writer) = reflector::store::<Pod>();
+        let (backups, mut backup_writer) = reflector::store::<Backup>();
+        let ready = CachesReady::of(&jobs, &pods, &backups);
+        let flags: Vec<Arc<Flag>> = (0..3).map(|_| Arc::new(Flag::default())).collect();
+        let mut waiting: Vec<_> = flags.iter().map(|_| ready.0.clone()).collect();
+        for (future, flag) in waiting.iter_mut().zip(&flags) {
+            let waker = waker(flag.clone());
+            let pending = future.poll_unpin(&mut TaskContext::from_waker(&waker));
+            assert!(pending.is_pending(), "nothing is filled yet");
+        }
+        init(&mut job_writer);
+        init(&mut pod_writer);
+        // Woken once for each cache filled: each wakes whoever waits at that moment.
+        for (future, flag) in waiting.iter_mut().zip(&flags) {
+            if flag.0.swap(false, Ordering::SeqCst) {
+                let waker = waker(flag.clone());
+                let _ = future.poll_unpin(&mut TaskContext::from_waker(&waker));
+            }
+        }
+        init(&mut backup_writer);
+        for (future, flag) in waiting.iter_mut().zip(&flags) {
+            assert!(flag.0.load(Ordering::SeqCst), "every waiter is woken");
+            let waker = waker(flag.clone());
+            let done = future.poll_unpin(&mut TaskContext::from_waker(&waker));
+            assert!(matches!(done, Poll::Ready(Ok(()))));
+        }
+    }
+
+    #[test]
+    fn caches_whose_watch_ended_unfilled_name_the_cache() {
+        let (jobs, mut job_writer) = reflector::store::<Job>();
+        let (pods, pod_writer) = reflector::store::<Pod>();
+        let (backups, _backup_writer) = reflector::store::<Backup>();
+        let ready = CachesReady::of(&jobs, &pods, &backups);
+        init(&mut job_writer);
+        drop(pod_writer);
+        assert_eq!(futures::executor::block_on(ready.0), Err("Pods"));
+    }
 
     #[test]
     fn an_object_that_does_not_decode_is_an_error_of_its_own() {

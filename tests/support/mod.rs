@@ -97,15 +97,20 @@ pub async fn wait_for<K>(
     condition: impl Condition<K>,
 ) -> K
 where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K: Resource + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug + Send + 'static,
 {
     match tokio::time::timeout(limit, await_condition(api.clone(), name, condition)).await {
         Ok(Ok(Some(object))) => object,
         Ok(Ok(None)) => panic!("{name} was deleted while waiting for: {what}"),
         Ok(Err(error)) => panic!("watching {name} failed while waiting for {what}: {error}"),
         Err(_) => {
-            let last = api.get_opt(name).await.ok().flatten();
-            panic!("timed out after {limit:?} waiting for {what} on {name}; last seen: {last:#?}")
+            // Without managedFields, which would push the status out of a truncated log.
+            let last = api.get_opt(name).await.ok().flatten().map(|mut object| {
+                object.meta_mut().managed_fields = None;
+                serde_yaml::to_string(&object).unwrap_or_default()
+            });
+            let last = last.unwrap_or_else(|| "nothing".into());
+            panic!("timed out after {limit:?} waiting for {what} on {name}; last seen:\n{last}")
         }
     }
 }
@@ -322,6 +327,13 @@ impl Drop for Operator {
             .env("KUBECONFIG", kubeconfig())
             .output()
         {
+            // A failed test on a machine whose target/ goes away shows the log's end too.
+            if std::thread::panicking() {
+                let text = String::from_utf8_lossy(&output.stdout);
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+                eprintln!("--- the end of the log of {deployment} in {namespace}:\n{tail}");
+            }
             let _ = std::fs::write(log, output.stdout);
         }
         let _ = std::process::Command::new(helm())

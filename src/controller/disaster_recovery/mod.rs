@@ -70,10 +70,12 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
     write_status(&drs, &dr.name_any(), &previous, &status).await?;
     // After the write: an Event never tells of a transition the status does not hold.
     announce_transitions(&ctx, &dr, &previous, &status).await;
-    Ok(match decision.outcome {
-        Some(_) => Action::await_change(),
-        None => Action::requeue(recheck.max(SOONEST)),
-    })
+    let next = match decision.outcome {
+        Some(_) => None,
+        None => Some(recheck.max(SOONEST)),
+    };
+    tracing::debug!(run = ?status.run_id, phase = ?status.phase, started = decision.start.len(), ?next, "reconciled");
+    Ok(next.map_or_else(Action::await_change, Action::requeue))
 }
 
 fn namespace(dr: &DisasterRecovery) -> String {
