@@ -26,9 +26,9 @@ enum Command {
     /// Convert between markdown runbooks and DisasterRecovery resources.
     #[command(subcommand)]
     Runbook(cli::RunbookCommand),
-    /// Encrypted snapshots in a folder: snapshot, list, verify, restore, prune, keygen.
-    /// Works without a cluster.
-    Backup(cli::BackupCommand),
+    /// Encrypted snapshots in a folder or object storage: snapshot, list, verify, restore,
+    /// prune, push, keygen. Works without a cluster.
+    Backup(Box<cli::BackupCommand>),
     /// Run a step's probe, given as JSON, and print its output; what probe steps run. Exits 0
     /// when the check passed, 1 when it failed, 2 on an invalid spec.
     #[command(hide = true)]
@@ -37,6 +37,8 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // One TLS crypto provider for every client (kube, the snapshot endpoint, object storage).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Operator(config) => {
@@ -51,7 +53,7 @@ async fn main() -> ExitCode {
         Command::Run(args) => cli::run::run(&args).await.into(),
         Command::Runbook(command) => cli::runbook::runbook(&command).into(),
         Command::Probe(args) => cli::probe::run(&args).await.into(),
-        Command::Backup(command) => cli::backup::run(command).await.into(),
+        Command::Backup(command) => cli::backup::run(*command).await.into(),
     }
 }
 

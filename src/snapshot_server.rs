@@ -28,7 +28,6 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 
 use crate::api::Backup;
-use crate::backup::Store;
 use crate::backup::remote::{AUDIENCE, IndexEntry, SnapshotIndex};
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -96,11 +95,11 @@ impl SnapshotServer {
                     format!("no Backup {namespace}/{name}"),
                 )
             })?;
-        let dir = self.backup_dir.join(&backup.spec.destination.path);
+        let dir = self.backup_dir.join(crate::backup::backup_folder(&backup));
         if !dir.is_dir() {
             return Ok(json(&SnapshotIndex::default()));
         }
-        let store = Store::open(dir).map_err(internal)?;
+        let store = crate::backup::backup_store(&self.backup_dir, &backup).map_err(internal)?;
         let index = SnapshotIndex {
             snapshots: store
                 .ids()

@@ -17,7 +17,7 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use titan_dr::api::backup::BackupStatus;
 use titan_dr::api::disaster_recovery::{RunPhase, StepPhase};
 use titan_dr::api::{Backup, DisasterRecovery};
@@ -166,9 +166,22 @@ async fn scheduled_snapshots_keep_the_last_three_and_survive_redis_dying_mid_sna
         .await;
         let snapshot = &first.status.as_ref().unwrap().snapshots[0];
         assert_eq!(snapshot.keys, Some(KEYS));
-        assert!(snapshot.location.starts_with("redis/") && snapshot.location.ends_with(".rdb.age"));
+        // One folder per Backup: <path>/<namespace>/<uid>/.
+        let folder = titan_dr::backup::backup_folder(&first);
+        assert_eq!(
+            folder,
+            std::path::Path::new("redis")
+                .join(&ns)
+                .join(first.uid().unwrap())
+        );
+        assert!(
+            snapshot
+                .location
+                .starts_with(&format!("{}/", folder.display()))
+        );
+        assert!(snapshot.location.ends_with(".rdb.age"));
         assert_eq!(ready(Some(&first)).unwrap().0, "True");
-        let store_dir = support::backup_volume(&client, &ns).await.join("redis");
+        let store_dir = support::backup_volume(&client, &ns).await.join(&folder);
 
         // 2: the next tick; Redis dies while the snapshot streams. Its fork now sleeps a
         // millisecond or more per key: the transfer takes a minute instead of a moment.
@@ -340,7 +353,8 @@ async fn configuration_snapshots_and_rpo_of_a_recovery() {
         let (_, reason, message) = ready(Some(&refused)).unwrap();
         assert_eq!(reason, "NothingSelected", "{message}");
         assert!(status(Some(&refused)).is_none_or(|s| s.snapshots.is_empty()));
-        let store = Store::open(support::backup_volume(&client, &ns).await.join("config")).unwrap();
+        let folder = titan_dr::backup::backup_folder(&api.get("config").await.unwrap());
+        let store = Store::open(support::backup_volume(&client, &ns).await.join(folder)).unwrap();
         let restored = tempfile::tempdir().unwrap();
         let tar = restored.path().join("config.tar");
         store.restore(&snapshot.id, &key, &tar).unwrap();
@@ -545,7 +559,8 @@ spec:
             .arg("restore")
             .query(&mut con)
             .unwrap();
-        let store_dir = support::backup_volume(&client, &ns).await.join("redis");
+        let folder = titan_dr::backup::backup_folder(&backups.get("redis").await.unwrap());
+        let store_dir = support::backup_volume(&client, &ns).await.join(folder);
         let store = Store::open(&store_dir).unwrap();
         let manifest = store.list().unwrap().snapshots[0].clone();
         let file = store_dir.join(&manifest.file);

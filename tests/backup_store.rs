@@ -3,6 +3,7 @@
 //! damage is named by `verify` and refused by `restore` with the target left as it was.
 
 mod redis_server;
+mod s3_server;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -801,4 +802,80 @@ fn a_replication_restore_replaces_a_running_redis_and_skips_a_tampered_newest_sn
         text(&out)
     );
     assert_eq!(dataset(&mut restored.client()), before);
+}
+
+/// `titan-dr` with the S3 server's credentials in the environment, as the AWS tools take them.
+fn titan_s3(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_titan-dr"))
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", s3_server::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", s3_server::SECRET_KEY)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("running titan-dr")
+}
+
+#[test]
+fn a_snapshot_in_object_storage_is_restored_from_there_when_the_volume_is_gone() {
+    let s3 = s3_server::S3Server::start();
+    let endpoint = s3.endpoint();
+    let url = format!("s3://{}/titan/redis", s3_server::BUCKET);
+    let server = RedisServer::start(&[]);
+    load_every_type(&server);
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("key.txt");
+    fs::write(&key, BackupKey::generate().to_key_file()).unwrap();
+    let (key, volume) = (key.to_str().unwrap(), work.path().join("volume"));
+    let s3_args = ["--s3", &url, "--s3-endpoint", &endpoint];
+
+    let address = server.address();
+    let mut snapshot = vec!["backup", "snapshot", "--redis", &address, "--key-file", key];
+    snapshot.extend(["--dir", volume.to_str().unwrap()]);
+    snapshot.extend(s3_args);
+    let out = titan_s3(&snapshot);
+    assert!(out.status.success(), "{}\n{}", text(&out), s3.log());
+    assert!(text(&out).contains(&format!("to {url}")), "{}", text(&out));
+    let manifest = Store::open(&volume).unwrap().list().unwrap().snapshots[0].clone();
+
+    // The volume dies with the cluster: what is in object storage is all there is.
+    fs::remove_dir_all(&volume).unwrap();
+    let restored = work.path().join("restored.rdb");
+    let mut restore = vec!["backup", "restore", "--key-file", key];
+    restore.extend(["--to", restored.to_str().unwrap()]);
+    restore.extend(["--work-dir", work.path().to_str().unwrap()]);
+    restore.extend(s3_args);
+    let out = titan_s3(&restore);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        sha256_hex(&fs::read(&restored).unwrap()),
+        manifest.plaintext.sha256,
+        "the restored RDB is the snapshot's"
+    );
+
+    // A second folder's snapshots are pushed; what is there already is not copied again.
+    let other = work.path().join("other");
+    let mut second = vec!["backup", "snapshot", "--redis", &address, "--key-file", key];
+    second.extend(["--dir", other.to_str().unwrap()]);
+    let out = titan_s3(&second);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut push = vec!["backup", "push", "--dir", other.to_str().unwrap()];
+    push.extend(s3_args);
+    let out = titan_s3(&push);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("copied 1 snapshot(s)"),
+        "{}",
+        text(&out)
+    );
+    let out = titan_s3(&push);
+    assert!(
+        text(&out).contains("copied 0 snapshot(s)"),
+        "{}",
+        text(&out)
+    );
+
+    // Without credentials, the command says what it lacks.
+    let out = titan(&restore);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("AWS_ACCESS_KEY_ID"), "{}", text(&out));
 }

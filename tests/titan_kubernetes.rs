@@ -301,7 +301,8 @@ async fn a_deleted_titan_namespace_comes_back_from_its_snapshots_with_its_data()
         let unscheduled = serde_json::json!({"spec": {"schedule": null}});
         backups.patch("redis", &PatchParams::default(), &Patch::Merge(&unscheduled)).await.unwrap();
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let store_dir = support::backup_volume(&client, &ns).await.join("titan/redis");
+        let folder = titan_dr::backup::backup_folder(&backups.get("redis").await.unwrap());
+        let store_dir = support::backup_volume(&client, &ns).await.join(folder);
         let store = Store::open(&store_dir).unwrap();
         let snapshots = store.list().unwrap().snapshots;
         assert!(snapshots.len() >= 2, "{} snapshots", snapshots.len());

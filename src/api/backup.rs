@@ -117,6 +117,45 @@ pub struct Destination {
     )]
     #[x_kube(validation = kube::core::Rule::new("!self.split('/').exists(p, p == '..')").message("path must stay under the backup volume (no '..')"))]
     pub path: String,
+    /// A copy of every snapshot in S3 or an S3-compatible server, off the cluster: under
+    /// `<prefix>/<namespace>/<backup uid>/`, with the same retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Destination>,
+}
+
+/// A bucket of S3 or of an S3-compatible server.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Destination {
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+    /// Folder in the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 512),
+        regex(pattern = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    )]
+    pub prefix: Option<String>,
+    /// The server's URL (`https://...`, or `http://...` inside a trusted network); none for
+    /// AWS itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s/]+(/.*)?$"))]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// A Secret in the Backup's namespace with `accessKeyId` and `secretAccessKey`.
+    pub credentials_secret_ref: SecretName,
+    /// Path-style requests (`endpoint/bucket/key`), as most S3-compatible servers want;
+    /// default true when an endpoint is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_path_style: Option<bool>,
+}
+
+/// A Secret, by name, in the object's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct SecretName {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 /// Encryption of snapshots; key material only ever comes from a Secret.
@@ -150,6 +189,10 @@ pub struct BackupStatus {
     /// When the newest successful snapshot completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful_time: Option<Time>,
+    /// Where the copies off the cluster are (`s3://bucket/prefix/<namespace>/<uid>`), for
+    /// `titan-dr backup restore --s3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsite: Option<String>,
     /// Snapshots on disk, newest first, bounded by retention.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<Snapshot>,

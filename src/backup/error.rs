@@ -107,6 +107,20 @@ pub enum VerifyError {
         file: String,
         reason: String,
     },
+    #[error(
+        "snapshot {id} is not authentic: its manifest's MAC does not match the key (forged, \
+         altered, or made with another key); refused"
+    )]
+    NotAuthentic { id: String },
+    #[error(
+        "snapshot {id} belongs to {}, not to {expected}; refused",
+        owner.as_deref().unwrap_or("no Backup")
+    )]
+    ForeignOwner {
+        id: String,
+        owner: Option<String>,
+        expected: String,
+    },
     #[error("snapshot {id}: the decrypted content does not match the manifest: {reason}")]
     ContentMismatch { id: String, reason: String },
     #[error("snapshot {id}: the decrypted RDB is bad: {reason}")]

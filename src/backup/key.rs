@@ -11,6 +11,12 @@ use std::path::Path;
 use std::str::FromStr;
 
 use age::secrecy::ExposeSecret;
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// What the MAC key is derived for; a new version of the scheme changes it.
+const MAC_KEY_INFO: &[u8] = b"titan-dr snapshot manifest MAC v1";
 
 /// An age X25519 identity; its recipient is what snapshots are encrypted to.
 #[derive(Clone)]
@@ -102,6 +108,34 @@ impl BackupKey {
         )
     }
 
+    /// The MAC of `bytes` (a manifest without its MAC), hex: HMAC-SHA256 keyed by HKDF-SHA256
+    /// from the identity. Only a holder of the secret key can make one; the recipient in a
+    /// manifest, which is public, is not enough.
+    pub fn mac(&self, bytes: &[u8]) -> String {
+        hex::encode(self.hmac(bytes).finalize().into_bytes())
+    }
+
+    /// Whether `mac` (hex) is the MAC of `bytes` under this key; compared in constant time.
+    pub fn verifies_mac(&self, bytes: &[u8], mac: &str) -> bool {
+        let Ok(mac) = hex::decode(mac) else {
+            return false;
+        };
+        self.hmac(bytes).verify_slice(&mac).is_ok()
+    }
+
+    fn hmac(&self, bytes: &[u8]) -> Hmac<Sha256> {
+        let secret = self.identity.to_string();
+        let derive = Hkdf::<Sha256>::new(None, secret.expose_secret().as_bytes());
+        let mut key = [0u8; 32];
+        derive
+            .expand(MAC_KEY_INFO, &mut key)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let mut hmac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC takes a key of any length");
+        hmac.update(bytes);
+        hmac
+    }
+
     pub(crate) fn identity(&self) -> &age::x25519::Identity {
         &self.identity
     }
@@ -124,6 +158,26 @@ impl std::fmt::Debug for BackupKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_same_key_verifies_a_mac() {
+        let key = BackupKey::generate();
+        let mac = key.mac(b"manifest");
+        assert_eq!(mac.len(), 64);
+        assert!(key.verifies_mac(b"manifest", &mac));
+        assert!(!key.verifies_mac(b"manifest!", &mac), "other bytes");
+        assert!(
+            !BackupKey::generate().verifies_mac(b"manifest", &mac),
+            "another key"
+        );
+        assert!(!key.verifies_mac(b"manifest", "not hex"));
+        let same = BackupKey::parse(&key.to_key_file(), "the key file").unwrap();
+        assert_eq!(
+            same.mac(b"manifest"),
+            mac,
+            "the MAC depends on the key alone"
+        );
+    }
 
     #[test]
     fn a_generated_key_file_parses_back() {

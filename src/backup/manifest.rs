@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::backup::Snapshot;
 
-/// The manifest format this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The manifest format this code writes and reads. Version 2 added the owner, the source
+/// and the MAC; a version-1 manifest cannot be authenticated and is refused.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// What a snapshot holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +68,37 @@ pub struct Manifest {
     /// Free-form details of other kinds (e.g. the objects of a configuration archive).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub details: BTreeMap<String, serde_json::Value>,
+    /// The Backup the snapshot belongs to; none for one the CLI took into a folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+    /// What was snapshotted: the Redis address, or the configuration selection.
+    #[serde(default)]
+    pub source: String,
+    /// HMAC-SHA256 of the manifest without this field, keyed from the backup key
+    /// ([`BackupKey::mac`](super::key::BackupKey::mac)). It covers the data file too, through
+    /// `sha256`.
+    #[serde(default)]
+    pub mac: String,
+}
+
+/// The Backup a snapshot belongs to. The UID tells a Backup from a later one of the same
+/// name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Owner {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Backup {}/{} (uid {})",
+            self.namespace, self.name, self.uid
+        )
+    }
 }
 
 /// Size and checksum of the decrypted content.
@@ -131,13 +163,22 @@ pub struct DatabaseKeys {
 }
 
 impl Manifest {
+    /// What the MAC covers: the manifest as JSON without its MAC.
+    pub fn authenticated_bytes(&self) -> Vec<u8> {
+        let unsigned = Manifest {
+            mac: String::new(),
+            ..self.clone()
+        };
+        serde_json::to_vec(&unsigned).expect("a manifest always serializes")
+    }
+
     /// Name of the manifest file of snapshot `id`.
     pub fn file_name(id: &str) -> String {
         format!("{id}.manifest.json")
     }
 
-    /// The entry for `Backup.status.snapshots`; `destination` is the Backup's
-    /// `spec.destination.path`, so that `location` is relative to the backup volume.
+    /// The entry for `Backup.status.snapshots`; `destination` is the Backup's store folder
+    /// relative to the backup volume, so that `location` is too.
     pub fn to_status(&self, destination: &str) -> Snapshot {
         Snapshot {
             id: self.id.clone(),

@@ -19,6 +19,7 @@ pub mod config_archive;
 pub mod error;
 pub mod key;
 pub mod manifest;
+pub mod offsite;
 pub mod remote;
 pub mod restore;
 pub mod retention;
@@ -29,6 +30,55 @@ pub use key::{BackupKey, KeyError};
 pub use manifest::{Manifest, SnapshotKind};
 pub use retention::RetentionPolicy;
 pub use store::{Listing, SnapshotWriter, Store};
+
+/// The folder of a Backup's snapshots, relative to the backup volume:
+/// `<destination.path>/<namespace>/<uid>`. Two Backups with the same path, in two namespaces
+/// or one after another under one name, never share a folder.
+pub fn backup_folder(backup: &crate::api::Backup) -> std::path::PathBuf {
+    use kube::ResourceExt;
+    let path = backup.spec.destination.path.trim_matches('/');
+    let namespace = backup.namespace().unwrap_or_default();
+    let uid = backup.uid().unwrap_or_default();
+    std::path::Path::new(path).join(namespace).join(uid)
+}
+
+/// The location of a Backup's copies in object storage, `s3://bucket/<prefix>/<namespace>/<uid>`,
+/// when it keeps any; credentials are the caller's to add.
+pub fn offsite_url(backup: &crate::api::Backup) -> Option<String> {
+    use kube::ResourceExt;
+    let s3 = backup.spec.destination.s3.as_ref()?;
+    let mut parts: Vec<String> = s3
+        .prefix
+        .iter()
+        .map(|p| p.trim_matches('/').to_owned())
+        .filter(|p| !p.is_empty())
+        .collect();
+    parts.push(backup.namespace().unwrap_or_default());
+    parts.push(backup.uid().unwrap_or_default());
+    Some(format!("s3://{}/{}", s3.bucket, parts.join("/")))
+}
+
+/// The Backup as the owner its snapshots name.
+pub fn owner_of(backup: &crate::api::Backup) -> manifest::Owner {
+    use kube::ResourceExt;
+    manifest::Owner {
+        namespace: backup.namespace().unwrap_or_default(),
+        name: backup.name_any(),
+        uid: backup.uid().unwrap_or_default(),
+    }
+}
+
+/// The store of a Backup on the backup volume `volume`.
+///
+/// # Errors
+///
+/// [`StoreError::Io`] when the folder cannot be created.
+pub fn backup_store(
+    volume: &std::path::Path,
+    backup: &crate::api::Backup,
+) -> Result<Store, StoreError> {
+    Store::owned(volume.join(backup_folder(backup)), owner_of(backup))
+}
 
 #[cfg(test)]
 mod tests;

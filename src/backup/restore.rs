@@ -13,7 +13,8 @@ use clap::Args;
 use k8s_openapi::jiff::Timestamp;
 
 use super::key::BackupKey;
-use super::manifest::{Manifest, snapshot_id};
+use super::manifest::{Manifest, SnapshotKind, snapshot_id};
+use super::offsite::{Offsite, S3Args};
 use super::remote::Remote;
 use super::store::Store;
 use crate::redis::primary::Primary;
@@ -22,13 +23,14 @@ use crate::redis::primary::Primary;
 #[derive(Args, Debug, Clone)]
 pub struct SourceArgs {
     /// The snapshot folder.
-    #[arg(long, required_unless_present = "from", conflicts_with = "from")]
+    #[arg(long, required_unless_present_any = ["from", "s3"], conflicts_with_all = ["from", "s3"])]
     pub dir: Option<PathBuf>,
     /// The operator's snapshot endpoint (e.g. `http://titan-dr.titan-dr-system.svc:8081`):
     /// the snapshots are downloaded into `--work-dir` and verified there.
     #[arg(long, requires_all = ["backup", "token_file"])]
     pub from: Option<String>,
-    /// The Backup at the endpoint, as `namespace/name`.
+    /// The Backup at the endpoint, as `namespace/name`; with `--dir`, the Backup whose
+    /// snapshots alone may be restored.
     #[arg(long)]
     pub backup: Option<String>,
     /// A ServiceAccount token for the audience `titan-dr` (a projected token's file).
@@ -42,6 +44,13 @@ pub struct SourceArgs {
     /// started empty, say) is never what it restores.
     #[arg(long)]
     pub not_after: Option<Timestamp>,
+    /// Restore a snapshot that another Backup than `--backup` took (a deliberate
+    /// cross-Backup restore); without it such a snapshot is refused.
+    #[arg(long)]
+    pub any_owner: bool,
+    /// Or the snapshots in object storage: downloaded into `--work-dir` and verified there.
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 /// A snapshot that verified, in a store on this machine.
@@ -59,26 +68,34 @@ pub struct Chosen {
 /// # Errors
 ///
 /// No snapshot verifies, the named one does not, or the snapshots cannot be read.
-pub fn choose(source: &SourceArgs, key: &BackupKey, which: &str) -> anyhow::Result<Chosen> {
+pub fn choose(
+    source: &SourceArgs,
+    key: &BackupKey,
+    which: &str,
+    kind: Option<SnapshotKind>,
+) -> anyhow::Result<Chosen> {
     let handle = tokio::runtime::Handle::current();
-    let remote = remote_of(source)?;
-    let (store, index) = match &remote {
-        None => (Store::open(source.dir.clone().unwrap_or_default())?, None),
-        Some(remote) => {
-            let dir = source
-                .work_dir
-                .join(format!("titan-dr-{}", std::process::id()));
-            (Store::open(dir)?, Some(handle.block_on(remote.index())?))
-        }
+    let offsite = source.s3.location()?.map(Offsite::new).transpose()?;
+    let remote = if offsite.is_some() {
+        None
+    } else {
+        remote_of(source)?
     };
-    let present: Vec<String> = match &index {
-        None => store.ids()?,
-        Some(index) => index.snapshots.iter().map(|s| s.id.clone()).collect(),
+    let downloaded = remote.is_some() || offsite.is_some();
+    let (store, index) = match (&remote, &offsite) {
+        (None, None) => (Store::open(source.dir.clone().unwrap_or_default())?, None),
+        (Some(remote), _) => (work_store(source)?, Some(handle.block_on(remote.index())?)),
+        (None, Some(_)) => (work_store(source)?, None),
+    };
+    let present: Vec<String> = match (&index, &offsite) {
+        (Some(index), _) => index.snapshots.iter().map(|s| s.id.clone()).collect(),
+        (None, Some(offsite)) => handle.block_on(offsite.ids())?,
+        (None, None) => store.ids()?,
     };
     let candidates = match which {
         "latest" => before_cutoff(present, source.not_after),
         // A remote store is empty until downloaded: the ID is checked against the index.
-        id if remote.is_some() && present.iter().any(|c| c == id) => vec![id.to_owned()],
+        id if downloaded && present.iter().any(|c| c == id) => vec![id.to_owned()],
         id => vec![store.resolve(id)?],
     };
     if candidates.is_empty() {
@@ -92,7 +109,11 @@ pub fn choose(source: &SourceArgs, key: &BackupKey, which: &str) -> anyhow::Resu
         if let (Some(remote), Some(entry)) = (&remote, entry) {
             handle.block_on(remote.download(entry, store.dir()))?;
         }
-        let err = match store.verify(id, key) {
+        if let Some(offsite) = &offsite {
+            handle.block_on(offsite.download(id, &store))?;
+        }
+        let verified = store.verify(id, key).map_err(|err| err.to_string());
+        let err = match verified.and_then(|manifest| accepted(source, kind, manifest)) {
             Ok(manifest) => {
                 return Ok(Chosen {
                     store,
@@ -106,8 +127,8 @@ pub fn choose(source: &SourceArgs, key: &BackupKey, which: &str) -> anyhow::Resu
             Err(err) => err,
         };
         eprintln!("refusing snapshot {id}: {err}");
-        refused.push(err.to_string());
-        if remote.is_some() {
+        refused.push(err);
+        if downloaded {
             for file in store.files_of(id) {
                 let _ = std::fs::remove_file(store.dir().join(file));
             }
@@ -118,6 +139,56 @@ pub fn choose(source: &SourceArgs, key: &BackupKey, which: &str) -> anyhow::Resu
         refused.len(),
         refused.join("; ")
     )
+}
+
+/// A folder of this process in `--work-dir`, for downloaded snapshots.
+fn work_store(source: &SourceArgs) -> anyhow::Result<Store> {
+    let dir = source
+        .work_dir
+        .join(format!("titan-dr-{}", std::process::id()));
+    Ok(Store::open(dir)?)
+}
+
+/// `manifest` if it is of `kind` and, unless `--any-owner`, of the Backup `--backup` names.
+/// (What a manifest says is authentic once it verified: the MAC covers it.)
+fn accepted(
+    source: &SourceArgs,
+    kind: Option<SnapshotKind>,
+    manifest: Manifest,
+) -> Result<Manifest, String> {
+    let id = &manifest.id;
+    if let Some(kind) = kind
+        && manifest.kind != kind
+    {
+        return Err(format!(
+            "snapshot {id} is a {} snapshot, not a {} one",
+            kind_name(manifest.kind),
+            kind_name(kind)
+        ));
+    }
+    let expected = source.backup.as_deref().filter(|_| !source.any_owner);
+    let Some(expected) = expected else {
+        return Ok(manifest);
+    };
+    let owner = manifest.owner.as_ref();
+    if owner
+        .map(|o| format!("{}/{}", o.namespace, o.name))
+        .as_deref()
+        == Some(expected)
+    {
+        return Ok(manifest);
+    }
+    let owner = owner.map_or_else(|| "no Backup".to_owned(), ToString::to_string);
+    Err(format!(
+        "snapshot {id} belongs to {owner}, not to Backup {expected} (--any-owner restores it deliberately)"
+    ))
+}
+
+fn kind_name(kind: SnapshotKind) -> &'static str {
+    match kind {
+        SnapshotKind::Redis => "Redis",
+        SnapshotKind::Configuration => "configuration",
+    }
 }
 
 /// A source of snapshots that names none: no folder, no `namespace/name`.
@@ -525,6 +596,48 @@ mod tests {
     use std::net::TcpListener;
 
     use super::*;
+
+    #[test]
+    fn a_restore_takes_only_its_kind_and_its_backups_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = BackupKey::generate();
+        let owner = crate::backup::manifest::Owner {
+            namespace: "titan-recovery".into(),
+            name: "config".into(),
+            uid: "u1".into(),
+        };
+        let store = Store::owned(dir.path(), owner).unwrap();
+        let mut writer = store.begin_now(SnapshotKind::Configuration, &key).unwrap();
+        writer.write_all(b"archive").unwrap();
+        let manifest = writer.commit(Some(1), None).unwrap();
+        let source = |backup: Option<&str>, any_owner| SourceArgs {
+            dir: Some(dir.path().into()),
+            from: None,
+            backup: backup.map(Into::into),
+            token_file: None,
+            work_dir: "/tmp".into(),
+            not_after: None,
+            any_owner,
+            s3: S3Args::default(),
+        };
+        let config = Some(SnapshotKind::Configuration);
+        let ours = source(Some("titan-recovery/config"), false);
+        assert!(accepted(&ours, config, manifest.clone()).is_ok());
+        let wrong_kind = accepted(&ours, Some(SnapshotKind::Redis), manifest.clone()).unwrap_err();
+        assert!(
+            wrong_kind.contains("is a configuration snapshot, not a Redis one"),
+            "{wrong_kind}"
+        );
+        let other = source(Some("titan-recovery/redis"), false);
+        let foreign = accepted(&other, config, manifest.clone()).unwrap_err();
+        assert!(foreign.contains("belongs to Backup titan-recovery/config (uid u1), not to Backup titan-recovery/redis"), "{foreign}");
+        let deliberate = source(Some("titan-recovery/redis"), true);
+        assert!(accepted(&deliberate, config, manifest.clone()).is_ok());
+        assert!(
+            accepted(&source(None, false), config, manifest).is_ok(),
+            "a folder alone"
+        );
+    }
 
     #[test]
     fn keys_that_expired_since_the_snapshot_do_not_fail_it() {

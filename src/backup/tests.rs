@@ -132,6 +132,11 @@ fn a_manifest_that_lies_about_the_content_is_caught_after_decryption() {
     lying.plaintext.sha256 = "00".repeat(32);
     fs::write(&manifest_path, serde_json::to_vec(&lying).unwrap()).unwrap();
     let err = store.verify(&m.id, &key).unwrap_err();
+    assert!(matches!(err, VerifyError::NotAuthentic { .. }), "{err}");
+    // Made by the key holder (a writer's bug, not a forgery): caught after decryption.
+    lying.mac = key.mac(&lying.authenticated_bytes());
+    fs::write(&manifest_path, serde_json::to_vec(&lying).unwrap()).unwrap();
+    let err = store.verify(&m.id, &key).unwrap_err();
     assert!(matches!(err, VerifyError::ContentMismatch { .. }), "{err}");
 
     fs::write(&manifest_path, b"{not json").unwrap();
@@ -213,4 +218,127 @@ fn a_full_disk_is_named_as_such() {
     );
     assert!(matches!(err, StoreError::DiskFull { .. }));
     assert!(err.to_string().contains("full"), "{err}");
+}
+
+/// What someone who can write the store but holds only the public recipient can make: a
+/// valid age file of their own content, and a manifest whose checksums match it.
+fn forge(store: &Store, genuine: &Manifest, content: &[u8]) {
+    let recipient: age::x25519::Recipient = genuine.encryption.recipient.parse().unwrap();
+    let encryptor =
+        age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+            .unwrap();
+    let mut encrypted = Vec::new();
+    let mut writer = encryptor.wrap_output(&mut encrypted).unwrap();
+    writer.write_all(content).unwrap();
+    writer.finish().unwrap();
+    let sha = |bytes: &[u8]| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(bytes))
+    };
+    let mut forged = genuine.clone();
+    forged.size_bytes = encrypted.len() as u64;
+    forged.sha256 = sha(&encrypted);
+    forged.plaintext.size_bytes = content.len() as u64;
+    forged.plaintext.sha256 = sha(content);
+    fs::write(store.dir().join(&forged.file), &encrypted).unwrap();
+    let manifest = store.dir().join(Manifest::file_name(&forged.id));
+    fs::write(manifest, serde_json::to_vec(&forged).unwrap()).unwrap();
+}
+
+#[test]
+fn a_snapshot_forged_with_the_public_recipient_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let key = BackupKey::generate();
+    let genuine = put(&store, &key, 0, &content(1000));
+    forge(&store, &genuine, b"FLUSHALL");
+    let err = store.verify(&genuine.id, &key).unwrap_err();
+    assert!(matches!(err, VerifyError::NotAuthentic { .. }), "{err}");
+    assert!(err.to_string().contains("forged"), "{err}");
+    let target = dir.path().join("restored");
+    assert!(store.restore(&genuine.id, &key, &target).is_err());
+    assert!(!target.exists(), "nothing restored");
+}
+
+#[test]
+fn a_manifest_without_a_mac_from_format_1_is_refused_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let key = BackupKey::generate();
+    let m = put(&store, &key, 0, &content(100));
+    let path = dir.path().join(Manifest::file_name(&m.id));
+    let mut old: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    old["format"] = 1.into();
+    old.as_object_mut().unwrap().remove("mac");
+    fs::write(&path, serde_json::to_vec(&old).unwrap()).unwrap();
+    let err = store.verify(&m.id, &key).unwrap_err();
+    assert!(
+        err.to_string().contains("format version 1 has no MAC"),
+        "{err}"
+    );
+}
+
+fn owner(namespace: &str, uid: &str) -> manifest::Owner {
+    manifest::Owner {
+        namespace: namespace.into(),
+        name: "redis".into(),
+        uid: uid.into(),
+    }
+}
+
+#[test]
+fn a_backup_store_keeps_lists_and_prunes_only_its_own_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = BackupKey::generate();
+    let ours = Store::owned(dir.path(), owner("titan", "1")).unwrap();
+    let theirs = Store::owned(dir.path(), owner("other", "2")).unwrap();
+    let mine = put(&ours, &key, 0, b"ours");
+    assert_eq!(mine.owner, Some(owner("titan", "1")));
+    let foreign = put(&theirs, &key, 60, b"theirs");
+
+    let listing = ours.list().unwrap();
+    let ids: Vec<&str> = listing.snapshots.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [mine.id.as_str()],
+        "the other Backup's snapshot is not ours"
+    );
+    assert!(matches!(
+        listing.problems[..],
+        [VerifyError::ForeignOwner { .. }]
+    ));
+    let err = ours.verify(&foreign.id, &key).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("belongs to Backup other/redis (uid 2), not to Backup titan/redis (uid 1)"),
+        "{err}"
+    );
+
+    // Were the other Backup's newer snapshot a candidate, keepLast 1 would keep it alone.
+    let second = put(&ours, &key, 30, b"ours again");
+    let keep_one = RetentionPolicy {
+        keep_last: Some(1),
+        max_age: None,
+    };
+    assert_eq!(ours.prune(&keep_one, at(120)).unwrap(), [mine.id]);
+    let kept: Vec<String> = ours
+        .list()
+        .unwrap()
+        .snapshots
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(kept, [second.id]);
+    let left: Vec<String> = theirs
+        .list()
+        .unwrap()
+        .snapshots
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(
+        left,
+        [foreign.id],
+        "retention never deletes another Backup's snapshot"
+    );
 }

@@ -16,6 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use super::Exit;
 use crate::api::duration::RetentionAge;
 use crate::backup::manifest::SnapshotKind;
+use crate::backup::offsite::{Offsite, S3Args};
 use crate::backup::restore::{
     Chosen, ExpectedKeys, Replication, SourceArgs, check_keys, choose, replicate, shutdown_nosave,
     wait_restarted,
@@ -53,6 +54,8 @@ enum BackupSubcommand {
     Keygen(KeygenArgs),
     /// Delete the snapshots that retention drops (the newest is always kept).
     Prune(PruneArgs),
+    /// Copy to object storage (`--s3`) every snapshot of a folder that is not there yet.
+    Push(PushArgs),
 }
 
 // The doc comments of the subcommands are on the variants above: clap shows those.
@@ -95,9 +98,9 @@ struct SnapshotChoice {
 
 impl SnapshotChoice {
     /// The key, and the snapshot verified with it (see [`choose`]).
-    fn verified(&self) -> anyhow::Result<(BackupKey, Chosen)> {
+    fn verified(&self, kind: SnapshotKind) -> anyhow::Result<(BackupKey, Chosen)> {
         let key = BackupKey::from_file(&self.key_file)?;
-        let chosen = choose(&self.source, &key, &self.snapshot)?;
+        let chosen = choose(&self.source, &key, &self.snapshot, Some(kind))?;
         Ok((key, chosen))
     }
 }
@@ -171,6 +174,18 @@ struct SnapshotArgs {
     /// Longest silence of the server, in seconds, before the snapshot fails.
     #[arg(long, default_value_t = 60)]
     io_timeout: u64,
+    /// Also copy the snapshot to object storage.
+    #[command(flatten)]
+    s3: S3Args,
+}
+
+#[derive(Args, Debug)]
+struct PushArgs {
+    /// The snapshot folder whose snapshots are copied.
+    #[arg(long)]
+    dir: PathBuf,
+    #[command(flatten)]
+    s3: S3Args,
 }
 
 #[derive(Args, Debug)]
@@ -237,6 +252,7 @@ fn run_blocking(command: BackupCommand) -> anyhow::Result<()> {
         BackupSubcommand::Snapshot(args) => snapshot(args),
         BackupSubcommand::Keygen(args) => keygen(args.output.as_deref()),
         BackupSubcommand::Prune(args) => prune(args),
+        BackupSubcommand::Push(args) => push(&args),
     }
 }
 
@@ -247,7 +263,7 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(read_password)
         .transpose()?;
-    let (key, chosen) = args.chosen.verified()?;
+    let (key, chosen) = args.chosen.verified(SnapshotKind::Redis)?;
     match &args.replicate_to {
         Some(address) => restore_by_replication(&args, &key, &chosen, address, password),
         None => restore_to_file(&args, &key, &chosen, password),
@@ -335,11 +351,8 @@ fn restore_to_file(
 
 /// `restore-config`: the verified archive's objects applied to the namespace.
 fn restore_config(args: &RestoreConfigArgs) -> anyhow::Result<()> {
-    let (key, chosen) = args.chosen.verified()?;
+    let (key, chosen) = args.chosen.verified(SnapshotKind::Configuration)?;
     let id = chosen.manifest.id.clone();
-    if chosen.manifest.kind != SnapshotKind::Configuration {
-        bail!("snapshot {id} is not a configuration snapshot; nothing was applied");
-    }
     let archive = args
         .chosen
         .source
@@ -384,7 +397,14 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         io_timeout: Duration::from_secs(args.io_timeout),
         ..SnapshotOptions::default()
     };
+    // Before the snapshot: settings that cannot work fail it before Redis is asked.
+    let offsite = args.s3.location()?.map(Offsite::new).transpose()?;
     let manifest = store.snapshot_redis(&target, &key, &options)?;
+    if let Some(offsite) = &offsite {
+        let handle = tokio::runtime::Handle::current();
+        handle.block_on(offsite.upload(&store, &manifest))?;
+        println!("copied snapshot {} to {}", manifest.id, offsite.location());
+    }
     println!(
         "snapshot {} of {}: {} ({} encrypted), {}, sha256 {}",
         manifest.id,
@@ -394,6 +414,28 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         describe_keys(&manifest),
         manifest.sha256
     );
+    Ok(())
+}
+
+/// `push`: the folder's snapshots that object storage lacks, copied there.
+fn push(args: &PushArgs) -> anyhow::Result<()> {
+    let store = existing_store(&args.dir)?;
+    let Some(location) = args.s3.location()? else {
+        bail!("give --s3 s3://bucket/prefix");
+    };
+    let offsite = Offsite::new(location)?;
+    let handle = tokio::runtime::Handle::current();
+    let there: std::collections::BTreeSet<String> =
+        handle.block_on(offsite.ids())?.into_iter().collect();
+    let mut copied = 0;
+    for manifest in store.list()?.snapshots.iter().rev() {
+        if !there.contains(&manifest.id) {
+            handle.block_on(offsite.upload(&store, manifest))?;
+            println!("copied {}", manifest.id);
+            copied += 1;
+        }
+    }
+    println!("copied {copied} snapshot(s) to {}", offsite.location());
     Ok(())
 }
 

@@ -6,7 +6,6 @@
 //! guarantee that a backup slower than its schedule never overlaps the next.
 //! Other Backups and DisasterRecoveries reconcile meanwhile.
 
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,11 +22,16 @@ use serde_json::json;
 
 use crate::api::Backup;
 use crate::api::backup::{BACKUP_NAMESPACES_ANNOTATION, BackupSource, BackupStatus};
+use crate::backup::offsite::{Offsite, S3Location};
 use crate::backup::{BackupKey, RetentionPolicy, SnapshotKind, Store, StoreError, config_archive};
 use crate::controller::conditions::{Conditions, FALSE, TRUE};
 use crate::controller::{Context, Error, MANAGER, after_failure, decoded};
 use crate::redis::{RedisTarget, SnapshotOptions};
 use kube::core::DeserializeGuard;
+
+/// At most this many snapshots, the newest, are listed in `status.snapshots`; the store may
+/// hold more (`titan-dr backup list` shows them all).
+pub const STATUS_SNAPSHOTS: usize = 100;
 
 /// Why the newest attempt failed: the Ready condition's reason and message.
 #[derive(Debug)]
@@ -95,6 +99,15 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action,
     }
 
     let started = Time(now);
+    // The attempt is recorded before it is made: whatever fails during or after it, the next
+    // one waits for the schedule's next tick instead of following at once.
+    let attempt = BackupStatus {
+        last_schedule_time: Some(started.clone()),
+        observed_generation: backup.metadata.generation,
+        ..previous.clone()
+    };
+    write_status(&ctx, &backup, &previous, attempt.clone()).await?;
+    let previous = attempt;
     let outcome = take_snapshot(&ctx, &backup).await;
     let mut status = match outcome {
         Ok(id) => {
@@ -132,11 +145,6 @@ fn until(at: Timestamp) -> Duration {
         + Duration::from_millis(50)
 }
 
-/// The store folder of a Backup under the operator's backup volume.
-pub fn store_dir(ctx: &Context, backup: &Backup) -> PathBuf {
-    ctx.backup_dir.join(&backup.spec.destination.path)
-}
-
 async fn take_snapshot(ctx: &Context, backup: &Backup) -> Result<String, Failure> {
     let ns = backup.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -145,18 +153,81 @@ async fn take_snapshot(ctx: &Context, backup: &Backup) -> Result<String, Failure
     let key_text = secret_value(&secrets, &key_ref.name, &key_name).await?;
     let key = BackupKey::parse(&key_text, &format!("secret {}/{key_name}", key_ref.name))
         .map_err(|e| Failure::new("KeyInvalid", e.to_string()))?;
-    let dir = store_dir(ctx, backup);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Failure::new("DestinationUnavailable", format!("{}: {e}", dir.display())))?;
-    let store = Store::open(&dir).map_err(store_failure)?;
+    let store = crate::backup::backup_store(&ctx.backup_dir, backup)
+        .map_err(|e| Failure::new("DestinationUnavailable", e.to_string()))?;
+    // What an attempt killed with the operator left behind; this Backup's attempts never
+    // overlap, so none is being written now.
+    store
+        .remove_partials(Duration::ZERO)
+        .map_err(store_failure)?;
 
+    // Before the snapshot: settings that cannot work fail the attempt before Redis is asked.
+    let offsite = offsite_of(backup, &secrets).await?;
     let manifest = match &backup.spec.source {
         BackupSource {
             redis: Some(redis), ..
-        } => redis_snapshot(redis, &secrets, store, key).await?,
-        source => config_snapshot(ctx, source, &ns, store, key).await?,
+        } => redis_snapshot(redis, &secrets, store.clone(), key).await?,
+        source => config_snapshot(ctx, source, &ns, store.clone(), key).await?,
     };
+    if let Some(offsite) = offsite {
+        copy_offsite(backup, &offsite, &store, &manifest).await?;
+    }
     Ok(manifest.id)
+}
+
+/// The Backup's copy in object storage, if it keeps one, with the credentials of its Secret.
+async fn offsite_of(backup: &Backup, secrets: &Api<Secret>) -> Result<Option<Offsite>, Failure> {
+    let (Some(s3), Some(url)) = (
+        &backup.spec.destination.s3,
+        crate::backup::offsite_url(backup),
+    ) else {
+        return Ok(None);
+    };
+    let name = &s3.credentials_secret_ref.name;
+    let credential = |key: &'static str| async move {
+        secret_value(secrets, name, key)
+            .await
+            .map_err(|failure| Failure::new("CredentialsMissing", failure.message))
+    };
+    let prefix = url
+        .trim_start_matches("s3://")
+        .split_once('/')
+        .map(|(_, p)| p.to_owned());
+    let location = S3Location {
+        bucket: s3.bucket.clone(),
+        prefix: prefix.unwrap_or_default(),
+        endpoint: s3.endpoint.clone(),
+        region: s3.region.clone(),
+        force_path_style: s3.force_path_style.unwrap_or(s3.endpoint.is_some()),
+        access_key_id: credential("accessKeyId").await?,
+        secret_access_key: credential("secretAccessKey").await?,
+    };
+    Offsite::new(location)
+        .map(Some)
+        .map_err(|e| Failure::new("OffsiteInvalid", format!("{e:#}")))
+}
+
+/// The new snapshot copied off the cluster, and what retention drops there deleted. The
+/// snapshot stays on the volume when this fails, and the attempt says why.
+async fn copy_offsite(
+    backup: &Backup,
+    offsite: &Offsite,
+    store: &Store,
+    manifest: &crate::backup::Manifest,
+) -> Result<(), Failure> {
+    let failed = |e: anyhow::Error| {
+        let message = format!("snapshot {} is on the volume only: {e:#}", manifest.id);
+        Failure::new("OffsiteFailed", message)
+    };
+    offsite.upload(store, manifest).await.map_err(failed)?;
+    if let Some(retention) = &backup.spec.retention {
+        let policy = RetentionPolicy::from_spec(retention);
+        offsite
+            .prune(&policy, Timestamp::now())
+            .await
+            .map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// A snapshot of Redis over the replication protocol, on a blocking thread.
@@ -234,8 +305,11 @@ async fn config_snapshot(
         ));
     }
     let count = entries.len() as u64;
+    let selection =
+        format!("ConfigMaps and Secrets of namespace {source_ns} selected by the Backup");
     tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
         let mut writer = store.begin_now(SnapshotKind::Configuration, &key)?;
+        writer.set_source(selection);
         let paths: Vec<serde_json::Value> = entries.iter().map(|e| e.path.clone().into()).collect();
         writer.details_mut().insert("objects".into(), paths.into());
         config_archive::write(&entries, &mut writer).map_err(|e| StoreError::Io {
@@ -333,7 +407,8 @@ fn succeeded_status(
     backup: &Backup,
     previous: &BackupStatus,
 ) -> Result<BackupStatus, Error> {
-    let store = Store::open(store_dir(ctx, backup)).map_err(|e| Error::Backup(e.to_string()))?;
+    let store = crate::backup::backup_store(&ctx.backup_dir, backup)
+        .map_err(|e| Error::Backup(e.to_string()))?;
     if let Some(retention) = &backup.spec.retention {
         let policy = RetentionPolicy::from_spec(retention);
         store
@@ -341,10 +416,12 @@ fn succeeded_status(
             .map_err(|e| Error::Backup(e.to_string()))?;
     }
     let listing = store.list().map_err(|e| Error::Backup(e.to_string()))?;
+    // Bounded whatever the retention: a status must stay far below etcd's object limit.
     let snapshots: Vec<_> = listing
         .snapshots
         .iter()
-        .map(|m| m.to_status(&backup.spec.destination.path))
+        .take(STATUS_SNAPSHOTS)
+        .map(|m| m.to_status(&crate::backup::backup_folder(backup).to_string_lossy()))
         .collect();
     let mut c = Conditions::new(&previous.conditions, backup.metadata.generation);
     let newest = snapshots.first().map(|s| s.id.clone()).unwrap_or_default();
@@ -358,6 +435,7 @@ fn succeeded_status(
         observed_generation: backup.metadata.generation,
         last_schedule_time: previous.last_schedule_time.clone(),
         last_successful_time: snapshots.first().and_then(|s| s.completed_at.clone()),
+        offsite: crate::backup::offsite_url(backup),
         snapshots,
         conditions: c.build(),
     })

@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::error::{StoreError, VerifyError};
-use super::manifest::{DatabaseKeys, FORMAT_VERSION, Manifest, SnapshotKind, is_snapshot_id};
+use super::manifest::{
+    DatabaseKeys, FORMAT_VERSION, Manifest, Owner, SnapshotKind, is_snapshot_id,
+};
 use crate::redis::RdbInfo;
 
 pub use writer::SnapshotWriter;
@@ -41,10 +43,11 @@ const STALE_PARTIAL: Duration = Duration::from_secs(6 * 3600);
 /// Buffer between the encryptor and the file.
 const FILE_BUFFER: usize = 1 << 20;
 
-/// A folder of snapshots.
+/// A folder of snapshots, and the Backup they belong to when it is a Backup's.
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    owner: Option<Owner>,
 }
 
 /// The snapshots of a folder, and what is wrong in it.
@@ -67,7 +70,25 @@ impl Store {
         fs::create_dir_all(&dir).map_err(|source| {
             StoreError::io(format!("creating {}", dir.display()), source, &dir)
         })?;
-        Ok(Self { dir })
+        Ok(Self { dir, owner: None })
+    }
+
+    /// The store of one Backup: the snapshots it writes name `owner`, and it lists, keeps
+    /// and prunes only snapshots that do.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::open`].
+    pub fn owned(dir: impl Into<PathBuf>, owner: Owner) -> Result<Self, StoreError> {
+        let store = Self::open(dir)?;
+        Ok(Self {
+            owner: Some(owner),
+            ..store
+        })
+    }
+
+    pub fn owner(&self) -> Option<&Owner> {
+        self.owner.as_ref()
     }
 
     pub fn dir(&self) -> &Path {
@@ -202,8 +223,22 @@ impl Store {
         };
         let manifest: Manifest =
             serde_json::from_slice(&text).map_err(|err| bad(err.to_string()))?;
+        if manifest.format == 1 {
+            return Err(bad(
+                "format version 1 has no MAC, so it cannot be authenticated: refused".into(),
+            ));
+        }
         if manifest.format != FORMAT_VERSION {
             return Err(bad(format!("unknown format version {}", manifest.format)));
+        }
+        if let Some(owner) = &self.owner
+            && manifest.owner.as_ref() != Some(owner)
+        {
+            return Err(VerifyError::ForeignOwner {
+                id: id.to_owned(),
+                owner: manifest.owner.map(|o| o.to_string()),
+                expected: owner.to_string(),
+            });
         }
         // The manifest names its data file; it must be this snapshot's, in this folder.
         let expected_file = format!("{id}.{}", manifest.kind.extension());

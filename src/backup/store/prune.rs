@@ -51,7 +51,7 @@ impl Store {
         for id in &pruned {
             self.delete(id)?;
         }
-        self.remove_stale_partials()?;
+        self.remove_partials(STALE_PARTIAL)?;
         Ok(pruned)
     }
 
@@ -82,7 +82,14 @@ impl Store {
         sync_dir(&self.dir).map_err(|err| StoreError::io("syncing the folder", err, &self.dir))
     }
 
-    fn remove_stale_partials(&self) -> Result<(), StoreError> {
+    /// Removes the partial files older than `age`: with zero, every partial file, which is
+    /// right only when no snapshot is being written into the folder (the operator's folder
+    /// of a Backup, before its next attempt).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] when a file cannot be deleted.
+    pub fn remove_partials(&self, age: std::time::Duration) -> Result<(), StoreError> {
         for entry in self.read_dir()? {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !(name.starts_with('.') && name.ends_with(PARTIAL)) {
@@ -93,7 +100,7 @@ impl Store {
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|modified| modified.elapsed().ok())
-                .is_some_and(|age| age > STALE_PARTIAL);
+                .is_some_and(|elapsed| elapsed >= age);
             if stale {
                 let path = entry.path();
                 fs::remove_file(&path).map_err(|err| {

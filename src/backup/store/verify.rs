@@ -104,6 +104,7 @@ impl Store {
         // The stored file's checksum first: it names damage precisely, without the key.
         check.stored_checksum()?;
         check.recipient(key)?;
+        check.authentic(key)?;
         let mut tee = Tee::new(check.decrypt(key)?, sink, true);
         let scanned = check.read_content(&mut tee)?;
         check.content_checksum(&mut tee)?;
@@ -127,6 +128,18 @@ struct Check<'a> {
 }
 
 impl Check<'_> {
+    /// The manifest's MAC is the key's: only a holder of the key wrote it, and through the
+    /// checksums it names, the data file too.
+    fn authentic(&self, key: &BackupKey) -> Result<(), VerifyError> {
+        let bytes = self.manifest.authenticated_bytes();
+        if key.verifies_mac(&bytes, &self.manifest.mac) {
+            return Ok(());
+        }
+        Err(VerifyError::NotAuthentic {
+            id: self.id.to_owned(),
+        })
+    }
+
     /// The data file has the manifest's size: shorter is [`VerifyError::Truncated`].
     fn size(&self) -> Result<(), VerifyError> {
         let actual = fs::metadata(&self.path)

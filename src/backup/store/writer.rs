@@ -16,7 +16,8 @@ use super::{Cleanup, FILE_BUFFER, PARTIAL, Store, database_keys, sync_dir};
 use crate::backup::error::StoreError;
 use crate::backup::key::BackupKey;
 use crate::backup::manifest::{
-    Content, EncryptionInfo, FORMAT_VERSION, Manifest, RedisDetails, SnapshotKind, snapshot_id,
+    Content, EncryptionInfo, FORMAT_VERSION, Manifest, Owner, RedisDetails, SnapshotKind,
+    snapshot_id,
 };
 use crate::redis::{self, KeyCount, RedisTarget, SnapshotOptions};
 
@@ -36,6 +37,7 @@ impl Store {
         options: &SnapshotOptions,
     ) -> Result<Manifest, StoreError> {
         let mut writer = self.begin_now(SnapshotKind::Redis, key)?;
+        writer.source = target.address.clone();
         let snapshot = match redis::snapshot_to(target, options, &mut writer) {
             Ok(snapshot) => snapshot,
             Err(redis::SnapshotError::Destination(err)) => {
@@ -102,7 +104,9 @@ impl Store {
             kind,
             file,
             started_at,
-            recipient: key.recipient(),
+            key: key.clone(),
+            owner: self.owner.clone(),
+            source: String::new(),
             stream: Some(stream),
             plaintext: Sha256::new(),
             plaintext_bytes: 0,
@@ -145,7 +149,10 @@ pub struct SnapshotWriter {
     kind: SnapshotKind,
     file: String,
     started_at: Timestamp,
-    recipient: String,
+    /// Encrypts (its recipient) and authenticates (its MAC) the snapshot.
+    key: BackupKey,
+    owner: Option<Owner>,
+    source: String,
     stream: Option<age::stream::StreamWriter<HashingWriter<BufWriter<File>>>>,
     plaintext: Sha256,
     plaintext_bytes: u64,
@@ -157,6 +164,11 @@ pub struct SnapshotWriter {
 impl SnapshotWriter {
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// What is being snapshotted, for the manifest.
+    pub fn set_source(&mut self, source: impl Into<String>) {
+        self.source = source.into();
     }
 
     /// Free-form details for the manifest (e.g. the objects of a configuration archive).
@@ -192,7 +204,7 @@ impl SnapshotWriter {
         output.sync_all().map_err(|err| io("syncing", err))?;
         drop(output);
 
-        let manifest = Manifest {
+        let mut manifest = Manifest {
             format: FORMAT_VERSION,
             id: self.id.clone(),
             kind: self.kind,
@@ -207,12 +219,16 @@ impl SnapshotWriter {
             },
             encryption: EncryptionInfo {
                 format: "age".into(),
-                recipient: self.recipient.clone(),
+                recipient: self.key.recipient(),
             },
             keys,
             redis,
             details: std::mem::take(&mut self.details),
+            owner: self.owner.clone(),
+            source: std::mem::take(&mut self.source),
+            mac: String::new(),
         };
+        manifest.mac = self.key.mac(&manifest.authenticated_bytes());
         let manifest_name = Manifest::file_name(&self.id);
         let partial_manifest = dir.join(format!(".{manifest_name}{PARTIAL}"));
         self.cleanup.push(partial_manifest.clone());
