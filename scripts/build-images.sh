@@ -8,6 +8,7 @@
 #                                     redis-cli, kubectl; user 65532
 #   localhost/titan-redis:local       redis-server and redis-cli from Debian; user 65532
 #   localhost/titan-service:local     the Titan example service (Debian's python3)
+#   localhost/titan-seaweedfs:local   SeaweedFS's weed, an S3-compatible server for the tests
 #   localhost/titan-busybox-root:local  busybox as root, for tests of a root image
 #   localhost/pause:local, localhost/coredns:local, localhost/local-path-provisioner:local
 set -euo pipefail
@@ -95,6 +96,15 @@ image localhost/titan-redis:local "{
   \"entrypoint\": [\"/usr/bin/redis-server\"],
   \"binaries\": {\"/usr/bin/redis-server\": \"$(readlink -f "$(command -v redis-server)")\",
                  \"/usr/bin/redis-cli\": \"$(command -v redis-cli)\"},
+  \"text\": {$base_text}, \"dirs\": {$base_dirs, \"/data\": \"755:65532:65532\"}}"
+
+# SeaweedFS's weed: the S3-compatible server the object-storage tests run in the cluster.
+weed=$("$root/scripts/build-seaweedfs.sh")
+image localhost/titan-seaweedfs:local "{
+  \"name\": \"localhost/titan-seaweedfs:local\", \"user\": \"65532:65532\", \"workdir\": \"/data\",
+  \"entrypoint\": [\"/usr/bin/weed\"],
+  \"binaries\": {\"/usr/bin/weed\": \"$weed\"},
+  \"files\": {\"/etc/ssl/certs/ca-certificates.crt\": \"$certs\"},
   \"text\": {$base_text}, \"dirs\": {$base_dirs, \"/data\": \"755:65532:65532\"}}"
 
 image localhost/titan-service:local "{

@@ -614,3 +614,81 @@ spec:
     })
     .await;
 }
+
+/// The Backup's copy in object storage outlives the cluster: the CLI restores it from the S3
+/// server alone, with no cluster and no volume.
+#[tokio::test]
+async fn a_backup_copied_to_object_storage_is_restored_from_there_by_the_cli() {
+    use support::s3_pod::{ACCESS_KEY, BUCKET, PORT, SECRET_KEY, start_s3};
+    let key = BackupKey::generate();
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::install(&ns).await;
+        create_key_secret(&client, &ns, &key).await;
+        let redis_ip = start_redis(&client, &ns, "redis", &[], false, None).await;
+        let mut con = connect(&redis_ip, None);
+        for i in 0..500 {
+            let () = redis::cmd("SET")
+                .arg(format!("k{i}"))
+                .arg(i)
+                .query(&mut con)
+                .unwrap();
+        }
+        let s3_ip = start_s3(&client, &ns).await;
+        let mut backup = backup("redis", "{redis: {address: 'redis:6379'}}", None, "redis");
+        backup.spec.destination.s3 = Some(
+            serde_json::from_value(serde_json::json!({
+                "bucket": BUCKET, "prefix": "titan", "endpoint": format!("http://s3:{PORT}"),
+                "credentialsSecretRef": {"name": "s3-credentials"},
+            }))
+            .unwrap(),
+        );
+        let api: Api<Backup> = Api::namespaced(client.clone(), &ns);
+        api.create(&PostParams::default(), &backup).await.unwrap();
+        let done = support::wait_for(&api, "redis", "Ready", LIMIT, |b: Option<&Backup>| {
+            ready(b).is_some_and(|r| r.0 != "Unknown")
+                && status(b).is_some_and(|s| s.offsite.is_some())
+        })
+        .await;
+        let (state, reason, message) = ready(Some(&done)).unwrap();
+        assert_eq!(state, "True", "{reason}: {message}");
+        let status = done.status.clone().unwrap();
+        let offsite = status.offsite.clone().unwrap();
+        assert_eq!(
+            offsite,
+            format!("s3://{BUCKET}/titan/{ns}/{}", done.uid().unwrap())
+        );
+
+        // From this host, as from any machine that reaches the server: no cluster, no volume.
+        let work = tempfile::tempdir().unwrap();
+        let key_file = work.path().join("key.txt");
+        std::fs::write(&key_file, key.to_key_file()).unwrap();
+        let restored = work.path().join("dump.rdb");
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_titan-dr"))
+            .args(["backup", "restore", "--s3", &offsite])
+            .args(["--s3-endpoint", &format!("http://{s3_ip}:{PORT}")])
+            .arg("--key-file")
+            .arg(&key_file)
+            .arg("--to")
+            .arg(&restored)
+            .arg("--work-dir")
+            .arg(work.path())
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{text}");
+        let (info, _) = titan_dr::redis::rdb::scan_expiries(std::io::BufReader::new(
+            std::fs::File::open(&restored).unwrap(),
+        ))
+        .unwrap();
+        assert_eq!(
+            info.total_keys(),
+            500,
+            "the restored RDB holds the keys: {text}"
+        );
+        assert_eq!(status.snapshots[0].keys, Some(500));
+    })
+    .await;
+}

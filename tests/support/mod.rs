@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of it
 
 pub mod redis_pod;
+pub mod s3_pod;
 
 use std::future::Future;
 use std::path::PathBuf;
