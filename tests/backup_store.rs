@@ -852,6 +852,23 @@ fn a_snapshot_in_object_storage_is_restored_from_there_when_the_volume_is_gone()
         "the restored RDB is the snapshot's"
     );
 
+    // Listed and verified there too, with no folder at all.
+    let mut list = vec!["backup", "list"];
+    list.extend(s3_args);
+    let out = titan_s3(&list);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&manifest.id), "{}", text(&out));
+    let mut verify = vec!["backup", "verify", "--key-file", key];
+    verify.extend(["--work-dir", work.path().to_str().unwrap()]);
+    verify.extend(s3_args);
+    let out = titan_s3(&verify);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("OK {}", manifest.id)),
+        "{}",
+        text(&out)
+    );
+
     // A second folder's snapshots are pushed; what is there already is not copied again.
     let other = work.path().join("other");
     let mut second = vec!["backup", "snapshot", "--redis", &address, "--key-file", key];

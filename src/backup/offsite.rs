@@ -159,6 +159,23 @@ impl Offsite {
         Ok(ids)
     }
 
+    /// The manifests of the snapshots here, newest first (nothing else is downloaded).
+    ///
+    /// # Errors
+    ///
+    /// The server refuses or cannot be reached, or a manifest does not parse.
+    pub async fn manifests(&self) -> anyhow::Result<Vec<Manifest>> {
+        let mut manifests = Vec::new();
+        for id in self.ids().await? {
+            let path = self.path(&Manifest::file_name(&id));
+            let bytes = self.objects.get(&path).await?.bytes().await?;
+            let manifest = serde_json::from_slice(&bytes)
+                .with_context(|| format!("the manifest {path} at {}", self.location))?;
+            manifests.push(manifest);
+        }
+        Ok(manifests)
+    }
+
     /// The file names directly under the prefix.
     async fn files(&self) -> anyhow::Result<BTreeSet<String>> {
         let prefix = self.location.prefix.trim_matches('/');

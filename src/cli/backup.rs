@@ -63,15 +63,24 @@ enum BackupSubcommand {
 #[derive(Args, Debug)]
 struct ListArgs {
     /// The snapshot folder.
-    #[arg(long)]
-    dir: PathBuf,
+    #[arg(long, required_unless_present = "s3", conflicts_with = "s3")]
+    dir: Option<PathBuf>,
+    /// Or the snapshots in object storage.
+    #[command(flatten)]
+    s3: S3Args,
 }
 
 #[derive(Args, Debug)]
 struct VerifyArgs {
     /// The snapshot folder.
-    #[arg(long)]
-    dir: PathBuf,
+    #[arg(long, required_unless_present = "s3", conflicts_with = "s3")]
+    dir: Option<PathBuf>,
+    /// Or the snapshots in object storage: downloaded into a folder in `--work-dir` and
+    /// verified there.
+    #[command(flatten)]
+    s3: S3Args,
+    #[arg(long, default_value = "/tmp")]
+    work_dir: PathBuf,
     /// The age identity file (AGE-SECRET-KEY-1...).
     #[arg(long)]
     key_file: PathBuf,
@@ -245,7 +254,7 @@ pub fn exit_for(error: &anyhow::Error) -> Exit {
 
 fn run_blocking(command: BackupCommand) -> anyhow::Result<()> {
     match command.command {
-        BackupSubcommand::List(args) => list(&args.dir),
+        BackupSubcommand::List(args) => list(&args),
         BackupSubcommand::Verify(args) => verify(&args),
         BackupSubcommand::Restore(args) => restore(args),
         BackupSubcommand::RestoreConfig(args) => restore_config(&args),
@@ -464,10 +473,22 @@ fn prune(args: PruneArgs) -> anyhow::Result<()> {
 }
 
 /// `list`: a table of the snapshots, then the incomplete ones.
-fn list(dir: &Path) -> anyhow::Result<()> {
-    let listing = existing_store(dir)?.list()?;
+fn list(args: &ListArgs) -> anyhow::Result<()> {
+    let (listing, place) = match (&args.dir, args.s3.location()?) {
+        (_, Some(location)) => {
+            let offsite = Offsite::new(location)?;
+            let handle = tokio::runtime::Handle::current();
+            let listing = crate::backup::Listing {
+                snapshots: handle.block_on(offsite.manifests())?,
+                problems: Vec::new(),
+            };
+            (listing, offsite.location().to_string())
+        }
+        (Some(dir), None) => (existing_store(dir)?.list()?, dir.display().to_string()),
+        (None, None) => bail!("give --dir or --s3"),
+    };
     if listing.snapshots.is_empty() && listing.problems.is_empty() {
-        println!("no snapshots in {}", dir.display());
+        println!("no snapshots in {place}");
         return Ok(());
     }
     println!(
@@ -492,9 +513,33 @@ fn list(dir: &Path) -> anyhow::Result<()> {
 
 /// `verify`: one snapshot, or all of them; fails when any fails.
 fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
-    let dir = &args.dir;
-    let store = existing_store(dir)?;
     let key = BackupKey::from_file(&args.key_file)?;
+    let (store, dir, downloaded) = match (&args.dir, args.s3.location()?) {
+        (_, Some(location)) => {
+            let work = args
+                .work_dir
+                .join(format!("titan-dr-verify-{}", std::process::id()));
+            let store = Store::open(&work)?;
+            download_for_verify(Offsite::new(location)?, &store, args)?;
+            (store, work, true)
+        }
+        (Some(dir), None) => (existing_store(dir)?, dir.clone(), false),
+        (None, None) => bail!("give --dir or --s3"),
+    };
+    let result = verify_store(args, &store, &key, &dir);
+    if downloaded {
+        let _ = fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+/// `verify` of the snapshots of `store` (a folder, or what was downloaded into `dir`).
+fn verify_store(
+    args: &VerifyArgs,
+    store: &Store,
+    key: &BackupKey,
+    dir: &Path,
+) -> anyhow::Result<()> {
     let (ids, incomplete) = if args.all {
         let listing = store.list()?;
         for problem in &listing.problems {
@@ -508,10 +553,25 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
     } else {
         (vec![store.resolve(&args.snapshot)?], 0)
     };
-    let failed = verify_each(&store, &key, &ids) + incomplete;
+    let failed = verify_each(store, key, &ids) + incomplete;
     if failed > 0 {
         let total = ids.len() + incomplete;
         bail!("{failed} of {total} snapshot(s) failed verification");
+    }
+    Ok(())
+}
+
+/// The snapshots `verify` is asked for, downloaded from object storage into `store`.
+fn download_for_verify(offsite: Offsite, store: &Store, args: &VerifyArgs) -> anyhow::Result<()> {
+    let handle = tokio::runtime::Handle::current();
+    let ids = handle.block_on(offsite.ids())?;
+    let wanted: Vec<&String> = match args.snapshot.as_str() {
+        _ if args.all => ids.iter().collect(),
+        "latest" => ids.iter().take(1).collect(),
+        id => ids.iter().filter(|i| *i == id).collect(),
+    };
+    for id in wanted {
+        handle.block_on(offsite.download(id, store))?;
     }
     Ok(())
 }
