@@ -17,3 +17,4 @@ pub mod redis;
 pub mod runbook;
 pub mod snapshot_server;
 pub mod telemetry;
+pub mod tls;

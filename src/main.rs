@@ -37,8 +37,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // One TLS crypto provider for every client (kube, the snapshot endpoint, object storage).
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    titan_dr::tls::install_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::Operator(config) => {

@@ -2,7 +2,7 @@
 //! the `/healthz` and `/readyz` endpoints for the kubelet's probes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -32,8 +33,56 @@ struct FailureLabels {
     category: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackupLabels {
+    namespace: String,
+    backup: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackupFailureLabels {
+    namespace: String,
+    backup: String,
+    reason: String,
+}
+
+/// What is known of each Backup's snapshots, as Velero users alert on theirs.
+#[derive(Default)]
+struct BackupMetrics {
+    last_success: Family<BackupLabels, Gauge<f64, AtomicU64>>,
+    size: Family<BackupLabels, Gauge>,
+    duration: Family<BackupLabels, Gauge<f64, AtomicU64>>,
+    failures: Family<BackupFailureLabels, Counter>,
+}
+
+impl BackupMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When the newest snapshot of the Backup completed (Unix time)",
+            self.last_success.clone(),
+        );
+        registry.register(
+            "backup_last_size_bytes",
+            "Size of the newest snapshot as stored (encrypted)",
+            self.size.clone(),
+        );
+        registry.register(
+            "backup_last_duration_seconds",
+            "How long the newest successful snapshot took",
+            self.duration.clone(),
+        );
+        registry.register(
+            "backup_failures",
+            "Snapshot attempts that failed, by the reason of the Ready condition",
+            self.failures.clone(),
+        );
+    }
+}
+
 /// Reconcile counts, failures by category and durations, per controller.
 pub struct Metrics {
+    backups: BackupMetrics,
     registry: Registry,
     reconciles: Family<ControllerLabel, Counter>,
     failures: Family<FailureLabels, Counter>,
@@ -69,7 +118,10 @@ impl Default for Metrics {
             "Requests to the API server, by verb and resource",
             requests.clone(),
         );
+        let backups = BackupMetrics::default();
+        backups.register(&mut registry);
         Metrics {
+            backups,
             registry,
             reconciles,
             failures,
@@ -97,6 +149,38 @@ impl Metrics {
             };
             self.failures.get_or_create(&labels).inc();
         }
+    }
+
+    /// Records a Backup's snapshot: completed at `completed` (Unix seconds), `size` bytes
+    /// stored, taken in `took`.
+    pub fn snapshot_taken(
+        &self,
+        namespace: &str,
+        backup: &str,
+        completed: f64,
+        size: u64,
+        took: Duration,
+    ) {
+        let labels = BackupLabels {
+            namespace: namespace.into(),
+            backup: backup.into(),
+        };
+        let m = &self.backups;
+        m.last_success.get_or_create(&labels).set(completed);
+        m.size
+            .get_or_create(&labels)
+            .set(i64::try_from(size).unwrap_or(i64::MAX));
+        m.duration.get_or_create(&labels).set(took.as_secs_f64());
+    }
+
+    /// Counts a failed snapshot attempt of a Backup, by its reason.
+    pub fn snapshot_failed(&self, namespace: &str, backup: &str, reason: &str) {
+        let labels = BackupFailureLabels {
+            namespace: namespace.into(),
+            backup: backup.into(),
+            reason: reason.into(),
+        };
+        self.backups.failures.get_or_create(&labels).inc();
     }
 
     /// Counts one request to the API server.
@@ -238,6 +322,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_backup_has_its_newest_snapshot_and_failures_by_reason() {
+        let metrics = Metrics::default();
+        let took = Duration::from_millis(1500);
+        metrics.snapshot_taken("titan", "redis", 1_795_000_000.0, 4096, took);
+        metrics.snapshot_failed("titan", "redis", "RedisUnreachable");
+        metrics.snapshot_failed("titan", "redis", "RedisUnreachable");
+        let text = metrics.encode();
+        for line in [
+            r#"titan_dr_backup_last_success_timestamp_seconds{namespace="titan",backup="redis"} 1795000000.0"#,
+            r#"titan_dr_backup_last_size_bytes{namespace="titan",backup="redis"} 4096"#,
+            r#"titan_dr_backup_last_duration_seconds{namespace="titan",backup="redis"} 1.5"#,
+            r#"titan_dr_backup_failures_total{namespace="titan",backup="redis",reason="RedisUnreachable"} 2"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
+
+    #[test]
     fn reconciles_failures_and_durations_are_counted_per_controller() {
         let metrics = Metrics::default();
         metrics.reconciled("disaster_recovery", Duration::from_millis(3), None);
@@ -275,6 +377,7 @@ mod tests {
             },
         ));
         for path in ["/a", "/b"] {
+            crate::tls::install_provider();
             let body = reqwest::get(format!("http://{address}{path}"))
                 .await
                 .unwrap()

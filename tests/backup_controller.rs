@@ -622,7 +622,7 @@ async fn a_backup_copied_to_object_storage_is_restored_from_there_by_the_cli() {
     use support::s3_pod::{ACCESS_KEY, BUCKET, PORT, SECRET_KEY, start_s3};
     let key = BackupKey::generate();
     support::with_namespace(|client, ns| async move {
-        let _operator = support::Operator::install(&ns).await;
+        let operator = support::Operator::install(&ns).await;
         create_key_secret(&client, &ns, &key).await;
         let redis_ip = start_redis(&client, &ns, "redis", &[], false, None).await;
         let mut con = connect(&redis_ip, None);
@@ -689,6 +689,26 @@ async fn a_backup_copied_to_object_storage_is_restored_from_there_by_the_cli() {
             "the restored RDB holds the keys: {text}"
         );
         assert_eq!(status.snapshots[0].keys, Some(500));
+
+        // Seen from Prometheus: the newest snapshot's time and size, per Backup.
+        let (_, metrics) = support::http_get(&operator.pod_ip(), 8080, "/metrics").await;
+        let labels = format!(r#"{{namespace="{ns}",backup="redis"}}"#);
+        let series = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}{labels} ")))
+                .map(str::to_owned)
+        };
+        let completed = status.snapshots[0]
+            .completed_at
+            .as_ref()
+            .unwrap()
+            .0
+            .as_second();
+        let last = series("titan_dr_backup_last_success_timestamp_seconds").expect("the time");
+        assert_eq!(last.parse::<f64>().unwrap() as i64, completed, "{metrics}");
+        let size = series("titan_dr_backup_last_size_bytes").expect("the size");
+        assert_eq!(size.parse::<u64>().unwrap(), status.snapshots[0].size_bytes);
     })
     .await;
 }

@@ -974,3 +974,38 @@ async fn the_operator_works_as_its_service_account() {
     })
     .await;
 }
+
+/// The example alert: off by default (it needs the Prometheus Operator's CRD); when on, a
+/// rule on the newest snapshot's age against the RPO, and one on failed attempts.
+#[test]
+fn the_chart_renders_the_backup_alerts_only_when_asked() {
+    let kinds = |docs: &[Value]| -> Vec<String> {
+        docs.iter()
+            .filter_map(|d| d["kind"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert!(!kinds(&render_chart(&[])).contains(&"PrometheusRule".to_owned()));
+    let docs = render_chart(&[
+        "--set",
+        "alerts.prometheusRule=true,alerts.backupMaxAgeSeconds=600",
+    ]);
+    let rule = docs
+        .iter()
+        .find(|d| d["kind"] == "PrometheusRule")
+        .expect("a PrometheusRule");
+    let rules = &rule["spec"]["groups"][0]["rules"];
+    assert_eq!(rules[0]["alert"], "TitanBackupOlderThanRPO");
+    assert_eq!(
+        rules[0]["expr"],
+        "time() - titan_dr_backup_last_success_timestamp_seconds > 600"
+    );
+    let summary = rules[0]["annotations"]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("{{ $labels.namespace }}/{{ $labels.backup }}"),
+        "{summary}"
+    );
+    assert_eq!(
+        rules[1]["expr"],
+        "increase(titan_dr_backup_failures_total[15m]) > 0"
+    );
+}

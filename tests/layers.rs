@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// Layers, bottom first.
 const LAYERS: &[&[&str]] = &[
-    &["names"],
+    &["names", "tls"],
     &["api"],
     &["expect", "redis", "process", "runbook", "telemetry"],
     &["plan"],

@@ -68,6 +68,7 @@ impl Offsite {
     ///
     /// The settings do not make an S3 client (a malformed endpoint, say).
     pub fn new(location: S3Location) -> anyhow::Result<Self> {
+        crate::tls::install_provider();
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(&location.bucket)
             .with_region(location.region.as_deref().unwrap_or("us-east-1"))

@@ -53,6 +53,7 @@ impl Remote {
     async fn get(&self, url: &str) -> anyhow::Result<reqwest::Response> {
         let token = std::fs::read_to_string(&self.token_file)
             .with_context(|| format!("reading the token {}", self.token_file.display()))?;
+        crate::tls::install_provider();
         let response = reqwest::Client::new()
             .get(url)
             .bearer_auth(token.trim())

@@ -110,7 +110,13 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action,
     let previous = attempt;
     let outcome = take_snapshot(&ctx, &backup).await;
     let mut status = match outcome {
-        Ok(id) => {
+        Ok(manifest) => {
+            let id = &manifest.id;
+            let completed = manifest.completed_at.as_millisecond() as f64 / 1000.0;
+            let took = manifest.completed_at.duration_since(manifest.started_at);
+            let took = Duration::try_from(took).unwrap_or_default();
+            ctx.metrics
+                .snapshot_taken(&ns, &name, completed, manifest.size_bytes, took);
             ctx.publish(
                 backup.object_ref(&()),
                 EventType::Normal,
@@ -121,6 +127,7 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action,
             succeeded_status(&ctx, &backup, &previous)?
         }
         Err(failure) => {
+            ctx.metrics.snapshot_failed(&ns, &name, failure.reason);
             ctx.publish(
                 backup.object_ref(&()),
                 EventType::Warning,
@@ -145,7 +152,7 @@ fn until(at: Timestamp) -> Duration {
         + Duration::from_millis(50)
 }
 
-async fn take_snapshot(ctx: &Context, backup: &Backup) -> Result<String, Failure> {
+async fn take_snapshot(ctx: &Context, backup: &Backup) -> Result<crate::backup::Manifest, Failure> {
     let ns = backup.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let key_ref = &backup.spec.encryption.secret_ref;
@@ -172,7 +179,7 @@ async fn take_snapshot(ctx: &Context, backup: &Backup) -> Result<String, Failure
     if let Some(offsite) = offsite {
         copy_offsite(backup, &offsite, &store, &manifest).await?;
     }
-    Ok(manifest.id)
+    Ok(manifest)
 }
 
 /// The Backup's copy in object storage, if it keeps one, with the credentials of its Secret.

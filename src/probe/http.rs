@@ -18,6 +18,7 @@ pub async fn get(probe: &HttpProbe) -> Result<String, ProbeError> {
         return Err(ProbeError::new(format!("{url} is not an http(s) URL")));
     }
     let failed = |e: reqwest::Error| ProbeError::new(format!("GET {url}: {}", error_chain(&e)));
+    crate::tls::install_provider();
     let mut response = reqwest::Client::builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())

@@ -19,8 +19,7 @@ const LIMIT: Duration = Duration::from_secs(150);
 
 /// Starts the server and returns its pod IP once its gateway answers there.
 pub async fn start_s3(client: &Client, ns: &str) -> String {
-    // reqwest's rustls wants a process-wide provider, as titan-dr's main installs.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    titan_dr::tls::install_provider();
     let identities = serde_json::json!({"identities": [{
         "name": "titan",
         "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
