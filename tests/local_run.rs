@@ -550,6 +550,25 @@ fn render_prints_a_runbook_that_imports_back() {
     assert_eq!(imported.spec.steps.len(), 7);
 }
 
+/// The first of `n` consecutive loopback ports that are all free at once: the example's
+/// services listen on the HTTP port and the next four (one found free, with neighbours
+/// unchecked, was once taken when the fourth service started).
+fn free_block(n: u16) -> u16 {
+    loop {
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = first.local_addr().unwrap().port();
+        let Some(last) = base.checked_add(n - 1) else {
+            continue;
+        };
+        let rest: Result<Vec<_>, _> = (base + 1..=last)
+            .map(|port| std::net::TcpListener::bind(("127.0.0.1", port)))
+            .collect();
+        if rest.is_ok() {
+            return base;
+        }
+    }
+}
+
 /// `titan-dr run` on the Titan example itself (with its own folder and ports):
 /// a real redis-server and the services' health endpoints come up, every
 /// validation passes, and the report has its SVG timeline.
@@ -567,7 +586,7 @@ fn the_titan_example_recovers_locally_with_a_report_and_timeline() {
     let env = [
         ("TITAN_HOME", home.display().to_string()),
         ("TITAN_REDIS_PORT", free().to_string()),
-        ("TITAN_HTTP_PORT", free().saturating_sub(10).to_string()),
+        ("TITAN_HTTP_PORT", free_block(5).to_string()),
     ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let example = std::fs::read_to_string(root.join("examples/titan/recovery.yaml")).unwrap();
