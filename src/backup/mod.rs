@@ -42,9 +42,9 @@ pub fn backup_folder(backup: &crate::api::Backup) -> std::path::PathBuf {
     std::path::Path::new(path).join(namespace).join(uid)
 }
 
-/// The location of a Backup's copies in object storage, `s3://bucket/<prefix>/<namespace>/<uid>`,
-/// when it keeps any; credentials are the caller's to add.
-pub fn offsite_url(backup: &crate::api::Backup) -> Option<String> {
+/// The folder of a Backup's copies in its bucket, `<prefix>/<namespace>/<uid>`, when it keeps
+/// any.
+pub fn offsite_prefix(backup: &crate::api::Backup) -> Option<String> {
     use kube::ResourceExt;
     let s3 = backup.spec.destination.s3.as_ref()?;
     let mut parts: Vec<String> = s3
@@ -55,7 +55,14 @@ pub fn offsite_url(backup: &crate::api::Backup) -> Option<String> {
         .collect();
     parts.push(backup.namespace().unwrap_or_default());
     parts.push(backup.uid().unwrap_or_default());
-    Some(format!("s3://{}/{}", s3.bucket, parts.join("/")))
+    Some(parts.join("/"))
+}
+
+/// The location of a Backup's copies, `s3://bucket/<prefix>/<namespace>/<uid>`, as
+/// `titan-dr backup --s3` takes it; credentials are the caller's to add.
+pub fn offsite_url(backup: &crate::api::Backup) -> Option<String> {
+    let s3 = backup.spec.destination.s3.as_ref()?;
+    Some(format!("s3://{}/{}", s3.bucket, offsite_prefix(backup)?))
 }
 
 /// The Backup as the owner its snapshots name.

@@ -149,15 +149,7 @@ impl Offsite {
     ///
     /// The server refuses or cannot be reached.
     pub async fn ids(&self) -> anyhow::Result<Vec<String>> {
-        let files = self.files().await?;
-        let mut ids: Vec<String> = files
-            .iter()
-            .filter_map(|file| file.strip_suffix(".manifest.json"))
-            .filter(|id| is_snapshot_id(id))
-            .map(str::to_owned)
-            .collect();
-        ids.sort_unstable_by(|a, b| b.cmp(a));
-        Ok(ids)
+        Ok(ids_in(&self.files().await?))
     }
 
     /// The manifests of the snapshots here, newest first (nothing else is downloaded).
@@ -237,7 +229,11 @@ impl Offsite {
     ///
     /// The server refuses or cannot be reached.
     pub async fn delete(&self, id: &str) -> anyhow::Result<()> {
-        let files = self.files().await?;
+        self.delete_in(&self.files().await?, id).await
+    }
+
+    /// [`Offsite::delete`], given the files here (one listing serves a whole prune).
+    async fn delete_in(&self, files: &BTreeSet<String>, id: &str) -> anyhow::Result<()> {
         let manifest = Manifest::file_name(id);
         let data = files
             .iter()
@@ -264,9 +260,8 @@ impl Offsite {
         policy: &RetentionPolicy,
         now: Timestamp,
     ) -> anyhow::Result<Vec<String>> {
-        let candidates: Vec<Candidate> = self
-            .ids()
-            .await?
+        let files = self.files().await?;
+        let candidates: Vec<Candidate> = ids_in(&files)
             .into_iter()
             .filter_map(|id| {
                 let started_at = start_of(&id)?;
@@ -275,10 +270,22 @@ impl Offsite {
             .collect();
         let pruned = select_pruned(&candidates, policy, now);
         for id in &pruned {
-            self.delete(id).await?;
+            self.delete_in(&files, id).await?;
         }
         Ok(pruned)
     }
+}
+
+/// The IDs of the snapshots among `files` (those with a manifest: committed), newest first.
+fn ids_in(files: &BTreeSet<String>) -> Vec<String> {
+    let mut ids: Vec<String> = files
+        .iter()
+        .filter_map(|file| file.strip_suffix(".manifest.json"))
+        .filter(|id| is_snapshot_id(id))
+        .map(str::to_owned)
+        .collect();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    ids
 }
 
 /// The start time a snapshot ID names (`20261125T020000Z`).

@@ -184,9 +184,9 @@ async fn take_snapshot(ctx: &Context, backup: &Backup) -> Result<crate::backup::
 
 /// The Backup's copy in object storage, if it keeps one, with the credentials of its Secret.
 async fn offsite_of(backup: &Backup, secrets: &Api<Secret>) -> Result<Option<Offsite>, Failure> {
-    let (Some(s3), Some(url)) = (
+    let (Some(s3), Some(prefix)) = (
         &backup.spec.destination.s3,
-        crate::backup::offsite_url(backup),
+        crate::backup::offsite_prefix(backup),
     ) else {
         return Ok(None);
     };
@@ -196,13 +196,9 @@ async fn offsite_of(backup: &Backup, secrets: &Api<Secret>) -> Result<Option<Off
             .await
             .map_err(|failure| Failure::new("CredentialsMissing", failure.message))
     };
-    let prefix = url
-        .trim_start_matches("s3://")
-        .split_once('/')
-        .map(|(_, p)| p.to_owned());
     let location = S3Location {
         bucket: s3.bucket.clone(),
-        prefix: prefix.unwrap_or_default(),
+        prefix,
         endpoint: s3.endpoint.clone(),
         region: s3.region.clone(),
         force_path_style: s3.force_path_style.unwrap_or(s3.endpoint.is_some()),
