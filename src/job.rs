@@ -339,7 +339,7 @@ fn pod_security_context(template: &JobTemplate, step: &Step) -> PodSecurityConte
 }
 
 /// What Pod Security `restricted` asks of a pod.
-fn restricted_pod() -> PodSecurityContext {
+pub(crate) fn restricted_pod() -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
         seccomp_profile: Some(SeccompProfile {
@@ -352,7 +352,7 @@ fn restricted_pod() -> PodSecurityContext {
 
 /// What Pod Security `restricted` asks of a container. The init container that hands over
 /// titan-step keeps exactly this: what a step loosens for itself is not lent to it.
-fn restricted_container() -> SecurityContext {
+pub(crate) fn restricted_container() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         capabilities: Some(Capabilities {

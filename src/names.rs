@@ -12,6 +12,9 @@ pub const LABEL_STEP: &str = "dr.titan.io/step";
 pub const LABEL_KIND: &str = "dr.titan.io/kind";
 pub const LABEL_ATTEMPT: &str = "dr.titan.io/attempt";
 
+/// On a Backup's snapshot Job and its pod: the Backup's name.
+pub const LABEL_BACKUP: &str = "dr.titan.io/backup";
+
 /// Changing this annotation's value starts a new run.
 pub const RUN_NOW: &str = "dr.titan.io/run-now";
 /// On a Job whose pod could not start: why. The attempt is Failed with this message, whatever

@@ -20,6 +20,7 @@ use crate::api::duration::{DurationError, GoDuration};
 use crate::api::{Backup, DisasterRecovery};
 use crate::controller::{CachesReady, Context, backup, disaster_recovery, measured};
 use crate::job::{JobSetup, LABEL_RECOVERY};
+use crate::names::LABEL_BACKUP;
 use crate::snapshot_server::SnapshotServer;
 use crate::telemetry::{self, Metrics};
 
@@ -116,6 +117,7 @@ type Cached<K> = (
 /// labels), and the Backups.
 struct Watched {
     jobs: Cached<Job>,
+    snapshot_jobs: Cached<Job>,
     pods: Cached<Pod>,
     backups: Cached<Backup>,
 }
@@ -125,6 +127,10 @@ impl Watched {
         let owned = watcher::Config::default().labels(LABEL_RECOVERY);
         Watched {
             jobs: cached(scope.api(client), owned.clone()),
+            snapshot_jobs: cached(
+                scope.api(client),
+                watcher::Config::default().labels(LABEL_BACKUP),
+            ),
             pods: cached(scope.api(client), owned),
             backups: cached(scope.api(client), watcher::Config::default()),
         }
@@ -153,6 +159,7 @@ where
 /// The operator's watches, each feeding a cache that reconciles read instead of listing.
 struct Caches {
     jobs: reflector::Store<Job>,
+    snapshot_jobs: reflector::Store<Job>,
     pods: reflector::Store<Pod>,
     backups: reflector::Store<Backup>,
 }
@@ -181,11 +188,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let watched = Watched::start(&client, &scope);
     let caches = Caches {
         jobs: watched.jobs.0,
+        snapshot_jobs: watched.snapshot_jobs.0,
         pods: watched.pods.0,
         backups: watched.backups.0,
     };
     let (job_events, pod_events, backup_events) =
         (watched.jobs.1, watched.pods.1, watched.backups.1);
+    let snapshot_job_events = watched.snapshot_jobs.1;
     // Guarded: an object that does not decode fails alone, and the watch goes on.
     let recoveries: Api<DeserializeGuard<DisasterRecovery>> = scope.api(&client);
     let backups: Api<DeserializeGuard<Backup>> = scope.api(&client);
@@ -217,6 +226,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .for_each(log_result);
     let backup_controller = Controller::new(backups, watcher::Config::default())
+        .owns_stream(snapshot_job_events)
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .shutdown_on_signal()
         .run(
@@ -270,8 +280,14 @@ fn context(client: Client, config: &Config, metrics: Arc<Metrics>, caches: Cache
             restore: None,
         },
         snapshot_url: config.snapshot_url.clone(),
-        caches_ready: CachesReady::of(&caches.jobs, &caches.pods, &caches.backups),
+        caches_ready: CachesReady::of(
+            &caches.jobs,
+            &caches.snapshot_jobs,
+            &caches.pods,
+            &caches.backups,
+        ),
         jobs: caches.jobs,
+        snapshot_jobs: caches.snapshot_jobs,
         pods: caches.pods,
         backups: caches.backups,
         failures: Default::default(),

@@ -27,6 +27,21 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The reason a Backup's Ready condition gives for this failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::DiskFull { .. } => "DestinationFull",
+            Self::Source(SnapshotError::Unreachable { .. } | SnapshotError::Timeout { .. }) => {
+                "RedisUnreachable"
+            }
+            Self::Source(SnapshotError::AuthFailed { .. }) => "AuthFailed",
+            Self::Source(SnapshotError::ConnectionLost { .. }) => "ConnectionLost",
+            Self::Source(SnapshotError::BadRdb { .. }) => "BadSnapshot",
+            Self::Source(_) => "SnapshotFailed",
+            Self::Exists { .. } | Self::Io { .. } => "DestinationError",
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: io::Error, dir: &std::path::Path) -> Self {
         if crate::redis::is_disk_full(&source) {
             Self::DiskFull {

@@ -29,6 +29,13 @@ pub struct IndexEntry {
     pub files: Vec<String>,
 }
 
+/// How the operator took one file.
+enum Sent {
+    Stored,
+    Exists,
+    Refused(String),
+}
+
 /// The snapshots of one Backup, at the operator.
 #[derive(Debug, Clone)]
 pub struct Remote {
@@ -77,6 +84,76 @@ impl Remote {
         let url = self.snapshots_url();
         let body = self.get(&url).await?.bytes().await?;
         serde_json::from_slice(&body).with_context(|| format!("{url} sent no snapshot index"))
+    }
+
+    /// Delivers a snapshot of `store` to the operator (only the Backup's snapshot Job may):
+    /// the data file, then the manifest, which the operator checks against it before it
+    /// stores either. An operator that is away (restarting) is waited for, up to `patience`.
+    ///
+    /// # Errors
+    ///
+    /// The operator refused a file, or stayed unreachable.
+    pub async fn push(
+        &self,
+        store: &super::Store,
+        manifest: &super::Manifest,
+        patience: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        let manifest_file = super::Manifest::file_name(&manifest.id);
+        for file in [&manifest.file, &manifest_file] {
+            let url = format!("{}/{file}", self.snapshots_url());
+            let path = store.dir().join(file);
+            let deadline = tokio::time::Instant::now() + patience;
+            let mut pause = std::time::Duration::from_millis(500);
+            loop {
+                match self.put(&url, &path).await {
+                    Ok(Sent::Stored) => break,
+                    // Stored by an attempt whose answer was lost.
+                    Ok(Sent::Exists) => break,
+                    Ok(Sent::Refused(why)) => bail!("{why}"),
+                    Err(error) if tokio::time::Instant::now() + pause > deadline => {
+                        return Err(
+                            error.context(format!("the operator stayed away for {patience:?}"))
+                        );
+                    }
+                    Err(error) => {
+                        eprintln!("{error:#}; again in {pause:?}");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(std::time::Duration::from_secs(10));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One PUT of a file, streamed: `Err` for what may pass (no connection, 5xx).
+    async fn put(&self, url: &str, path: &Path) -> anyhow::Result<Sent> {
+        let token = std::fs::read_to_string(&self.token_file)
+            .with_context(|| format!("reading the token {}", self.token_file.display()))?;
+        let file = tokio::fs::File::open(path)
+            .await
+            .with_context(|| format!("opening {}", path.display()))?;
+        let length = file.metadata().await?.len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        crate::tls::install_provider();
+        let response = reqwest::Client::new()
+            .put(url)
+            .bearer_auth(token.trim())
+            .header(reqwest::header::CONTENT_LENGTH, length)
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("sending {}", path.display()))?;
+        let status = response.status();
+        let why = response.text().await.unwrap_or_default();
+        let why = format!("{url} answered {status}: {}", why.trim());
+        Ok(match status {
+            s if s.is_success() => Sent::Stored,
+            reqwest::StatusCode::CONFLICT => Sent::Exists,
+            s if s.is_server_error() => bail!("{why}"),
+            _ => Sent::Refused(why),
+        })
     }
 
     /// Downloads every file of `entry` into `dir`, streaming (a snapshot may not fit in

@@ -15,15 +15,16 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::Exit;
 use crate::api::duration::RetentionAge;
-use crate::backup::manifest::SnapshotKind;
+use crate::backup::manifest::{Owner, SnapshotKind};
 use crate::backup::offsite::{Offsite, S3Args};
+use crate::backup::remote::Remote;
 use crate::backup::restore::{
     Chosen, ExpectedKeys, Replication, SourceArgs, check_keys, choose, replicate, shutdown_nosave,
     wait_restarted,
 };
 use crate::backup::retention::RetentionPolicy;
 use crate::backup::store::format_databases;
-use crate::backup::{BackupKey, Manifest, Store, config_archive};
+use crate::backup::{BackupKey, Manifest, Store, StoreError, config_archive};
 use crate::redis::{RedisTarget, SnapshotOptions};
 
 /// Arguments of `titan-dr backup`.
@@ -183,9 +184,55 @@ struct SnapshotArgs {
     /// Longest silence of the server, in seconds, before the snapshot fails.
     #[arg(long, default_value_t = 60)]
     io_timeout: u64,
+    /// The Backup the snapshot belongs to, as `namespace/name/uid`; its manifest says so,
+    /// and restores of another Backup refuse it.
+    #[arg(long, value_parser = parse_owner)]
+    owner: Option<Owner>,
+    /// Deliver the snapshot to the operator's snapshot endpoint (what a snapshot Job does);
+    /// needs `--owner` and `--token-file`.
+    #[arg(long, requires_all = ["owner", "token_file"])]
+    push_to: Option<String>,
+    /// File holding the bearer token for `--push-to`.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Where to write `Reason: message` when the snapshot fails (a container's
+    /// termination message).
+    #[arg(long)]
+    termination_log: Option<PathBuf>,
     /// Also copy the snapshot to object storage.
     #[command(flatten)]
     s3: S3Args,
+    /// After the copy, delete what this retention drops in object storage.
+    #[arg(long, requires = "s3")]
+    keep_last: Option<u32>,
+    #[arg(long, requires = "s3")]
+    max_age: Option<RetentionAge>,
+}
+
+fn parse_owner(text: &str) -> Result<Owner, String> {
+    match text.split('/').collect::<Vec<_>>().as_slice() {
+        [namespace, name, uid] if [namespace, name, uid].iter().all(|p| !p.is_empty()) => {
+            Ok(Owner {
+                namespace: (*namespace).into(),
+                name: (*name).into(),
+                uid: (*uid).into(),
+            })
+        }
+        _ => Err(format!("{text:?} is not namespace/name/uid")),
+    }
+}
+
+/// A failure and the reason a Backup's status gives for it.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+struct Reasoned {
+    reason: &'static str,
+    #[source]
+    error: anyhow::Error,
+}
+
+fn reasoned(reason: &'static str) -> impl FnOnce(anyhow::Error) -> anyhow::Error {
+    move |error| Reasoned { reason, error }.into()
 }
 
 #[derive(Args, Debug)]
@@ -390,16 +437,40 @@ fn restore_config(args: &RestoreConfigArgs) -> anyhow::Result<()> {
 
 /// `snapshot`: one Redis snapshot into the folder.
 fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
-    let key = BackupKey::from_file(&args.key_file)?;
+    let result = take_snapshot(&args);
+    if let (Err(error), Some(path)) = (&result, &args.termination_log) {
+        let reason = error
+            .chain()
+            .find_map(|cause| match cause.downcast_ref::<Reasoned>() {
+                Some(reasoned) => Some(reasoned.reason),
+                None => cause.downcast_ref::<StoreError>().map(StoreError::reason),
+            })
+            .unwrap_or("SnapshotFailed");
+        let message: Vec<String> = error
+            .chain()
+            .filter(|cause| !cause.is::<Reasoned>())
+            .map(ToString::to_string)
+            .collect();
+        // Best effort: the error goes to stderr whatever happens here.
+        let _ = fs::write(path, format!("{reason}: {}", message.join(": ")));
+    }
+    result
+}
+
+fn take_snapshot(args: &SnapshotArgs) -> anyhow::Result<()> {
+    let key = BackupKey::from_file(&args.key_file).map_err(|e| reasoned("KeyInvalid")(e.into()))?;
     let password = args
         .password_file
         .as_deref()
         .map(read_password)
         .transpose()?;
-    let store = Store::open(&args.dir)?;
+    let store = match &args.owner {
+        Some(owner) => Store::owned(&args.dir, owner.clone())?,
+        None => Store::open(&args.dir)?,
+    };
     let target = RedisTarget {
-        address: args.redis,
-        username: args.username,
+        address: args.redis.clone(),
+        username: args.username.clone(),
         password,
     };
     let options = SnapshotOptions {
@@ -409,11 +480,6 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     // Before the snapshot: settings that cannot work fail it before Redis is asked.
     let offsite = args.s3.location()?.map(Offsite::new).transpose()?;
     let manifest = store.snapshot_redis(&target, &key, &options)?;
-    if let Some(offsite) = &offsite {
-        let handle = tokio::runtime::Handle::current();
-        handle.block_on(offsite.upload(&store, &manifest))?;
-        println!("copied snapshot {} to {}", manifest.id, offsite.location());
-    }
     println!(
         "snapshot {} of {}: {} ({} encrypted), {}, sha256 {}",
         manifest.id,
@@ -423,6 +489,49 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         describe_keys(&manifest),
         manifest.sha256
     );
+    let handle = tokio::runtime::Handle::current();
+    if let (Some(url), Some(owner), Some(token_file)) =
+        (&args.push_to, &args.owner, &args.token_file)
+    {
+        let remote = Remote {
+            url: url.clone(),
+            namespace: owner.namespace.clone(),
+            backup: owner.name.clone(),
+            token_file: token_file.clone(),
+        };
+        handle
+            .block_on(remote.push(&store, &manifest, PUSH_PATIENCE))
+            .map_err(reasoned("DeliveryFailed"))?;
+        println!("delivered snapshot {} to {url}", manifest.id);
+    }
+    if let Some(offsite) = &offsite {
+        let copied = handle.block_on(copy_offsite(offsite, &store, &manifest, args));
+        let failed = |e: anyhow::Error| {
+            e.context(format!("snapshot {} is not in object storage", manifest.id))
+        };
+        copied.map_err(failed).map_err(reasoned("OffsiteFailed"))?;
+        println!("copied snapshot {} to {}", manifest.id, offsite.location());
+    }
+    Ok(())
+}
+
+/// How long a snapshot Job waits for an operator that is away (restarting, rescheduled).
+const PUSH_PATIENCE: Duration = Duration::from_secs(300);
+
+async fn copy_offsite(
+    offsite: &Offsite,
+    store: &Store,
+    manifest: &Manifest,
+    args: &SnapshotArgs,
+) -> anyhow::Result<()> {
+    offsite.upload(store, manifest).await?;
+    if args.keep_last.is_some() || args.max_age.is_some() {
+        let policy = RetentionPolicy {
+            keep_last: args.keep_last,
+            max_age: args.max_age.as_ref().map(RetentionAge::duration),
+        };
+        offsite.prune(&policy, Timestamp::now()).await?;
+    }
     Ok(())
 }
 

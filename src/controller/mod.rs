@@ -45,6 +45,8 @@ pub struct Context {
     /// The operator's caches of the Jobs it made, their Pods, and the Backups: reconciles read
     /// these instead of listing.
     pub jobs: Store<Job>,
+    /// The Backups' snapshot Jobs (label `dr.titan.io/backup`).
+    pub snapshot_jobs: Store<Job>,
     pub pods: Store<Pod>,
     pub backups: Store<Backup>,
     /// Resolves once the three caches above are filled.
@@ -56,7 +58,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
 }
 
-/// Resolves once the Job, Pod and Backup caches hold what the cluster had when their watches
+/// Resolves once the Job, snapshot Job, Pod and Backup caches hold what the cluster had when their watches
 /// started; fails naming a cache whose watch ended first.
 ///
 /// One future, shared by every reconcile that waits: `Store::wait_until_ready` of
@@ -67,10 +69,18 @@ pub struct Context {
 pub struct CachesReady(Shared<BoxFuture<'static, Result<(), &'static str>>>);
 
 impl CachesReady {
-    pub fn of(jobs: &Store<Job>, pods: &Store<Pod>, backups: &Store<Backup>) -> Self {
+    pub fn of(
+        jobs: &Store<Job>,
+        snapshot_jobs: &Store<Job>,
+        pods: &Store<Pod>,
+        backups: &Store<Backup>,
+    ) -> Self {
         let (jobs, pods, backups) = (jobs.clone(), pods.clone(), backups.clone());
+        let snapshot_jobs = snapshot_jobs.clone();
         let ready = async move {
             jobs.wait_until_ready().await.map_err(|_| "Jobs")?;
+            let snapshot_jobs = snapshot_jobs.wait_until_ready();
+            snapshot_jobs.await.map_err(|_| "snapshot Jobs")?;
             pods.wait_until_ready().await.map_err(|_| "Pods")?;
             backups.wait_until_ready().await.map_err(|_| "Backups")
         };
@@ -233,6 +243,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("deleting the finished snapshot Job {job}: {source}")]
+    DeleteJob {
+        job: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("writing status: {0}")]
     WriteStatus(#[source] kube::Error),
     #[error("pruning old runs: {0}")]
@@ -251,6 +267,7 @@ impl Error {
             Error::Observe(_) => "ObserveFailed",
             Error::CreateJob { .. } => "CreateJobFailed",
             Error::StopJob { .. } => "StopJobFailed",
+            Error::DeleteJob { .. } => "DeleteJobFailed",
             Error::WriteStatus(_) => "WriteStatusFailed",
             Error::Prune(_) => "PruneFailed",
             Error::Backup(_) => "BackupStoreFailed",
@@ -308,9 +325,10 @@ mod tests {
     #[test]
     fn every_waiter_on_the_caches_is_woken_when_all_are_filled() {
         let (jobs, mut job_writer) = reflector::store::<Job>();
+        let (snapshot_jobs, mut snapshot_job_writer) = reflector::store::<Job>();
         let (pods, mut pod_writer) = reflector::store::<Pod>();
         let (backups, mut backup_writer) = reflector::store::<Backup>();
-        let ready = CachesReady::of(&jobs, &pods, &backups);
+        let ready = CachesReady::of(&jobs, &snapshot_jobs, &pods, &backups);
         let flags: Vec<Arc<Flag>> = (0..3).map(|_| Arc::new(Flag::default())).collect();
         let mut waiting: Vec<_> = flags.iter().map(|_| ready.0.clone()).collect();
         for (future, flag) in waiting.iter_mut().zip(&flags) {
@@ -319,6 +337,7 @@ mod tests {
             assert!(pending.is_pending(), "nothing is filled yet");
         }
         init(&mut job_writer);
+        init(&mut snapshot_job_writer);
         init(&mut pod_writer);
         // Woken once for each cache filled: each wakes whoever waits at that moment.
         for (future, flag) in waiting.iter_mut().zip(&flags) {
@@ -339,10 +358,12 @@ mod tests {
     #[test]
     fn caches_whose_watch_ended_unfilled_name_the_cache() {
         let (jobs, mut job_writer) = reflector::store::<Job>();
+        let (snapshot_jobs, mut snapshot_job_writer) = reflector::store::<Job>();
         let (pods, pod_writer) = reflector::store::<Pod>();
         let (backups, _backup_writer) = reflector::store::<Backup>();
-        let ready = CachesReady::of(&jobs, &pods, &backups);
+        let ready = CachesReady::of(&jobs, &snapshot_jobs, &pods, &backups);
         init(&mut job_writer);
+        init(&mut snapshot_job_writer);
         drop(pod_writer);
         assert_eq!(futures::executor::block_on(ready.0), Err("Pods"));
     }

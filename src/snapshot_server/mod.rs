@@ -5,6 +5,8 @@
 //! - `GET /v1/namespaces/{ns}/backups/{name}/snapshots`: the snapshots, newest first, with
 //!   their files ([`SnapshotIndex`]).
 //! - `GET /v1/namespaces/{ns}/backups/{name}/snapshots/{file}`: one of those files, streamed.
+//! - `PUT` of the same: a snapshot Job delivering a new snapshot ([`upload`]); only a pod of
+//!   the Backup's own snapshot Job may.
 //!
 //! Who may read is Kubernetes's decision, not ours: the bearer token is checked with a
 //! TokenReview (audience [`AUDIENCE`], so an API server token is refused and a leaked
@@ -20,15 +22,21 @@ use futures::TryStreamExt;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Bytes, Frame};
 use hyper::{Request, Response, StatusCode};
+use k8s_openapi::api::authentication::v1::UserInfo;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 
 use crate::api::Backup;
 use crate::backup::remote::{AUDIENCE, IndexEntry, SnapshotIndex};
+use crate::names::LABEL_BACKUP;
+
+mod upload;
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -40,6 +48,7 @@ pub struct SnapshotServer {
 }
 
 /// A refusal, as an HTTP status and a sentence.
+#[derive(Debug)]
 struct Refusal(StatusCode, String);
 
 impl SnapshotServer {
@@ -55,18 +64,28 @@ impl SnapshotServer {
         .await
     }
 
-    async fn respond<B>(&self, request: Request<B>) -> Response<Body> {
-        match self.answer(&request).await {
+    async fn respond<B>(&self, request: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: std::fmt::Display + Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = request.uri().path().to_owned();
+        match self.answer(request).await {
             Ok(response) => response,
             Err(Refusal(status, why)) => {
-                tracing::info!(path = request.uri().path(), %status, %why, "snapshot request refused");
+                tracing::info!(%path, %status, %why, "snapshot request refused");
                 text(status, format!("{why}\n"))
             }
         }
     }
 
-    async fn answer<B>(&self, request: &Request<B>) -> Result<Response<Body>, Refusal> {
-        let path: Vec<&str> = request.uri().path().trim_matches('/').split('/').collect();
+    async fn answer<B>(&self, request: Request<B>) -> Result<Response<Body>, Refusal>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: std::fmt::Display + Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let uri_path = request.uri().path().to_owned();
+        let path: Vec<&str> = uri_path.trim_matches('/').split('/').collect();
         let (namespace, name, file) = match path.as_slice() {
             ["v1", "namespaces", ns, "backups", name, "snapshots"] => (*ns, *name, None),
             ["v1", "namespaces", ns, "backups", name, "snapshots", file] => {
@@ -74,27 +93,34 @@ impl SnapshotServer {
             }
             _ => return Err(Refusal(StatusCode::NOT_FOUND, "no such endpoint".into())),
         };
-        if request.method() != hyper::Method::GET {
-            return Err(Refusal(StatusCode::METHOD_NOT_ALLOWED, "only GET".into()));
-        }
         let token = request
             .headers()
             .get(hyper::header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
             .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| Refusal(StatusCode::UNAUTHORIZED, "no bearer token".into()))?;
-        self.authorize(token, namespace, name).await?;
-
-        let backup = Api::<Backup>::namespaced(self.client.clone(), namespace)
-            .get_opt(name)
-            .await
-            .map_err(|e| Refusal(StatusCode::BAD_GATEWAY, format!("reading the Backup: {e}")))?
-            .ok_or_else(|| {
-                Refusal(
-                    StatusCode::NOT_FOUND,
-                    format!("no Backup {namespace}/{name}"),
-                )
-            })?;
+            .ok_or_else(|| Refusal(StatusCode::UNAUTHORIZED, "no bearer token".into()))?
+            .to_owned();
+        match (request.method(), file) {
+            (&hyper::Method::GET, _) => {}
+            (&hyper::Method::PUT, Some(file)) => {
+                let file = file.to_owned();
+                let backup = self.backup(namespace, name).await?;
+                let owner = crate::backup::owner_of(&backup);
+                self.authorize_upload(&token, &backup).await?;
+                let dir = self.backup_dir.join(crate::backup::backup_folder(&backup));
+                let said = upload::receive(&dir, &owner, &file, request.into_body()).await?;
+                tracing::info!(path = %uri_path, %said, "snapshot upload");
+                return Ok(text(StatusCode::OK, format!("{said}\n")));
+            }
+            _ => {
+                return Err(Refusal(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "GET, or PUT of a file".into(),
+                ));
+            }
+        }
+        self.authorize(&token, namespace, name).await?;
+        let backup = self.backup(namespace, name).await?;
         let dir = self.backup_dir.join(crate::backup::backup_folder(&backup));
         if !dir.is_dir() {
             return Ok(json(&SnapshotIndex::default()));
@@ -132,8 +158,21 @@ impl SnapshotServer {
         Ok(Response::new(BodyExt::boxed(StreamBody::new(frames))))
     }
 
-    /// The token's user may `get` `backups/snapshots` of this Backup.
-    async fn authorize(&self, token: &str, namespace: &str, name: &str) -> Result<(), Refusal> {
+    async fn backup(&self, namespace: &str, name: &str) -> Result<Backup, Refusal> {
+        Api::<Backup>::namespaced(self.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(|e| Refusal(StatusCode::BAD_GATEWAY, format!("reading the Backup: {e}")))?
+            .ok_or_else(|| {
+                Refusal(
+                    StatusCode::NOT_FOUND,
+                    format!("no Backup {namespace}/{name}"),
+                )
+            })
+    }
+
+    /// Who the token is, if the API server vouches for it for audience [`AUDIENCE`].
+    async fn review_token(&self, token: &str) -> Result<UserInfo, Refusal> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: token.to_owned(),
@@ -146,16 +185,68 @@ impl SnapshotServer {
             .await
             .map_err(|e| Refusal(StatusCode::BAD_GATEWAY, format!("TokenReview failed: {e}")))?;
         let status = reviewed.status.unwrap_or_default();
-        let user = match status.user {
-            Some(user) if status.authenticated == Some(true) => user,
+        match status.user {
+            Some(user) if status.authenticated == Some(true) => Ok(user),
             _ => {
                 let why = status.error.unwrap_or_else(|| "not authenticated".into());
-                return Err(Refusal(
+                Err(Refusal(
                     StatusCode::UNAUTHORIZED,
                     format!("the token is refused (audience {AUDIENCE}): {why}"),
-                ));
+                ))
             }
+        }
+    }
+
+    /// The token is bound to a pod of a snapshot Job that this Backup controls: the only
+    /// writer of its snapshots is the Job the operator made for it.
+    async fn authorize_upload(&self, token: &str, backup: &Backup) -> Result<(), Refusal> {
+        let user = self.review_token(token).await?;
+        let extra = |key: &str| {
+            user.extra
+                .as_ref()
+                .and_then(|e| e.get(key))
+                .and_then(|v| v.first().cloned())
         };
+        let forbidden = |why: String| Refusal(StatusCode::FORBIDDEN, why);
+        let (Some(pod_name), Some(pod_uid)) = (
+            extra("authentication.kubernetes.io/pod-name"),
+            extra("authentication.kubernetes.io/pod-uid"),
+        ) else {
+            return Err(forbidden(
+                "only a pod's token may deliver a snapshot".into(),
+            ));
+        };
+        let namespace = backup.namespace().unwrap_or_default();
+        let pod = Api::<Pod>::namespaced(self.client.clone(), &namespace)
+            .get_opt(&pod_name)
+            .await
+            .map_err(|e| Refusal(StatusCode::BAD_GATEWAY, format!("reading pod: {e}")))?
+            .filter(|pod| pod.uid().as_deref() == Some(pod_uid.as_str()))
+            .ok_or_else(|| forbidden(format!("pod {namespace}/{pod_name} is gone")))?;
+        let job_name = controller_of(&pod, "Job")
+            .ok_or_else(|| forbidden(format!("pod {pod_name} belongs to no Job")))?;
+        let job = Api::<Job>::namespaced(self.client.clone(), &namespace)
+            .get_opt(&job_name)
+            .await
+            .map_err(|e| Refusal(StatusCode::BAD_GATEWAY, format!("reading Job: {e}")))?
+            .ok_or_else(|| forbidden(format!("Job {job_name} is gone")))?;
+        let controlled = job.owner_references().iter().any(|o| {
+            o.controller == Some(true)
+                && o.kind == "Backup"
+                && Some(&o.uid) == backup.uid().as_ref()
+        });
+        if controlled && job.labels().get(LABEL_BACKUP) == Some(&backup.name_any()) {
+            return Ok(());
+        }
+        Err(forbidden(format!(
+            "Job {job_name} is no snapshot Job of Backup {namespace}/{}",
+            backup.name_any()
+        )))
+    }
+
+    /// The token's user may `get` `backups/snapshots` of this Backup.
+    async fn authorize(&self, token: &str, namespace: &str, name: &str) -> Result<(), Refusal> {
+        let user = self.review_token(token).await?;
         let username = user.username.clone().unwrap_or_default();
         let access = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
@@ -202,6 +293,14 @@ impl SnapshotServer {
             ),
         ))
     }
+}
+
+/// The name of the object of `kind` that controls `pod`.
+fn controller_of(pod: &Pod, kind: &str) -> Option<String> {
+    pod.owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == kind)
+        .map(|o| o.name.clone())
 }
 
 fn internal(error: impl std::fmt::Display) -> Refusal {

@@ -1,19 +1,25 @@
 //! The Backup controller: one snapshot on create, then one per `schedule`
 //! tick; retention applied to files and status together.
 //!
-//! The snapshot itself runs inside the reconcile (on a blocking thread): the
-//! controller never reconciles one object twice at once, which is exactly the
-//! guarantee that a backup slower than its schedule never overlaps the next.
-//! Other Backups and DisasterRecoveries reconcile meanwhile.
+//! A Redis snapshot is a Job ([`snapshot_job`]) that the reconcile starts and, once it has
+//! ended, records and deletes: while a Backup's snapshot Job exists no other is started, so
+//! snapshots never overlap, and an operator that restarts finds the Job again by its labels.
+//! A configuration snapshot (ConfigMaps and Secrets, bounded by etcd's object size) is
+//! taken inside the reconcile, on a blocking thread.
+
+pub mod snapshot_job;
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{
+    DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy,
+};
 use kube::core::Selector;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -26,8 +32,8 @@ use crate::backup::offsite::{Offsite, S3Location};
 use crate::backup::{BackupKey, RetentionPolicy, SnapshotKind, Store, StoreError, config_archive};
 use crate::controller::conditions::{Conditions, FALSE, TRUE};
 use crate::controller::{Context, Error, MANAGER, after_failure, decoded};
-use crate::redis::{RedisTarget, SnapshotOptions};
 use kube::core::DeserializeGuard;
+use snapshot_job::{ATTEMPT_ANNOTATION, SnapshotJobSetup};
 
 /// At most this many snapshots, the newest, are listed in `status.snapshots`; the store may
 /// hold more (`titan-dr backup list` shows them all).
@@ -72,6 +78,21 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action,
     let previous = backup.status.clone().unwrap_or_default();
     let now = Timestamp::now();
 
+    // A snapshot Job of this Backup: while it runs nothing else starts (its changes wake this
+    // reconcile); once it has ended, it is recorded.
+    ctx.caches_ready().await?;
+    if let Some(job) = snapshot_jobs(&ctx, &backup).pop() {
+        let Some(outcome) = snapshot_job::outcome(&job) else {
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        };
+        if record_job(&ctx, &backup, &previous, &job, outcome).await? {
+            let from = previous.last_schedule_time.as_ref().map_or(now, |t| t.0);
+            return Ok(next_tick(&backup, from));
+        }
+        // Deleted by an earlier reconcile that the cache has not caught up with.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+
     // Due now on creation, on a spec change, or at the schedule's next tick.
     let changed = previous.observed_generation != backup.metadata.generation;
     let due = match (&previous.last_schedule_time, changed) {
@@ -108,42 +129,223 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action,
     };
     write_status(&ctx, &backup, &previous, attempt.clone()).await?;
     let previous = attempt;
-    let outcome = take_snapshot(&ctx, &backup).await;
-    let mut status = match outcome {
-        Ok(manifest) => {
-            let id = &manifest.id;
-            let completed = manifest.completed_at.as_millisecond() as f64 / 1000.0;
-            let took = manifest.completed_at.duration_since(manifest.started_at);
-            let took = Duration::try_from(took).unwrap_or_default();
-            ctx.metrics
-                .snapshot_taken(&ns, &name, completed, manifest.size_bytes, took);
-            ctx.publish(
-                backup.object_ref(&()),
-                EventType::Normal,
-                "SnapshotTaken",
-                &format!("snapshot {id} stored"),
-            )
-            .await;
-            succeeded_status(&ctx, &backup, &previous)?
+    if backup.spec.source.redis.is_some() {
+        if let Err(failure) = start_snapshot_job(&ctx, &backup, now).await {
+            record_failure(&ctx, &backup, &previous, &failure).await?;
+            return Ok(next_tick(&backup, now));
         }
-        Err(failure) => {
-            ctx.metrics.snapshot_failed(&ns, &name, failure.reason);
-            ctx.publish(
-                backup.object_ref(&()),
-                EventType::Warning,
-                failure.reason,
-                &failure.message,
-            )
-            .await;
-            failed_status(&backup, &previous, &failure)
-        }
-    };
-    status.last_schedule_time = Some(started);
-    write_status(&ctx, &backup, &previous, status).await?;
+        return Ok(Action::await_change());
+    }
+    match take_config_snapshot(&ctx, &backup).await {
+        Ok(manifest) => record_success(&ctx, &backup, &previous, Some(&manifest)).await?,
+        Err(failure) => record_failure(&ctx, &backup, &previous, &failure).await?,
+    }
     tracing::info!(backup = %name, ns = %ns, "backup attempt finished");
-    Ok(match next_due(backup.spec.schedule.as_deref(), now) {
+    Ok(next_tick(&backup, now))
+}
+
+/// Waits for the next tick of the schedule after `from`, or for a change without one.
+fn next_tick(backup: &Backup, from: Timestamp) -> Action {
+    match next_due(backup.spec.schedule.as_deref(), from) {
         Ok(Some(next)) => Action::requeue(until(next)),
         _ => Action::await_change(),
+    }
+}
+
+async fn record_success(
+    ctx: &Context,
+    backup: &Backup,
+    previous: &BackupStatus,
+    manifest: Option<&crate::backup::Manifest>,
+) -> Result<(), Error> {
+    let (ns, name) = (backup.namespace().unwrap_or_default(), backup.name_any());
+    let status = succeeded_status(ctx, backup, previous)?;
+    if let Some(manifest) = manifest {
+        let id = &manifest.id;
+        let completed = manifest.completed_at.as_millisecond() as f64 / 1000.0;
+        let took = manifest.completed_at.duration_since(manifest.started_at);
+        let took = Duration::try_from(took).unwrap_or_default();
+        ctx.metrics
+            .snapshot_taken(&ns, &name, completed, manifest.size_bytes, took);
+        ctx.publish(
+            backup.object_ref(&()),
+            EventType::Normal,
+            "SnapshotTaken",
+            &format!("snapshot {id} stored"),
+        )
+        .await;
+    }
+    write_status(ctx, backup, previous, status).await
+}
+
+async fn record_failure(
+    ctx: &Context,
+    backup: &Backup,
+    previous: &BackupStatus,
+    failure: &Failure,
+) -> Result<(), Error> {
+    let (ns, name) = (backup.namespace().unwrap_or_default(), backup.name_any());
+    ctx.metrics.snapshot_failed(&ns, &name, failure.reason);
+    ctx.publish(
+        backup.object_ref(&()),
+        EventType::Warning,
+        failure.reason,
+        &failure.message,
+    )
+    .await;
+    write_status(
+        ctx,
+        backup,
+        previous,
+        failed_status(backup, previous, failure),
+    )
+    .await
+}
+
+/// The snapshot Jobs of `backup` in the cache, newest attempt last.
+fn snapshot_jobs(ctx: &Context, backup: &Backup) -> Vec<Arc<Job>> {
+    let uid = backup.uid();
+    let mut jobs: Vec<Arc<Job>> = ctx
+        .snapshot_jobs
+        .state()
+        .into_iter()
+        .filter(|job| job.namespace() == backup.namespace())
+        .filter(|job| {
+            job.owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
+        })
+        .collect();
+    jobs.sort_by_key(|job| job.annotations().get(ATTEMPT_ANNOTATION).cloned());
+    jobs
+}
+
+/// The attempt's Job, created (or found, when a previous operator created it) after the
+/// partial files of a killed attempt are removed.
+async fn start_snapshot_job(ctx: &Context, backup: &Backup, at: Timestamp) -> Result<(), Failure> {
+    let url = ctx.snapshot_url.as_deref().ok_or_else(|| {
+        Failure::new(
+            "NoSnapshotEndpoint",
+            "this operator serves no snapshot endpoint for snapshot Jobs (set --snapshot-url, TITAN_SNAPSHOT_URL)",
+        )
+    })?;
+    let store = crate::backup::backup_store(&ctx.backup_dir, backup)
+        .map_err(|e| Failure::new("DestinationUnavailable", e.to_string()))?;
+    // No snapshot Job of this Backup exists now: no upload is in flight.
+    store
+        .remove_partials(Duration::ZERO)
+        .map_err(store_failure)?;
+    let setup = SnapshotJobSetup {
+        image: &ctx.job_setup.operator_image,
+        titan_dr: &ctx.job_setup.titan_dr_command,
+        snapshot_url: url,
+    };
+    let job =
+        snapshot_job::snapshot_job(backup, at, &setup).map_err(|e| Failure::new("Internal", e))?;
+    let jobs: Api<Job> =
+        Api::namespaced(ctx.client.clone(), &backup.namespace().unwrap_or_default());
+    match jobs.create(&PostParams::default(), &job).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(e) => Err(Failure::new(
+            "JobNotCreated",
+            format!("creating the snapshot Job: {e}"),
+        )),
+    }
+}
+
+/// Records how a snapshot Job ended, after deleting it: a cache that still shows it then
+/// finds it gone, and records nothing twice.
+async fn record_job(
+    ctx: &Context,
+    backup: &Backup,
+    previous: &BackupStatus,
+    job: &Job,
+    outcome: Result<(), String>,
+) -> Result<bool, Error> {
+    let ns = backup.namespace().unwrap_or_default();
+    let failure = match &outcome {
+        Ok(()) => None,
+        Err(job_failure) => {
+            let message = termination_message(ctx, &ns, &job.name_any()).await;
+            let (reason, message) = snapshot_job::failure_of(message.as_deref(), job_failure);
+            Some((reason, message))
+        }
+    };
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let delete = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        preconditions: job.uid().map(|uid| Preconditions {
+            uid: Some(uid),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    match jobs.delete(&job.name_any(), &delete).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => return Ok(false),
+        Err(source) => {
+            let job = job.name_any();
+            return Err(Error::DeleteJob { job, source });
+        }
+    }
+    match failure {
+        None => {
+            let store = crate::backup::backup_store(&ctx.backup_dir, backup)
+                .map_err(|e| Error::Backup(e.to_string()))?;
+            let newest = store
+                .list()
+                .ok()
+                .and_then(|l| l.snapshots.into_iter().next());
+            record_success(ctx, backup, previous, newest.as_ref()).await?;
+        }
+        Some((reason, message)) => {
+            let failure = Failure {
+                reason: leak_reason(&reason),
+                message,
+            };
+            record_failure(ctx, backup, previous, &failure).await?;
+        }
+    }
+    tracing::info!(backup = %backup.name_any(), ns = %ns, job = %job.name_any(), "snapshot Job recorded");
+    Ok(true)
+}
+
+/// A reason the snapshot reported, as one of the reasons this controller knows (metrics
+/// labels and conditions take `'static` text); anything else is `SnapshotFailed`.
+fn leak_reason(reason: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "DestinationFull",
+        "RedisUnreachable",
+        "AuthFailed",
+        "ConnectionLost",
+        "BadSnapshot",
+        "SnapshotFailed",
+        "DestinationError",
+        "KeyInvalid",
+        "DeliveryFailed",
+        "OffsiteFailed",
+        "Timeout",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == reason)
+        .copied()
+        .unwrap_or("SnapshotFailed")
+}
+
+/// The termination message of the snapshot container of Job `job`'s pod.
+async fn termination_message(ctx: &Context, ns: &str, job: &str) -> Option<String> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+        .await
+        .ok()?;
+    list.items.iter().find_map(|pod| {
+        let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+        statuses
+            .iter()
+            .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
     })
 }
 
@@ -152,7 +354,10 @@ fn until(at: Timestamp) -> Duration {
         + Duration::from_millis(50)
 }
 
-async fn take_snapshot(ctx: &Context, backup: &Backup) -> Result<crate::backup::Manifest, Failure> {
+async fn take_config_snapshot(
+    ctx: &Context,
+    backup: &Backup,
+) -> Result<crate::backup::Manifest, Failure> {
     let ns = backup.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let key_ref = &backup.spec.encryption.secret_ref;
@@ -168,14 +373,9 @@ async fn take_snapshot(ctx: &Context, backup: &Backup) -> Result<crate::backup::
         .remove_partials(Duration::ZERO)
         .map_err(store_failure)?;
 
-    // Before the snapshot: settings that cannot work fail the attempt before Redis is asked.
+    // Before the snapshot: settings that cannot work fail the attempt before any work.
     let offsite = offsite_of(backup, &secrets).await?;
-    let manifest = match &backup.spec.source {
-        BackupSource {
-            redis: Some(redis), ..
-        } => redis_snapshot(redis, &secrets, store.clone(), key).await?,
-        source => config_snapshot(ctx, source, &ns, store.clone(), key).await?,
-    };
+    let manifest = config_snapshot(ctx, &backup.spec.source, &ns, store.clone(), key).await?;
     if let Some(offsite) = offsite {
         copy_offsite(backup, &offsite, &store, &manifest).await?;
     }
@@ -231,30 +431,6 @@ async fn copy_offsite(
             .map_err(failed)?;
     }
     Ok(())
-}
-
-/// A snapshot of Redis over the replication protocol, on a blocking thread.
-async fn redis_snapshot(
-    redis: &crate::api::backup::RedisSource,
-    secrets: &Api<Secret>,
-    store: Store,
-    key: BackupKey,
-) -> Result<crate::backup::Manifest, Failure> {
-    let password = match &redis.password_secret_ref {
-        Some(r) => Some(secret_value(secrets, &r.name, &r.key).await?),
-        None => None,
-    };
-    let target = RedisTarget {
-        address: redis.address.clone(),
-        username: None,
-        password,
-    };
-    tokio::task::spawn_blocking(move || {
-        store.snapshot_redis(&target, &key, &SnapshotOptions::default())
-    })
-    .await
-    .map_err(|e| Failure::new("Internal", e.to_string()))?
-    .map_err(store_failure)
 }
 
 /// A snapshot of the ConfigMaps and Secrets the source selects, as a tar archive.
@@ -327,19 +503,7 @@ async fn config_snapshot(
 }
 
 fn store_failure(error: StoreError) -> Failure {
-    use crate::redis::SnapshotError;
-    let reason = match &error {
-        StoreError::DiskFull { .. } => "DestinationFull",
-        StoreError::Source(SnapshotError::Unreachable { .. } | SnapshotError::Timeout { .. }) => {
-            "RedisUnreachable"
-        }
-        StoreError::Source(SnapshotError::AuthFailed { .. }) => "AuthFailed",
-        StoreError::Source(SnapshotError::ConnectionLost { .. }) => "ConnectionLost",
-        StoreError::Source(SnapshotError::BadRdb { .. }) => "BadSnapshot",
-        StoreError::Source(_) => "SnapshotFailed",
-        StoreError::Exists { .. } | StoreError::Io { .. } => "DestinationError",
-    };
-    Failure::new(reason, error.to_string())
+    Failure::new(error.reason(), error.to_string())
 }
 
 async fn secret_value(secrets: &Api<Secret>, name: &str, key: &str) -> Result<String, Failure> {
