@@ -93,7 +93,7 @@ image localhost/titan-busybox-root:local "{
 
 image localhost/titan-redis:local "{
   \"name\": \"localhost/titan-redis:local\", \"user\": \"65532:65532\", \"workdir\": \"/data\",
-  \"entrypoint\": [\"/usr/bin/redis-server\"],
+  \"entrypoint\": [\"/usr/bin/redis-server\"], \"env\": [\"PATH=/usr/local/bin:/usr/bin:/bin\"],
   \"binaries\": {\"/usr/bin/redis-server\": \"$(readlink -f "$(command -v redis-server)")\",
                  \"/usr/bin/redis-cli\": \"$(command -v redis-cli)\"},
   \"text\": {$base_text}, \"dirs\": {$base_dirs, \"/data\": \"755:65532:65532\"}}"

@@ -12,8 +12,11 @@ pub const LABEL_STEP: &str = "dr.titan.io/step";
 pub const LABEL_KIND: &str = "dr.titan.io/kind";
 pub const LABEL_ATTEMPT: &str = "dr.titan.io/attempt";
 
-/// On a Backup's snapshot Job and its pod: the Backup's name.
+/// On a Backup's Jobs and their pods: the Backup's name; their `dr.titan.io/kind` is one of
+/// the two below.
 pub const LABEL_BACKUP: &str = "dr.titan.io/backup";
+pub const KIND_SNAPSHOT: &str = "snapshot";
+pub const KIND_VERIFY: &str = "verify";
 
 /// Changing this annotation's value starts a new run.
 pub const RUN_NOW: &str = "dr.titan.io/run-now";

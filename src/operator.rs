@@ -49,6 +49,14 @@ pub struct Config {
     /// it, and restore and probe steps run `titan-dr` in it.
     #[arg(long, env = "TITAN_OPERATOR_IMAGE", default_value = concat!("ghcr.io/titan-dr/titan-dr:", env!("CARGO_PKG_VERSION")))]
     pub operator_image: String,
+    /// The image of the throwaway Redis into which `spec.verify` restores a Backup's newest
+    /// snapshot (a Backup's `verify.image` overrides it); it must run `redis-server`.
+    #[arg(
+        long,
+        env = "TITAN_VERIFY_REDIS_IMAGE",
+        default_value = "docker.io/library/redis:7.4"
+    )]
+    pub verify_redis_image: String,
     /// Path of the static titan-step binary in the operator's image.
     #[arg(
         long,
@@ -280,6 +288,7 @@ fn context(client: Client, config: &Config, metrics: Arc<Metrics>, caches: Cache
             restore: None,
         },
         snapshot_url: config.snapshot_url.clone(),
+        verify_redis_image: config.verify_redis_image.clone(),
         caches_ready: CachesReady::of(
             &caches.jobs,
             &caches.snapshot_jobs,

@@ -50,6 +50,7 @@ struct BackupFailureLabels {
 #[derive(Default)]
 struct BackupMetrics {
     last_success: Family<BackupLabels, Gauge<f64, AtomicU64>>,
+    last_verified: Family<BackupLabels, Gauge<f64, AtomicU64>>,
     size: Family<BackupLabels, Gauge>,
     duration: Family<BackupLabels, Gauge<f64, AtomicU64>>,
     failures: Family<BackupFailureLabels, Counter>,
@@ -61,6 +62,11 @@ impl BackupMetrics {
             "backup_last_success_timestamp_seconds",
             "When the newest snapshot of the Backup completed (Unix time)",
             self.last_success.clone(),
+        );
+        registry.register(
+            "backup_last_verified_timestamp_seconds",
+            "When a restore check of the Backup's newest snapshot last succeeded (Unix time)",
+            self.last_verified.clone(),
         );
         registry.register(
             "backup_last_size_bytes",
@@ -171,6 +177,15 @@ impl Metrics {
             .get_or_create(&labels)
             .set(i64::try_from(size).unwrap_or(i64::MAX));
         m.duration.get_or_create(&labels).set(took.as_secs_f64());
+    }
+
+    /// The completion time of a Backup's newest successful restore check.
+    pub fn snapshot_verified(&self, namespace: &str, backup: &str, at: f64) {
+        let labels = BackupLabels {
+            namespace: namespace.into(),
+            backup: backup.into(),
+        };
+        self.backups.last_verified.get_or_create(&labels).set(at);
     }
 
     /// Counts a failed snapshot attempt of a Backup, by its reason.

@@ -95,6 +95,46 @@ fn partial_size(dir: &Path) -> Option<u64> {
         .find_map(|e| e.metadata().ok().map(|m| m.len()))
 }
 
+/// Waits until a snapshot Job of Backup `backup` has a running pod; returns its name.
+async fn snapshot_pod_running(client: &Client, ns: &str, backup: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = format!("dr.titan.io/backup={backup}");
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let list = pods
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+            .unwrap();
+        let running = list
+            .items
+            .iter()
+            .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+        if let Some(pod) = running {
+            return pod.name_any();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no snapshot pod of {backup} ran: {:?}",
+            list.items
+                .iter()
+                .map(|p| (p.name_any(), p.status.clone()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The snapshot Jobs of Backup `backup` that exist.
+async fn snapshot_jobs(client: &Client, ns: &str, backup: &str) -> Vec<String> {
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), ns);
+    let selector = format!("dr.titan.io/backup={backup}");
+    let list = jobs
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .unwrap();
+    list.items.iter().map(ResourceExt::name_any).collect()
+}
+
 /// How often the Redis container of pod `name` was restarted.
 async fn restarts(client: &Client, ns: &str, name: &str) -> i32 {
     let pod = Api::<Pod>::namespaced(client.clone(), ns)
@@ -123,29 +163,42 @@ async fn kill_pod(client: &Client, ns: &str, name: &str) {
 /// snapshot is quick unless `rdb-key-save-delay` slows it down.
 const KEYS: u64 = 20_000;
 
+/// A Redis pod `name` holding the [`KEYS`] keys, uncompressed; a connection to it.
+async fn filled_redis(client: &Client, ns: &str, name: &str) -> redis::Connection {
+    let ip = start_redis(client, ns, name, &["--rdbcompression", "no"], false, None).await;
+    let mut con = connect(&ip, None);
+    fill(&mut con);
+    con
+}
+
+/// Writes the [`KEYS`] keys.
+fn fill(con: &mut redis::Connection) {
+    for chunk in 0..KEYS / 1000 {
+        let mut pipe = redis::pipe();
+        for i in chunk * 1000..(chunk + 1) * 1000 {
+            pipe.set(format!("key:{i}"), format!("{i:0>200}")).ignore();
+        }
+        let () = pipe.query(con).unwrap();
+    }
+}
+
+/// Makes each snapshot of that Redis take 20 s: its fork sleeps a millisecond per key.
+fn slow_down(con: &mut redis::Connection) {
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("rdb-key-save-delay")
+        .arg(1000)
+        .query(con)
+        .unwrap();
+}
+
 #[tokio::test]
 async fn scheduled_snapshots_keep_the_last_three_and_survive_redis_dying_mid_snapshot() {
     let key = BackupKey::generate();
     support::with_namespace(|client, ns| async move {
         let _operator = support::Operator::install(&ns).await;
         create_key_secret(&client, &ns, &key).await;
-        let ip_a = start_redis(
-            &client,
-            &ns,
-            "redis-a",
-            &["--rdbcompression", "no"],
-            false,
-            None,
-        )
-        .await;
-        let mut con = connect(&ip_a, None);
-        for chunk in 0..KEYS / 1000 {
-            let mut pipe = redis::pipe();
-            for i in chunk * 1000..(chunk + 1) * 1000 {
-                pipe.set(format!("key:{i}"), format!("{i:0>200}")).ignore();
-            }
-            let () = pipe.query(&mut con).unwrap();
-        }
+        let mut con = filled_redis(&client, &ns, "redis-a").await;
         let api: Api<Backup> = Api::namespaced(client.clone(), &ns);
         let source = "{redis: {address: 'redis-a:6379'}}";
         api.create(
@@ -184,24 +237,10 @@ async fn scheduled_snapshots_keep_the_last_three_and_survive_redis_dying_mid_sna
         let store_dir = support::backup_volume(&client, &ns).await.join(&folder);
 
         // 2: the next tick; Redis dies while the snapshot streams. Its fork now sleeps a
-        // millisecond or more per key: the transfer takes a minute instead of a moment.
-        let () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("rdb-key-save-delay")
-            .arg(1000)
-            .query(&mut con)
-            .unwrap();
-        let deadline = tokio::time::Instant::now() + LIMIT;
-        // The store writes through a 1 MiB buffer: once the partial file has grown, the RDB
-        // is arriving.
-        while partial_size(&store_dir).is_none_or(|size| size == 0) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no second snapshot streamed; partial: {:?}",
-                partial_size(&store_dir)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // millisecond per key: the transfer takes 20 s instead of a moment.
+        slow_down(&mut con);
+        snapshot_pod_running(&client, &ns, "redis").await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
         kill_pod(&client, &ns, "redis-a").await;
         let failed =
             support::wait_for(&api, "redis", "Ready=False", LIMIT, |b: Option<&Backup>| {
@@ -268,6 +307,189 @@ async fn scheduled_snapshots_keep_the_last_three_and_survive_redis_dying_mid_sna
         }
         assert_eq!(status.snapshots[0].keys, Some(1));
         assert!(status.last_successful_time.is_some());
+    })
+    .await;
+}
+
+/// A spec change that makes the Backup take a snapshot at once.
+async fn attempt_now(api: &Api<Backup>, keep_last: u32) {
+    let patch = serde_json::json!({"spec": {"retention": {"keepLast": keep_last}}});
+    api.patch("redis", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_killed_snapshot_job_or_operator_leaves_a_store_whose_latest_verifies() {
+    let key = BackupKey::generate();
+    support::with_namespace(|client, ns| async move {
+        let operator = support::Operator::install(&ns).await;
+        create_key_secret(&client, &ns, &key).await;
+        let mut con = filled_redis(&client, &ns, "redis").await;
+        let api: Api<Backup> = Api::namespaced(client.clone(), &ns);
+        let source = "{redis: {address: 'redis:6379'}}";
+        api.create(
+            &PostParams::default(),
+            &backup("redis", source, None, "redis"),
+        )
+        .await
+        .unwrap();
+        let first = support::wait_for(
+            &api,
+            "redis",
+            "the first snapshot",
+            LIMIT,
+            |b: Option<&Backup>| status(b).is_some_and(|s| s.snapshots.len() == 1),
+        )
+        .await;
+        let store_dir = support::backup_volume(&client, &ns)
+            .await
+            .join(titan_dr::backup::backup_folder(&first));
+        let store = Store::open(&store_dir).unwrap();
+        // Each snapshot from now on takes 20 s: a millisecond per key.
+        slow_down(&mut con);
+
+        // The snapshot Job's pod killed mid-snapshot: the attempt fails, nothing is stored.
+        attempt_now(&api, 4).await;
+        let pod = snapshot_pod_running(&client, &ns, "redis").await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        kill_pod(&client, &ns, &pod).await;
+        let failed =
+            support::wait_for(&api, "redis", "Ready=False", LIMIT, |b: Option<&Backup>| {
+                ready(b).is_some_and(|r| r.0 == "False")
+            })
+            .await;
+        let (_, reason, message) = ready(Some(&failed)).unwrap();
+        eprintln!("the killed snapshot Job: {reason}: {message}");
+        let listing = store.list().unwrap();
+        assert_eq!(
+            listing.snapshots.len(),
+            1,
+            "the killed Job stored a snapshot"
+        );
+        assert!(listing.problems.is_empty(), "{:?}", listing.problems);
+        assert_eq!(partial_size(&store_dir), None, "a partial snapshot is left");
+        let latest = store.resolve("latest").unwrap();
+        store.verify(&latest, &key).expect("latest still verifies");
+
+        // The operator killed mid-snapshot: the Job goes on, delivers to the new operator,
+        // which records it.
+        attempt_now(&api, 5).await;
+        snapshot_pod_running(&client, &ns, "redis").await;
+        operator.kill().await;
+        let done = support::wait_for(
+            &api,
+            "redis",
+            "the second snapshot",
+            LIMIT,
+            |b: Option<&Backup>| {
+                ready(b).is_some_and(|r| r.0 == "True")
+                    && status(b).is_some_and(|s| s.snapshots.len() == 2)
+            },
+        )
+        .await;
+        let listing = store.list().unwrap();
+        assert_eq!(listing.snapshots.len(), 2);
+        assert!(listing.problems.is_empty(), "{:?}", listing.problems);
+        let latest = store.resolve("latest").unwrap();
+        assert_eq!(done.status.unwrap().snapshots[0].id, latest);
+        let manifest = store
+            .verify(&latest, &key)
+            .expect("the snapshot the Job delivered verifies");
+        assert_eq!(manifest.keys, Some(KEYS));
+        // Recorded Jobs are deleted.
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        while !snapshot_jobs(&client, &ns, "redis").await.is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "a recorded Job stays"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+}
+
+fn verified(b: Option<&Backup>) -> Option<(String, String, String)> {
+    status(b)?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Verified")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+#[tokio::test]
+async fn restores_checked_on_schedule_verify_the_newest_snapshot_and_refuse_a_corrupted_one() {
+    let key = BackupKey::generate();
+    support::with_namespace(|client, ns| async move {
+        let operator = support::Operator::install_with(
+            &ns,
+            &["operator.verifyRedisImage=localhost/titan-redis:local"],
+        )
+        .await;
+        create_key_secret(&client, &ns, &key).await;
+        let ip = start_redis(&client, &ns, "redis", &[], false, None).await;
+        let mut con = connect(&ip, None);
+        for i in 0..500 {
+            let () = redis::cmd("SET").arg(format!("key:{i}")).arg(i).query(&mut con).unwrap();
+        }
+        let mut spec = backup("redis", "{redis: {address: 'redis:6379'}}", None, "redis");
+        spec.spec.verify = Some(titan_dr::api::backup::VerifySpec {
+            schedule: "* * * * *".into(),
+            image: None,
+        });
+        let api: Api<Backup> = Api::namespaced(client.clone(), &ns);
+        api.create(&PostParams::default(), &spec).await.unwrap();
+
+        // The first check follows the first snapshot.
+        let checked = support::wait_for(&api, "redis", "Verified=True", LIMIT, |b: Option<&Backup>| {
+            verified(b).is_some_and(|v| v.0 == "True")
+        })
+        .await;
+        let first = checked.status.clone().unwrap();
+        let newest = &first.snapshots[0];
+        assert_eq!(first.last_verified_snapshot.as_ref(), Some(&newest.id));
+        assert!(first.last_verified_time.is_some());
+        let (_, reason, message) = verified(Some(&checked)).unwrap();
+        assert_eq!(reason, "Restored", "{message}");
+        let (_, metrics) = support::http_get(&operator.pod_ip(), 8080, "/metrics").await;
+        assert!(
+            metrics.contains(&format!(
+                "titan_dr_backup_last_verified_timestamp_seconds{{namespace=\"{ns}\",backup=\"redis\"}}"
+            )),
+            "{metrics}"
+        );
+
+        // The newest snapshot corrupted on the volume: the next check fails, naming it,
+        // although no older snapshot could pass instead (there is none).
+        let file = support::backup_volume(&client, &ns)
+            .await
+            .join(titan_dr::backup::backup_folder(&checked))
+            .join(format!("{}.rdb.age", newest.id));
+        let mut bytes = std::fs::read(&file).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&file, bytes).unwrap();
+        let first_check = first.last_verify_time.clone();
+        let failed = support::wait_for(&api, "redis", "Verified=False", LIMIT, move |b: Option<&Backup>| {
+            verified(b).is_some_and(|v| v.0 == "False")
+                && status(b).is_some_and(|s| s.last_verify_time != first_check)
+        })
+        .await;
+        let (_, reason, message) = verified(Some(&failed)).unwrap();
+        eprintln!("the corrupted snapshot: {reason}: {message}");
+        assert_eq!(reason, "RestoreFailed", "{message}");
+        assert!(message.contains(&newest.id), "{message}");
+        let failed_status = failed.status.clone().unwrap();
+        assert_eq!(failed_status.last_verified_snapshot.as_ref(), Some(&newest.id), "the last success stays");
+        assert_eq!(failed_status.last_verified_time, first.last_verified_time);
+        assert_eq!(ready(Some(&failed)).unwrap().0, "True", "the snapshot itself was taken");
+        // Checks leave nothing behind: their Jobs are deleted once recorded.
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        while !snapshot_jobs(&client, &ns, "redis").await.is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "a check's Job stays");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     })
     .await;
 }

@@ -27,6 +27,7 @@ pub const CRON_PATTERN: &str =
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.verify) || has(self.source.redis)").message("verify restores Redis snapshots into a throwaway Redis: set it only with source.redis"))]
 pub struct BackupSpec {
     /// What to snapshot.
     pub source: BackupSource,
@@ -41,6 +42,25 @@ pub struct BackupSpec {
     pub destination: Destination,
     /// How snapshots are encrypted.
     pub encryption: Encryption,
+    /// Restores of the newest snapshot into a throwaway Redis, on a schedule: condition
+    /// `Verified`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySpec>,
+}
+
+/// A restore of the newest snapshot into a throwaway Redis in the Backup's namespace, by a
+/// Job: verified (sizes, checksums, MAC, RDB CRC), replicated into the Redis, and every key
+/// of the snapshot checked there; then the Job and its Redis are deleted.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifySpec {
+    /// Cron schedule, as CronJob understands it.
+    #[schemars(regex(pattern = CRON_PATTERN))]
+    pub schedule: String,
+    /// The image of the throwaway Redis (default: the operator's `--verify-redis-image`);
+    /// it runs `redis-server`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// The source of a Backup: a Redis server, or configuration objects.
@@ -193,10 +213,20 @@ pub struct BackupStatus {
     /// `titan-dr backup restore --s3`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offsite: Option<String>,
+    /// When the newest restore check (successful or not) started; its schedule counts
+    /// from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verify_time: Option<Time>,
+    /// When a restore check last succeeded, and of which snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified_snapshot: Option<String>,
     /// Snapshots on disk, newest first, bounded by retention.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<Snapshot>,
-    /// Ready is False with a reason when the newest attempt failed.
+    /// Ready is False with a reason when the newest attempt failed; Verified says how the
+    /// newest restore check ended.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

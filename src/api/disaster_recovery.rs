@@ -132,6 +132,7 @@ pub enum Severity {
 
 /// Recovery objectives, as durations (`15m`, `1h30m`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
 pub struct Objectives {
     /// Recovery time objective: the longest a run may take from start to validated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,6 +140,10 @@ pub struct Objectives {
     /// Recovery point objective: the oldest the newest backup may be when a run starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpo: Option<GoDuration>,
+    /// RPOMet counts only the snapshot each Backup's restore check last verified
+    /// (`status.lastVerifiedSnapshot`, set by its `spec.verify`), not merely the newest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verified_snapshots_only: bool,
 }
 
 /// A component of the recovered system and the components it depends on.

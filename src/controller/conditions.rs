@@ -55,6 +55,18 @@ impl<'a> Conditions<'a> {
     pub fn build(self) -> Vec<Condition> {
         self.built
     }
+
+    /// The conditions set here, and the previous ones of every other type unchanged: for a
+    /// status whose conditions are decided at different times (a Backup's Ready and Verified).
+    pub fn merged(self) -> Vec<Condition> {
+        let mut merged = self.built;
+        for previous in self.previous {
+            if !merged.iter().any(|c| c.type_ == previous.type_) {
+                merged.push(previous.clone());
+            }
+        }
+        merged
+    }
 }
 
 /// The status of a condition of the given type, if present.

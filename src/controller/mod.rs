@@ -55,6 +55,8 @@ pub struct Context {
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// The operator's snapshot endpoint as restore Jobs reach it.
     pub snapshot_url: Option<String>,
+    /// The image of the throwaway Redis of a Backup's restore checks.
+    pub verify_redis_image: String,
     pub metrics: Arc<Metrics>,
 }
 

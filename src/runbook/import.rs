@@ -244,6 +244,7 @@ fn read_details(section: &Section) -> Result<(String, Severity, Option<Objective
     let objectives = Objectives {
         rto: objective(rto, "RTO")?,
         rpo: objective(rpo, "RPO")?,
+        ..Objectives::default()
     };
     Ok((
         id.to_string(),

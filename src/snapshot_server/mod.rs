@@ -34,7 +34,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::api::Backup;
 use crate::backup::remote::{AUDIENCE, IndexEntry, SnapshotIndex};
-use crate::names::LABEL_BACKUP;
+use crate::names::{KIND_SNAPSHOT, LABEL_BACKUP, LABEL_KIND};
 
 mod upload;
 
@@ -105,10 +105,9 @@ impl SnapshotServer {
             (&hyper::Method::PUT, Some(file)) => {
                 let file = file.to_owned();
                 let backup = self.backup(namespace, name).await?;
-                let owner = crate::backup::owner_of(&backup);
-                self.authorize_upload(&token, &backup).await?;
-                let dir = self.backup_dir.join(crate::backup::backup_folder(&backup));
-                let said = upload::receive(&dir, &owner, &file, request.into_body()).await?;
+                let said = self
+                    .receive(&token, &backup, &file, request.into_body())
+                    .await?;
                 tracing::info!(path = %uri_path, %said, "snapshot upload");
                 return Ok(text(StatusCode::OK, format!("{said}\n")));
             }
@@ -119,13 +118,28 @@ impl SnapshotServer {
                 ));
             }
         }
-        self.authorize(&token, namespace, name).await?;
+        // Whoever the RBAC lets read (restore Jobs), and the Backup's own Jobs (its checks).
+        let user = self.review_token(&token).await?;
+        if let Err(refusal) = self.may_read(&user, namespace, name).await {
+            let backup = self.backup(namespace, name).await?;
+            let own = self.own_job(&user, &backup, None).await;
+            own.map_err(|_| refusal)?;
+        }
         let backup = self.backup(namespace, name).await?;
-        let dir = self.backup_dir.join(crate::backup::backup_folder(&backup));
+        self.serve_files(&backup, file).await
+    }
+
+    /// The index of the Backup's snapshots, or one of their files.
+    async fn serve_files(
+        &self,
+        backup: &Backup,
+        file: Option<&str>,
+    ) -> Result<Response<Body>, Refusal> {
+        let dir = self.backup_dir.join(crate::backup::backup_folder(backup));
         if !dir.is_dir() {
             return Ok(json(&SnapshotIndex::default()));
         }
-        let store = crate::backup::backup_store(&self.backup_dir, &backup).map_err(internal)?;
+        let store = crate::backup::backup_store(&self.backup_dir, backup).map_err(internal)?;
         let index = SnapshotIndex {
             snapshots: store
                 .ids()
@@ -148,7 +162,11 @@ impl SnapshotServer {
         {
             return Err(Refusal(
                 StatusCode::NOT_FOUND,
-                format!("no snapshot file {file} in Backup {namespace}/{name}"),
+                format!(
+                    "no snapshot file {file} in Backup {}/{}",
+                    backup.namespace().unwrap_or_default(),
+                    backup.name_any()
+                ),
             ));
         }
         let opened = tokio::fs::File::open(store.dir().join(file))
@@ -156,6 +174,25 @@ impl SnapshotServer {
             .map_err(internal)?;
         let frames = tokio_util::io::ReaderStream::new(opened).map_ok(Frame::data);
         Ok(Response::new(BodyExt::boxed(StreamBody::new(frames))))
+    }
+
+    /// A file of a new snapshot, from the Backup's snapshot Job.
+    async fn receive<B>(
+        &self,
+        token: &str,
+        backup: &Backup,
+        file: &str,
+        body: B,
+    ) -> Result<String, Refusal>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: std::fmt::Display + Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let user = self.review_token(token).await?;
+        self.own_job(&user, backup, Some(KIND_SNAPSHOT)).await?;
+        let dir = self.backup_dir.join(crate::backup::backup_folder(backup));
+        let owner = crate::backup::owner_of(backup);
+        upload::receive(&dir, &owner, file, body).await
     }
 
     async fn backup(&self, namespace: &str, name: &str) -> Result<Backup, Refusal> {
@@ -197,10 +234,14 @@ impl SnapshotServer {
         }
     }
 
-    /// The token is bound to a pod of a snapshot Job that this Backup controls: the only
-    /// writer of its snapshots is the Job the operator made for it.
-    async fn authorize_upload(&self, token: &str, backup: &Backup) -> Result<(), Refusal> {
-        let user = self.review_token(token).await?;
+    /// The token is bound to a pod of a Job that this Backup controls: the only writer of
+    /// its snapshots is the snapshot Job the operator made for it.
+    async fn own_job(
+        &self,
+        user: &UserInfo,
+        backup: &Backup,
+        kind: Option<&str>,
+    ) -> Result<(), Refusal> {
         let extra = |key: &str| {
             user.extra
                 .as_ref()
@@ -235,18 +276,20 @@ impl SnapshotServer {
                 && o.kind == "Backup"
                 && Some(&o.uid) == backup.uid().as_ref()
         });
-        if controlled && job.labels().get(LABEL_BACKUP) == Some(&backup.name_any()) {
+        let of_kind =
+            kind.is_none_or(|k| job.labels().get(LABEL_KIND).map(String::as_str) == Some(k));
+        if controlled && of_kind && job.labels().get(LABEL_BACKUP) == Some(&backup.name_any()) {
             return Ok(());
         }
         Err(forbidden(format!(
-            "Job {job_name} is no snapshot Job of Backup {namespace}/{}",
+            "Job {job_name} is not a Job of Backup {namespace}/{}",
             backup.name_any()
         )))
     }
 
     /// The token's user may `get` `backups/snapshots` of this Backup.
-    async fn authorize(&self, token: &str, namespace: &str, name: &str) -> Result<(), Refusal> {
-        let user = self.review_token(token).await?;
+    async fn may_read(&self, user: &UserInfo, namespace: &str, name: &str) -> Result<(), Refusal> {
+        let user = user.clone();
         let username = user.username.clone().unwrap_or_default();
         let access = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {

@@ -8,6 +8,7 @@
 //! taken inside the reconcile, on a blocking thread.
 
 pub mod snapshot_job;
+mod verify;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -32,8 +33,9 @@ use crate::backup::offsite::{Offsite, S3Location};
 use crate::backup::{BackupKey, RetentionPolicy, SnapshotKind, Store, StoreError, config_archive};
 use crate::controller::conditions::{Conditions, FALSE, TRUE};
 use crate::controller::{Context, Error, MANAGER, after_failure, decoded};
+use crate::names::LABEL_KIND;
 use kube::core::DeserializeGuard;
-use snapshot_job::{ATTEMPT_ANNOTATION, SnapshotJobSetup};
+use snapshot_job::{ATTEMPT_ANNOTATION, KIND_SNAPSHOT, SnapshotJobSetup};
 
 /// At most this many snapshots, the newest, are listed in `status.snapshots`; the store may
 /// hold more (`titan-dr backup list` shows them all).
@@ -73,24 +75,38 @@ pub fn next_due(schedule: Option<&str>, last: Timestamp) -> Result<Option<Timest
 
 #[tracing::instrument(skip_all, fields(backup = %backup.name_any(), ns = backup.namespace().unwrap_or_default()))]
 pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = backup.namespace().unwrap_or_default();
-    let name = backup.name_any();
     let previous = backup.status.clone().unwrap_or_default();
     let now = Timestamp::now();
+    ctx.caches_ready().await?;
+    let (verify_next, status) = verify::reconcile(&ctx, &backup, previous, now).await?;
+    let snapshot_next = snapshots(&ctx, &backup, status, now).await?;
+    let next = [verify_next, snapshot_next].into_iter().flatten().min();
+    Ok(next.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// The snapshot part: the Job of an attempt recorded, or the next attempt started when due.
+/// Returns when to look again (`None`: at the next change).
+async fn snapshots(
+    ctx: &Context,
+    backup: &Backup,
+    previous: BackupStatus,
+    now: Timestamp,
+) -> Result<Option<Duration>, Error> {
+    let ns = backup.namespace().unwrap_or_default();
+    let name = backup.name_any();
 
     // A snapshot Job of this Backup: while it runs nothing else starts (its changes wake this
     // reconcile); once it has ended, it is recorded.
-    ctx.caches_ready().await?;
-    if let Some(job) = snapshot_jobs(&ctx, &backup).pop() {
+    if let Some(job) = jobs_of(ctx, backup, KIND_SNAPSHOT).pop() {
         let Some(outcome) = snapshot_job::outcome(&job) else {
-            return Ok(Action::requeue(Duration::from_secs(300)));
+            return Ok(Some(Duration::from_secs(300)));
         };
-        if record_job(&ctx, &backup, &previous, &job, outcome).await? {
+        if record_job(ctx, backup, &previous, &job, outcome).await? {
             let from = previous.last_schedule_time.as_ref().map_or(now, |t| t.0);
-            return Ok(next_tick(&backup, from));
+            return Ok(next_tick(backup, from));
         }
         // Deleted by an earlier reconcile that the cache has not caught up with.
-        return Ok(Action::requeue(Duration::from_secs(1)));
+        return Ok(Some(Duration::from_secs(1)));
     }
 
     // Due now on creation, on a spec change, or at the schedule's next tick.
@@ -102,21 +118,21 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action,
             Err(message) => {
                 let failure = Failure::new("InvalidSchedule", message);
                 write_status(
-                    &ctx,
-                    &backup,
+                    ctx,
+                    backup,
                     &previous,
-                    failed_status(&backup, &previous, &failure),
+                    failed_status(backup, &previous, &failure),
                 )
                 .await?;
-                return Ok(Action::await_change());
+                return Ok(None);
             }
         },
     };
     let Some(due) = due else {
-        return Ok(Action::await_change());
+        return Ok(None);
     };
     if due > now {
-        return Ok(Action::requeue(until(due)));
+        return Ok(Some(until(due)));
     }
 
     let started = Time(now);
@@ -127,28 +143,28 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action,
         observed_generation: backup.metadata.generation,
         ..previous.clone()
     };
-    write_status(&ctx, &backup, &previous, attempt.clone()).await?;
+    write_status(ctx, backup, &previous, attempt.clone()).await?;
     let previous = attempt;
     if backup.spec.source.redis.is_some() {
-        if let Err(failure) = start_snapshot_job(&ctx, &backup, now).await {
-            record_failure(&ctx, &backup, &previous, &failure).await?;
-            return Ok(next_tick(&backup, now));
+        if let Err(failure) = start_snapshot_job(ctx, backup, now).await {
+            record_failure(ctx, backup, &previous, &failure).await?;
+            return Ok(next_tick(backup, now));
         }
-        return Ok(Action::await_change());
+        return Ok(None);
     }
-    match take_config_snapshot(&ctx, &backup).await {
-        Ok(manifest) => record_success(&ctx, &backup, &previous, Some(&manifest)).await?,
-        Err(failure) => record_failure(&ctx, &backup, &previous, &failure).await?,
+    match take_config_snapshot(ctx, backup).await {
+        Ok(manifest) => record_success(ctx, backup, &previous, Some(&manifest)).await?,
+        Err(failure) => record_failure(ctx, backup, &previous, &failure).await?,
     }
     tracing::info!(backup = %name, ns = %ns, "backup attempt finished");
-    Ok(next_tick(&backup, now))
+    Ok(next_tick(backup, now))
 }
 
 /// Waits for the next tick of the schedule after `from`, or for a change without one.
-fn next_tick(backup: &Backup, from: Timestamp) -> Action {
+fn next_tick(backup: &Backup, from: Timestamp) -> Option<Duration> {
     match next_due(backup.spec.schedule.as_deref(), from) {
-        Ok(Some(next)) => Action::requeue(until(next)),
-        _ => Action::await_change(),
+        Ok(Some(next)) => Some(until(next)),
+        _ => None,
     }
 }
 
@@ -202,14 +218,15 @@ async fn record_failure(
     .await
 }
 
-/// The snapshot Jobs of `backup` in the cache, newest attempt last.
-fn snapshot_jobs(ctx: &Context, backup: &Backup) -> Vec<Arc<Job>> {
+/// The Jobs of `kind` of `backup` in the cache, newest attempt last.
+fn jobs_of(ctx: &Context, backup: &Backup, kind: &str) -> Vec<Arc<Job>> {
     let uid = backup.uid();
     let mut jobs: Vec<Arc<Job>> = ctx
         .snapshot_jobs
         .state()
         .into_iter()
         .filter(|job| job.namespace() == backup.namespace())
+        .filter(|job| job.labels().get(LABEL_KIND).map(String::as_str) == Some(kind))
         .filter(|job| {
             job.owner_references()
                 .iter()
@@ -242,14 +259,19 @@ async fn start_snapshot_job(ctx: &Context, backup: &Backup, at: Timestamp) -> Re
     };
     let job =
         snapshot_job::snapshot_job(backup, at, &setup).map_err(|e| Failure::new("Internal", e))?;
-    let jobs: Api<Job> =
-        Api::namespaced(ctx.client.clone(), &backup.namespace().unwrap_or_default());
-    match jobs.create(&PostParams::default(), &job).await {
+    create_job(ctx, &job).await
+}
+
+/// Creates a Backup's Job; one of that name (the same attempt, created by an operator that
+/// restarted since) is the same Job.
+async fn create_job(ctx: &Context, job: &Job) -> Result<(), Failure> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    match jobs.create(&PostParams::default(), job).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
         Err(e) => Err(Failure::new(
             "JobNotCreated",
-            format!("creating the snapshot Job: {e}"),
+            format!("creating Job {}: {e}", job.name_any()),
         )),
     }
 }
@@ -267,27 +289,13 @@ async fn record_job(
     let failure = match &outcome {
         Ok(()) => None,
         Err(job_failure) => {
-            let message = termination_message(ctx, &ns, &job.name_any()).await;
+            let message = termination_message(ctx, &ns, &job.name_any(), KIND_SNAPSHOT).await;
             let (reason, message) = snapshot_job::failure_of(message.as_deref(), job_failure);
             Some((reason, message))
         }
     };
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-    let delete = DeleteParams {
-        propagation_policy: Some(PropagationPolicy::Background),
-        preconditions: job.uid().map(|uid| Preconditions {
-            uid: Some(uid),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    match jobs.delete(&job.name_any(), &delete).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => return Ok(false),
-        Err(source) => {
-            let job = job.name_any();
-            return Err(Error::DeleteJob { job, source });
-        }
+    if !recorded(ctx, job).await? {
+        return Ok(false);
     }
     match failure {
         None => {
@@ -334,8 +342,13 @@ fn leak_reason(reason: &str) -> &'static str {
         .unwrap_or("SnapshotFailed")
 }
 
-/// The termination message of the snapshot container of Job `job`'s pod.
-async fn termination_message(ctx: &Context, ns: &str, job: &str) -> Option<String> {
+/// The termination message of container `container` of Job `job`'s pod.
+async fn termination_message(
+    ctx: &Context,
+    ns: &str,
+    job: &str,
+    container: &str,
+) -> Option<String> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let list = pods
         .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
@@ -343,10 +356,31 @@ async fn termination_message(ctx: &Context, ns: &str, job: &str) -> Option<Strin
         .ok()?;
     list.items.iter().find_map(|pod| {
         let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
-        statuses
-            .iter()
-            .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
+        let status = statuses.iter().find(|c| c.name == container)?;
+        status.state.as_ref()?.terminated.as_ref()?.message.clone()
     })
+}
+
+/// Deletes an ended Job whose outcome has been read, before that outcome is recorded: a
+/// cache that still shows it then finds it gone (`false`), and nothing is recorded twice.
+async fn recorded(ctx: &Context, job: &Job) -> Result<bool, Error> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let delete = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        preconditions: job.uid().map(|uid| Preconditions {
+            uid: Some(uid),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    match jobs.delete(&job.name_any(), &delete).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => Ok(false),
+        Err(source) => Err(Error::DeleteJob {
+            job: job.name_any(),
+            source,
+        }),
+    }
 }
 
 fn until(at: Timestamp) -> Duration {
@@ -604,7 +638,8 @@ fn succeeded_status(
         last_successful_time: snapshots.first().and_then(|s| s.completed_at.clone()),
         offsite: crate::backup::offsite_url(backup),
         snapshots,
-        conditions: c.build(),
+        conditions: c.merged(),
+        ..previous.clone()
     })
 }
 
@@ -613,7 +648,7 @@ fn failed_status(backup: &Backup, previous: &BackupStatus, failure: &Failure) ->
     c.set("Ready", FALSE, failure.reason, failure.message.clone());
     BackupStatus {
         observed_generation: backup.metadata.generation,
-        conditions: c.build(),
+        conditions: c.merged(),
         ..previous.clone()
     }
 }

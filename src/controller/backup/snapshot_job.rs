@@ -1,4 +1,6 @@
-//! A Redis Backup's snapshot as a Job: in the Backup's namespace, controlled by it, running
+//! A Redis Backup's Jobs, in its namespace and controlled by it: snapshots and restore checks.
+//!
+//! A snapshot Job runs
 //! `titan-dr backup snapshot` from the operator's image. The Job reads Redis and the key
 //! (mounted from the Backup's Secret: the operator never holds it), writes the snapshot into
 //! its own emptyDir, delivers it to the operator's snapshot endpoint with its pod-bound token,
@@ -10,8 +12,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec,
-    ProjectedVolumeSource, SecretKeySelector, SecretVolumeSource, ServiceAccountTokenProjection,
-    Volume, VolumeMount, VolumeProjection,
+    ProjectedVolumeSource, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
@@ -19,10 +21,14 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::Backup;
 use crate::backup::manifest::snapshot_id;
-use crate::names::{AUDIENCE, LABEL_BACKUP};
+use crate::names::{AUDIENCE, LABEL_BACKUP, LABEL_KIND};
 
-/// The annotation of a snapshot Job: the attempt it is (`status.lastScheduleTime`).
+/// The annotation of a Backup's Job: the attempt it is (`status.lastScheduleTime`, or
+/// `status.lastVerifyTime`).
 pub const ATTEMPT_ANNOTATION: &str = "dr.titan.io/attempt";
+/// The annotation of a verify Job: the snapshot it restores.
+pub const SNAPSHOT_ANNOTATION: &str = "dr.titan.io/snapshot";
+pub use crate::names::{KIND_SNAPSHOT, KIND_VERIFY};
 /// How long one snapshot may take before its Job fails.
 pub const SNAPSHOT_DEADLINE_SECONDS: i64 = 3600;
 
@@ -30,6 +36,7 @@ const KEY_MOUNT: &str = "/var/run/titan-dr/key";
 const TOKEN_MOUNT: &str = "/var/run/titan-dr/token";
 const WORK_MOUNT: &str = "/var/run/titan-dr/work";
 const AUTH_MOUNT: &str = "/var/run/titan-dr/redis-auth";
+const REDIS_DATA_MOUNT: &str = "/data";
 
 /// What every snapshot Job is built with.
 pub struct SnapshotJobSetup<'a> {
@@ -65,17 +72,7 @@ pub fn snapshot_job(
         .as_ref()
         .ok_or("a snapshot Job snapshots Redis")?;
     let owner = crate::backup::owner_of(backup);
-    let key_ref = &backup.spec.encryption.secret_ref;
-    let key = key_ref.key.as_deref().unwrap_or("key");
-    let mut pod = PodParts::default();
-    pod.mount(secret_volume("key", &key_ref.name), KEY_MOUNT, true);
-    pod.mount(token_volume(), TOKEN_MOUNT, true);
-    let work = Volume {
-        name: "work".into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Default::default()
-    };
-    pod.mount(work, WORK_MOUNT, false);
+    let (mut pod, key) = PodParts::with_key_and_token(backup);
     pod.args = vec![
         setup.titan_dr.into(),
         "backup".into(),
@@ -94,7 +91,92 @@ pub fn snapshot_job(
             .push(format!("--password-file={AUTH_MOUNT}/{}", auth.key));
     }
     offsite_args(&mut pod, backup);
-    Ok(job(backup, attempt, setup, pod))
+    let name = job_name(&backup.name_any(), attempt);
+    Ok(job(backup, name, attempt, setup, pod, KIND_SNAPSHOT))
+}
+
+/// The Job that checks snapshot `snapshot` of `backup` by restoring it: a throwaway Redis
+/// (`image`) as a sidecar on the pod's loopback, into which `titan-dr backup restore`
+/// replicates the verified snapshot and then checks every key. The snapshot comes from the
+/// operator's endpoint, which lets a pod of this Job read it.
+pub fn verify_job(
+    backup: &Backup,
+    attempt: Timestamp,
+    snapshot: &str,
+    image: &str,
+    setup: &SnapshotJobSetup,
+) -> Job {
+    let (mut pod, key) = PodParts::with_key_and_token(backup);
+    pod.args = vec![
+        setup.titan_dr.into(),
+        "backup".into(),
+        "restore".into(),
+        format!("--from={}", setup.snapshot_url),
+        format!(
+            "--backup={}/{}",
+            backup.namespace().unwrap_or_default(),
+            backup.name_any()
+        ),
+        format!("--token-file={TOKEN_MOUNT}/token"),
+        format!("--work-dir={WORK_MOUNT}"),
+        format!("--key-file={KEY_MOUNT}/{key}"),
+        format!("--snapshot={snapshot}"),
+        "--replicate-to=127.0.0.1:6379".into(),
+        "--advertise-host=127.0.0.1".into(),
+        "--check-timeout=120".into(),
+    ];
+    let redis = Container {
+        name: "redis".into(),
+        image: Some(image.into()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        // Only this pod reaches it; it keeps nothing.
+        command: Some(
+            [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "6379",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                REDIS_DATA_MOUNT,
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        // A sidecar: up before the restore starts, stopped when it ends.
+        restart_policy: Some("Always".into()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "redis-data".into(),
+            mount_path: REDIS_DATA_MOUNT.into(),
+            ..Default::default()
+        }]),
+        security_context: Some(SecurityContext {
+            // Whatever user the image names: Pod Security wants a non-root one.
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            ..crate::job::restricted_container()
+        }),
+        ..Default::default()
+    };
+    pod.volumes.push(empty_dir("redis-data"));
+    pod.init_containers.push(redis);
+    let name = job_name(&format!("{}-verify", backup.name_any()), attempt);
+    let mut job = job(backup, name, attempt, setup, pod, KIND_VERIFY);
+    job.annotations_mut()
+        .insert(SNAPSHOT_ANNOTATION.into(), snapshot.into());
+    job
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }
 }
 
 /// The copy to object storage: where, the retention there, and the credentials as the AWS
@@ -142,12 +224,24 @@ fn offsite_args(pod: &mut PodParts, backup: &Backup) {
 #[derive(Default)]
 struct PodParts {
     args: Vec<String>,
+    init_containers: Vec<Container>,
     env: Vec<EnvVar>,
     volumes: Vec<Volume>,
     mounts: Vec<VolumeMount>,
 }
 
 impl PodParts {
+    /// The mounts every Backup Job has: the key, the pod's token for the snapshot endpoint,
+    /// and a work folder; with the key's file name.
+    fn with_key_and_token(backup: &Backup) -> (Self, String) {
+        let key_ref = &backup.spec.encryption.secret_ref;
+        let mut pod = PodParts::default();
+        pod.mount(secret_volume("key", &key_ref.name), KEY_MOUNT, true);
+        pod.mount(token_volume(), TOKEN_MOUNT, true);
+        pod.mount(empty_dir("work"), WORK_MOUNT, false);
+        (pod, key_ref.key.clone().unwrap_or_else(|| "key".into()))
+    }
+
     fn mount(&mut self, volume: Volume, path: &str, read_only: bool) {
         self.mounts.push(VolumeMount {
             name: volume.name.clone(),
@@ -159,13 +253,23 @@ impl PodParts {
     }
 }
 
-fn job(backup: &Backup, attempt: Timestamp, setup: &SnapshotJobSetup, pod: PodParts) -> Job {
-    let labels = BTreeMap::from([(LABEL_BACKUP.to_string(), backup.name_any())]);
+fn job(
+    backup: &Backup,
+    name: String,
+    attempt: Timestamp,
+    setup: &SnapshotJobSetup,
+    pod: PodParts,
+    kind: &str,
+) -> Job {
+    let labels = BTreeMap::from([
+        (LABEL_BACKUP.to_string(), backup.name_any()),
+        (LABEL_KIND.to_string(), kind.to_string()),
+    ]);
     let container = Container {
-        name: "snapshot".into(),
+        name: kind.into(),
         image: Some(setup.image.into()),
         image_pull_policy: Some("IfNotPresent".into()),
-        args: Some(pod.args),
+        command: Some(pod.args),
         env: (!pod.env.is_empty()).then_some(pod.env),
         volume_mounts: Some(pod.mounts),
         security_context: Some(crate::job::restricted_container()),
@@ -174,7 +278,7 @@ fn job(backup: &Backup, attempt: Timestamp, setup: &SnapshotJobSetup, pod: PodPa
     };
     Job {
         metadata: ObjectMeta {
-            name: Some(job_name(&backup.name_any(), attempt)),
+            name: Some(name),
             namespace: backup.namespace(),
             labels: Some(labels.clone()),
             annotations: Some(BTreeMap::from([(
@@ -194,6 +298,8 @@ fn job(backup: &Backup, attempt: Timestamp, setup: &SnapshotJobSetup, pod: PodPa
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
+                    init_containers: (!pod.init_containers.is_empty())
+                        .then_some(pod.init_containers),
                     containers: vec![container],
                     restart_policy: Some("Never".into()),
                     // The pod talks to Redis and to the operator, not to the API server.
@@ -276,12 +382,20 @@ pub fn failure_of(termination_message: Option<&str>, job_failure: &str) -> (Stri
             && reason.chars().all(|c| c.is_ascii_alphanumeric());
         camel.then(|| (reason.to_owned(), message.to_owned()))
     });
+    // Otherwise the end of the container's log, which the kubelet puts there instead.
+    let log = termination_message
+        .map(str::trim)
+        .filter(|text| !text.is_empty())
+        .map(|text| format!("{job_failure}; the snapshot said: {text}"));
     from_container.unwrap_or_else(|| match job_failure.split_once(": ") {
         Some(("DeadlineExceeded", _)) => (
             "Timeout".into(),
             format!("the snapshot took longer than {SNAPSHOT_DEADLINE_SECONDS} s"),
         ),
-        _ => ("SnapshotFailed".into(), job_failure.to_owned()),
+        _ => (
+            "SnapshotFailed".into(),
+            log.unwrap_or_else(|| job_failure.to_owned()),
+        ),
     })
 }
 
@@ -321,7 +435,7 @@ mod tests {
         assert_eq!(spec.backoff_limit, Some(0));
         let pod = spec.template.spec.unwrap();
         assert_eq!(pod.automount_service_account_token, Some(false));
-        let args = pod.containers[0].args.clone().unwrap().join(" ");
+        let args = pod.containers[0].command.clone().unwrap().join(" ");
         for expected in [
             "/titan-dr backup snapshot --redis=titan-redis:6379",
             "--key-file=/var/run/titan-dr/key/key",
@@ -340,6 +454,36 @@ mod tests {
             !args.contains("AWS"),
             "credentials never on the command line"
         );
+    }
+
+    #[test]
+    fn the_check_restores_the_named_snapshot_into_a_sidecar_redis_on_loopback() {
+        let at: Timestamp = "2026-12-02T05:00:00Z".parse().unwrap();
+        let setup = SnapshotJobSetup {
+            image: "titan-dr:local",
+            titan_dr: "/titan-dr",
+            snapshot_url: "http://titan-dr.system.svc:8081",
+        };
+        let job = verify_job(&backup(REDIS), at, "20261202T045500Z", "redis:7.4", &setup);
+        assert_eq!(job.name_any(), "redis-verify-20261202t050000z");
+        assert_eq!(job.labels()[LABEL_KIND], KIND_VERIFY);
+        assert_eq!(job.annotations()[SNAPSHOT_ANNOTATION], "20261202T045500Z");
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let redis = &pod.init_containers.as_ref().unwrap()[0];
+        assert_eq!(redis.restart_policy.as_deref(), Some("Always"), "a sidecar");
+        let serve = redis.command.clone().unwrap().join(" ");
+        assert!(serve.contains("--bind 127.0.0.1"), "{serve}");
+        let security = redis.security_context.as_ref().unwrap();
+        assert_eq!(security.run_as_user, Some(65532));
+        let restore = pod.containers[0].command.clone().unwrap().join(" ");
+        for expected in [
+            "/titan-dr backup restore --from=http://titan-dr.system.svc:8081",
+            "--backup=titan/redis",
+            "--snapshot=20261202T045500Z",
+            "--replicate-to=127.0.0.1:6379",
+        ] {
+            assert!(restore.contains(expected), "{expected} in {restore}");
+        }
     }
 
     #[test]
@@ -364,6 +508,11 @@ mod tests {
         assert_eq!(
             (reason.as_str(), message.as_str()),
             ("SnapshotFailed", "PodFailurePolicy: x")
+        );
+        let (_, message) = failure_of(Some("error: unexpected argument\n"), "Failed: x");
+        assert_eq!(
+            message,
+            "Failed: x; the snapshot said: error: unexpected argument"
         );
     }
 }

@@ -458,17 +458,30 @@ async fn rpo_verdict(
                 format!("Backup {name} does not exist"),
             ));
         };
+        let verified_only = dr
+            .spec
+            .objectives
+            .as_ref()
+            .is_some_and(|o| o.verified_snapshots_only);
+        let verified = backup
+            .status
+            .as_ref()
+            .and_then(|s| s.last_verified_snapshot.as_deref());
         let newest = backup
             .status
             .iter()
             .flat_map(|s| &s.snapshots)
+            .filter(|s| !verified_only || Some(s.id.as_str()) == verified)
             .filter_map(|s| s.completed_at.as_ref())
             .filter(|t| t.0 <= started.0)
             .max_by_key(|t| t.0);
         let Some(newest) = newest else {
             return Ok(unknown(
                 "NoSnapshot",
-                format!("Backup {name} has no snapshot older than the run"),
+                format!(
+                    "Backup {name} has no {}snapshot older than the run",
+                    if verified_only { "verified " } else { "" }
+                ),
             ));
         };
         let age = status::elapsed(newest, started);
