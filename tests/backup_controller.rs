@@ -494,6 +494,37 @@ async fn restores_checked_on_schedule_verify_the_newest_snapshot_and_refuse_a_co
     .await;
 }
 
+#[tokio::test]
+async fn an_overflowing_max_age_is_refused_by_the_api_server_before_any_snapshot() {
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::install(&ns).await;
+        // The typed spec cannot even hold it: its parser refuses with checked arithmetic.
+        let age: Result<titan_dr::api::duration::RetentionAge, _> = "99999999999999999999d".parse();
+        assert!(age.is_err(), "{age:?}");
+        let spec = backup("redis", "{redis: {address: 'redis:6379'}}", None, "redis");
+        let mut raw = serde_json::to_value(&spec).unwrap();
+        raw["spec"]["retention"]["maxAge"] = "99999999999999999999d".into();
+        let object: kube::api::DynamicObject = serde_json::from_value(raw).unwrap();
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            &ns,
+            &kube::api::ApiResource::erase::<Backup>(&()),
+        );
+        let error = api
+            .create(&PostParams::default(), &object)
+            .await
+            .expect_err("the API server refuses the age");
+        let kube::Error::Api(status) = error else {
+            panic!("{error}")
+        };
+        assert_eq!(status.code, 422, "{status:?}");
+        assert!(status.message.contains("maxAge"), "{}", status.message);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(snapshot_jobs(&client, &ns, "redis").await.is_empty(), "a Job was made");
+    })
+    .await;
+}
+
 /// A ServiceAccount `name` allowed only what `restore-config` does: read the Backups'
 /// snapshots from the operator, and get, create and patch (server-side apply) ConfigMaps and
 /// Secrets in the namespace.
