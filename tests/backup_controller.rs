@@ -520,7 +520,10 @@ async fn an_overflowing_max_age_is_refused_by_the_api_server_before_any_snapshot
         assert_eq!(status.code, 422, "{status:?}");
         assert!(status.message.contains("maxAge"), "{}", status.message);
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert!(snapshot_jobs(&client, &ns, "redis").await.is_empty(), "a Job was made");
+        assert!(
+            snapshot_jobs(&client, &ns, "redis").await.is_empty(),
+            "a Job was made"
+        );
     })
     .await;
 }
