@@ -495,7 +495,7 @@ async fn restores_checked_on_schedule_verify_the_newest_snapshot_and_refuse_a_co
 }
 
 #[tokio::test]
-async fn an_overflowing_max_age_is_refused_by_the_api_server_before_any_snapshot() {
+async fn bad_input_is_refused_before_any_snapshot_job() {
     support::with_namespace(|client, ns| async move {
         let _operator = support::Operator::install(&ns).await;
         // The typed spec cannot even hold it: its parser refuses with checked arithmetic.
@@ -519,7 +519,22 @@ async fn an_overflowing_max_age_is_refused_by_the_api_server_before_any_snapshot
         };
         assert_eq!(status.code, 422, "{status:?}");
         assert!(status.message.contains("maxAge"), "{}", status.message);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        // A key Secret that does not exist: the attempt fails naming it, and no Job waits
+        // for a volume that never comes.
+        let typed: Api<Backup> = Api::namespaced(client.clone(), &ns);
+        typed.create(&PostParams::default(), &spec).await.unwrap();
+        let failed = support::wait_for(
+            &typed,
+            "redis",
+            "Ready=False",
+            LIMIT,
+            |b: Option<&Backup>| ready(b).is_some_and(|r| r.0 == "False"),
+        )
+        .await;
+        let (_, reason, message) = ready(Some(&failed)).unwrap();
+        assert_eq!(reason, "KeyMissing", "{message}");
+        assert!(message.contains("backup-key"), "{message}");
         assert!(
             snapshot_jobs(&client, &ns, "redis").await.is_empty(),
             "a Job was made"

@@ -59,7 +59,7 @@ async fn snapshots_after(api: &Api<Backup>, after: Option<String>, count: usize)
 async fn two_backups_with_one_path_in_two_namespaces_never_see_or_prune_each_other() {
     support::with_namespace(|client, first| async move {
         support::with_namespace(|_, second| async move {
-            let _operator =
+            let operator =
                 support::Operator::install_with(&first, &["operator.watchNamespace="]).await;
             let ip = start_redis(&client, &first, "redis", &[], false, None).await;
             let mut con = connect(&ip, None);
@@ -139,6 +139,7 @@ async fn two_backups_with_one_path_in_two_namespaces_never_see_or_prune_each_oth
             assert!(!output.status.success(), "{said}");
             assert!(said.contains(&first), "{said}");
             assert!(!target.path().join("dump.rdb").exists());
+            operator.uninstall().await;
         })
         .await;
     })

@@ -260,6 +260,20 @@ impl Operator {
         .expect("restarting the operator");
     }
 
+    /// Removes the release and waits until its pods are gone: an operator that watches every
+    /// namespace must not outlive its test.
+    pub async fn uninstall(&self) {
+        let Release { namespace, release } = self.0.clone();
+        let mut command = std::process::Command::new(helm());
+        command
+            .args(["uninstall", &release, "--namespace", &namespace, "--wait"])
+            .args(["--timeout", "120s"])
+            .env("KUBECONFIG", kubeconfig());
+        tokio::task::spawn_blocking(move || run(&mut command))
+            .await
+            .expect("helm uninstall");
+    }
+
     /// What the operator logged so far.
     pub fn logs(&self) -> String {
         self.0.logs()

@@ -246,6 +246,7 @@ async fn start_snapshot_job(ctx: &Context, backup: &Backup, at: Timestamp) -> Re
             "this operator serves no snapshot endpoint for snapshot Jobs (set --snapshot-url, TITAN_SNAPSHOT_URL)",
         )
     })?;
+    secrets_present(ctx, backup).await?;
     let store = crate::backup::backup_store(&ctx.backup_dir, backup)
         .map_err(|e| Failure::new("DestinationUnavailable", e.to_string()))?;
     // No snapshot Job of this Backup exists now: no upload is in flight.
@@ -260,6 +261,36 @@ async fn start_snapshot_job(ctx: &Context, backup: &Backup, at: Timestamp) -> Re
     let job =
         snapshot_job::snapshot_job(backup, at, &setup).map_err(|e| Failure::new("Internal", e))?;
     create_job(ctx, &job).await
+}
+
+/// The Secrets a snapshot Job mounts exist and hold their keys, and the key is an age
+/// identity: a missing or wrong one fails the attempt here, naming it, instead of leaving the
+/// Job's pod waiting for a volume that never comes.
+async fn secrets_present(ctx: &Context, backup: &Backup) -> Result<(), Failure> {
+    let secrets: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &backup.namespace().unwrap_or_default());
+    let key_ref = &backup.spec.encryption.secret_ref;
+    let key_name = key_ref.key.as_deref().unwrap_or("key");
+    let key_text = secret_value(&secrets, &key_ref.name, key_name).await?;
+    BackupKey::parse(&key_text, &format!("secret {}/{key_name}", key_ref.name))
+        .map_err(|e| Failure::new("KeyInvalid", e.to_string()))?;
+    let password = backup
+        .spec
+        .source
+        .redis
+        .as_ref()
+        .and_then(|r| r.password_secret_ref.as_ref());
+    if let Some(password) = password {
+        secret_value(&secrets, &password.name, &password.key).await?;
+    }
+    if let Some(s3) = &backup.spec.destination.s3 {
+        for key in ["accessKeyId", "secretAccessKey"] {
+            secret_value(&secrets, &s3.credentials_secret_ref.name, key)
+                .await
+                .map_err(|failure| Failure::new("CredentialsMissing", failure.message))?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates a Backup's Job; one of that name (the same attempt, created by an operator that

@@ -1,11 +1,10 @@
 //! A Redis Backup's Jobs, in its namespace and controlled by it: snapshots and restore checks.
 //!
-//! A snapshot Job runs
-//! `titan-dr backup snapshot` from the operator's image. The Job reads Redis and the key
-//! (mounted from the Backup's Secret: the operator never holds it), writes the snapshot into
-//! its own emptyDir, delivers it to the operator's snapshot endpoint with its pod-bound token,
-//! and copies it to object storage with the credentials of the S3 Secret. The operator only
-//! schedules, and records what the Job reports.
+//! A snapshot Job runs `titan-dr backup snapshot` from the operator's image. It reads Redis
+//! and the key (mounted from the Backup's Secret), writes the snapshot into its own emptyDir,
+//! delivers it to the operator's snapshot endpoint with its pod-bound token, and copies it to
+//! object storage with the credentials of the S3 Secret. The operator only schedules, and
+//! records what the Job reports.
 
 use std::collections::BTreeMap;
 
