@@ -81,6 +81,14 @@ const OPERATOR_USES: &[(&str, &str, &str)] = &[
     ("", "configmaps", "watch"),
     ("", "configmaps", "create"),
     ("", "configmaps", "patch"),
+    // A configuration snapshot Job's ServiceAccount, and the Role and RoleBinding that let
+    // it list what its Backup selects (server-side apply).
+    ("", "serviceaccounts", "create"),
+    ("", "serviceaccounts", "patch"),
+    ("rbac.authorization.k8s.io", "roles", "create"),
+    ("rbac.authorization.k8s.io", "roles", "patch"),
+    ("rbac.authorization.k8s.io", "rolebindings", "create"),
+    ("rbac.authorization.k8s.io", "rolebindings", "patch"),
     // kube-runtime's Recorder: create, then patch a repeated event's series. A Job without a
     // Pod: its FailedCreate Events (list).
     ("events.k8s.io", "events", "list"),

@@ -133,6 +133,30 @@ pub async fn apply(
     Ok(applied)
 }
 
+/// A configuration snapshot of `entries` (the objects of namespace `namespace`) in `store`.
+///
+/// # Errors
+///
+/// The store cannot be written.
+pub fn snapshot(
+    store: &super::Store,
+    key: &super::BackupKey,
+    entries: &[ArchivedObject],
+    namespace: &str,
+) -> Result<super::Manifest, super::StoreError> {
+    let mut writer = store.begin_now(super::SnapshotKind::Configuration, key)?;
+    writer.set_source(format!(
+        "ConfigMaps and Secrets of namespace {namespace} selected by the Backup"
+    ));
+    let paths: Vec<serde_json::Value> = entries.iter().map(|e| e.path.clone().into()).collect();
+    writer.details_mut().insert("objects".into(), paths.into());
+    write(entries, &mut writer).map_err(|e| super::StoreError::Io {
+        context: "writing the archive".into(),
+        source: e,
+    })?;
+    writer.commit(Some(entries.len() as u64), None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,6 +51,8 @@ enum BackupSubcommand {
     RestoreConfig(RestoreConfigArgs),
     /// Take a snapshot of a Redis server over the replication protocol.
     Snapshot(SnapshotArgs),
+    /// Take a snapshot of the ConfigMaps and Secrets of a namespace that labels select.
+    SnapshotConfig(SnapshotConfigArgs),
     /// Print a new age identity (or write it to a file created with mode 0600).
     Keygen(KeygenArgs),
     /// Delete the snapshots that retention drops (the newest is always kept).
@@ -175,15 +177,38 @@ struct SnapshotArgs {
     /// File holding the Redis password.
     #[arg(long)]
     password_file: Option<PathBuf>,
+    /// Longest silence of the server, in seconds, before the snapshot fails.
+    #[arg(long, default_value_t = 60)]
+    io_timeout: u64,
+    #[command(flatten)]
+    out: Delivery,
+}
+
+#[derive(Args, Debug)]
+struct SnapshotConfigArgs {
+    /// The namespace whose ConfigMaps and Secrets are archived (credentials from the
+    /// kubeconfig or the pod's service account).
+    #[arg(long)]
+    namespace: String,
+    /// Label selector of the ConfigMaps, as `kubectl -l` takes it; none: no ConfigMaps.
+    #[arg(long, required_unless_present = "secrets")]
+    config_maps: Option<String>,
+    /// Label selector of the Secrets; none: no Secrets.
+    #[arg(long)]
+    secrets: Option<String>,
+    #[command(flatten)]
+    out: Delivery,
+}
+
+/// Where a new snapshot goes, and whose it is.
+#[derive(Args, Debug)]
+struct Delivery {
     /// The snapshot folder (created if missing).
     #[arg(long)]
     dir: PathBuf,
     /// The age identity file (AGE-SECRET-KEY-1...).
     #[arg(long)]
     key_file: PathBuf,
-    /// Longest silence of the server, in seconds, before the snapshot fails.
-    #[arg(long, default_value_t = 60)]
-    io_timeout: u64,
     /// The Backup the snapshot belongs to, as `namespace/name/uid`; its manifest says so,
     /// and restores of another Backup refuse it.
     #[arg(long, value_parser = parse_owner)]
@@ -306,6 +331,7 @@ fn run_blocking(command: BackupCommand) -> anyhow::Result<()> {
         BackupSubcommand::Restore(args) => restore(args),
         BackupSubcommand::RestoreConfig(args) => restore_config(&args),
         BackupSubcommand::Snapshot(args) => snapshot(args),
+        BackupSubcommand::SnapshotConfig(args) => snapshot_config(args),
         BackupSubcommand::Keygen(args) => keygen(args.output.as_deref()),
         BackupSubcommand::Prune(args) => prune(args),
         BackupSubcommand::Push(args) => push(&args),
@@ -436,9 +462,10 @@ fn restore_config(args: &RestoreConfigArgs) -> anyhow::Result<()> {
 }
 
 /// `snapshot`: one Redis snapshot into the folder.
-fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
-    let result = take_snapshot(&args);
-    if let (Err(error), Some(path)) = (&result, &args.termination_log) {
+/// Runs `take`, writing its failure to `--termination-log` as `Reason: message`.
+fn reported(out: &Delivery, take: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let result = take();
+    if let (Err(error), Some(path)) = (&result, &out.termination_log) {
         let reason = error
             .chain()
             .find_map(|cause| match cause.downcast_ref::<Reasoned>() {
@@ -457,62 +484,137 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     result
 }
 
-fn take_snapshot(args: &SnapshotArgs) -> anyhow::Result<()> {
-    let key = BackupKey::from_file(&args.key_file).map_err(|e| reasoned("KeyInvalid")(e.into()))?;
-    let password = args
-        .password_file
-        .as_deref()
-        .map(read_password)
-        .transpose()?;
-    let store = match &args.owner {
-        Some(owner) => Store::owned(&args.dir, owner.clone())?,
-        None => Store::open(&args.dir)?,
-    };
-    let target = RedisTarget {
-        address: args.redis.clone(),
-        username: args.username.clone(),
-        password,
-    };
-    let options = SnapshotOptions {
-        io_timeout: Duration::from_secs(args.io_timeout),
-        ..SnapshotOptions::default()
-    };
-    // Before the snapshot: settings that cannot work fail it before Redis is asked.
-    let offsite = args.s3.location()?.map(Offsite::new).transpose()?;
-    let manifest = store.snapshot_redis(&target, &key, &options)?;
-    println!(
-        "snapshot {} of {}: {} ({} encrypted), {}, sha256 {}",
-        manifest.id,
-        target.address,
-        human_bytes(manifest.plaintext.size_bytes),
-        human_bytes(manifest.size_bytes),
-        describe_keys(&manifest),
-        manifest.sha256
-    );
-    let handle = tokio::runtime::Handle::current();
-    if let (Some(url), Some(owner), Some(token_file)) =
-        (&args.push_to, &args.owner, &args.token_file)
-    {
-        let remote = Remote {
-            url: url.clone(),
-            namespace: owner.namespace.clone(),
-            backup: owner.name.clone(),
-            token_file: token_file.clone(),
+impl Delivery {
+    /// The key, the store, and the object storage copy: settings that cannot work fail
+    /// before the source is asked.
+    fn open(&self) -> anyhow::Result<(BackupKey, Store, Option<Offsite>)> {
+        let key =
+            BackupKey::from_file(&self.key_file).map_err(|e| reasoned("KeyInvalid")(e.into()))?;
+        let store = match &self.owner {
+            Some(owner) => Store::owned(&self.dir, owner.clone())?,
+            None => Store::open(&self.dir)?,
         };
-        handle
-            .block_on(remote.push(&store, &manifest, PUSH_PATIENCE))
-            .map_err(reasoned("DeliveryFailed"))?;
-        println!("delivered snapshot {} to {url}", manifest.id);
+        let offsite = self.s3.location()?.map(Offsite::new).transpose()?;
+        Ok((key, store, offsite))
     }
-    if let Some(offsite) = &offsite {
-        let copied = handle.block_on(copy_offsite(offsite, &store, &manifest, args));
-        let failed = |e: anyhow::Error| {
-            e.context(format!("snapshot {} is not in object storage", manifest.id))
+
+    /// The new snapshot delivered to the operator and copied to object storage, as asked.
+    fn deliver(
+        &self,
+        store: &Store,
+        manifest: &Manifest,
+        offsite: Option<&Offsite>,
+    ) -> anyhow::Result<()> {
+        let handle = tokio::runtime::Handle::current();
+        if let (Some(url), Some(owner), Some(token_file)) =
+            (&self.push_to, &self.owner, &self.token_file)
+        {
+            let remote = Remote {
+                url: url.clone(),
+                namespace: owner.namespace.clone(),
+                backup: owner.name.clone(),
+                token_file: token_file.clone(),
+            };
+            handle
+                .block_on(remote.push(store, manifest, PUSH_PATIENCE))
+                .map_err(reasoned("DeliveryFailed"))?;
+            println!("delivered snapshot {} to {url}", manifest.id);
+        }
+        if let Some(offsite) = offsite {
+            let copied = handle.block_on(copy_offsite(offsite, store, manifest, self));
+            let failed = |e: anyhow::Error| {
+                e.context(format!("snapshot {} is not in object storage", manifest.id))
+            };
+            copied.map_err(failed).map_err(reasoned("OffsiteFailed"))?;
+            println!("copied snapshot {} to {}", manifest.id, offsite.location());
+        }
+        Ok(())
+    }
+}
+
+fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
+    reported(&args.out, || {
+        let (key, store, offsite) = args.out.open()?;
+        let password = args
+            .password_file
+            .as_deref()
+            .map(read_password)
+            .transpose()?;
+        let target = RedisTarget {
+            address: args.redis.clone(),
+            username: args.username.clone(),
+            password,
         };
-        copied.map_err(failed).map_err(reasoned("OffsiteFailed"))?;
-        println!("copied snapshot {} to {}", manifest.id, offsite.location());
+        let options = SnapshotOptions {
+            io_timeout: Duration::from_secs(args.io_timeout),
+            ..SnapshotOptions::default()
+        };
+        let manifest = store.snapshot_redis(&target, &key, &options)?;
+        println!(
+            "snapshot {} of {}: {} ({} encrypted), {}, sha256 {}",
+            manifest.id,
+            target.address,
+            human_bytes(manifest.plaintext.size_bytes),
+            human_bytes(manifest.size_bytes),
+            describe_keys(&manifest),
+            manifest.sha256
+        );
+        args.out.deliver(&store, &manifest, offsite.as_ref())
+    })
+}
+
+/// `snapshot-config`: the selected ConfigMaps and Secrets of a namespace, archived.
+fn snapshot_config(args: SnapshotConfigArgs) -> anyhow::Result<()> {
+    reported(&args.out, || {
+        let (key, store, offsite) = args.out.open()?;
+        let handle = tokio::runtime::Handle::current();
+        let entries = handle
+            .block_on(selected_objects(&args))
+            .map_err(reasoned("SourceUnavailable"))?;
+        // A snapshot of nothing would become the newest, and restoring `latest` would then
+        // restore nothing: an empty selection is a failure, not a snapshot.
+        if entries.is_empty() {
+            let nothing = anyhow::anyhow!(
+                "no ConfigMap or Secret in namespace {} matches the selectors; no snapshot taken",
+                args.namespace
+            );
+            return Err(reasoned("NothingSelected")(nothing));
+        }
+        let manifest = config_archive::snapshot(&store, &key, &entries, &args.namespace)?;
+        println!(
+            "snapshot {} of namespace {}: {} objects",
+            manifest.id,
+            args.namespace,
+            entries.len()
+        );
+        args.out.deliver(&store, &manifest, offsite.as_ref())
+    })
+}
+
+async fn selected_objects(
+    args: &SnapshotConfigArgs,
+) -> anyhow::Result<Vec<config_archive::ArchivedObject>> {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    use kube::api::{Api, ListParams};
+    let client = kube::Client::try_default().await?;
+    let ns = &args.namespace;
+    let mut maps = Vec::new();
+    if let Some(selector) = &args.config_maps {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+        let listed = api.list(&ListParams::default().labels(selector)).await;
+        maps = listed
+            .with_context(|| format!("listing ConfigMaps of {ns}"))?
+            .items;
     }
-    Ok(())
+    let mut secrets = Vec::new();
+    if let Some(selector) = &args.secrets {
+        let api: Api<Secret> = Api::namespaced(client, ns);
+        let listed = api.list(&ListParams::default().labels(selector)).await;
+        secrets = listed
+            .with_context(|| format!("listing Secrets of {ns}"))?
+            .items;
+    }
+    Ok(config_archive::entries(&maps, &secrets)?)
 }
 
 /// How long a snapshot Job waits for an operator that is away (restarting, rescheduled).
@@ -522,7 +624,7 @@ async fn copy_offsite(
     offsite: &Offsite,
     store: &Store,
     manifest: &Manifest,
-    args: &SnapshotArgs,
+    args: &Delivery,
 ) -> anyhow::Result<()> {
     offsite.upload(store, manifest).await?;
     if args.keep_last.is_some() || args.max_age.is_some() {

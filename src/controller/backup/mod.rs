@@ -1,12 +1,13 @@
 //! The Backup controller: one snapshot on create, then one per `schedule`
 //! tick; retention applied to files and status together.
 //!
-//! A Redis snapshot is a Job ([`snapshot_job`]) that the reconcile starts and, once it has
-//! ended, records and deletes: while a Backup's snapshot Job exists no other is started, so
+//! A snapshot is a Job ([`snapshot_job`]) that the reconcile starts and, once it has ended,
+//! records and deletes: while a Backup's snapshot Job exists no other is started, so
 //! snapshots never overlap, and an operator that restarts finds the Job again by its labels.
-//! A configuration snapshot (ConfigMaps and Secrets, bounded by etcd's object size) is
-//! taken inside the reconcile, on a blocking thread.
+//! A configuration snapshot's Job lists what it archives as the Backup's own ServiceAccount
+//! ([`access`]). Restore checks ([`verify`]) are Jobs too.
 
+mod access;
 pub mod snapshot_job;
 mod verify;
 
@@ -15,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{
     DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy,
@@ -28,14 +29,13 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::Backup;
-use crate::api::backup::{BACKUP_NAMESPACES_ANNOTATION, BackupSource, BackupStatus};
-use crate::backup::offsite::{Offsite, S3Location};
-use crate::backup::{BackupKey, RetentionPolicy, SnapshotKind, Store, StoreError, config_archive};
+use crate::api::backup::{BACKUP_NAMESPACES_ANNOTATION, BackupStatus};
+use crate::backup::{BackupKey, RetentionPolicy, StoreError};
 use crate::controller::conditions::{Conditions, FALSE, TRUE};
 use crate::controller::{Context, Error, MANAGER, after_failure, decoded};
 use crate::names::LABEL_KIND;
 use kube::core::DeserializeGuard;
-use snapshot_job::{ATTEMPT_ANNOTATION, KIND_SNAPSHOT, SnapshotJobSetup};
+use snapshot_job::{ATTEMPT_ANNOTATION, ConfigSelection, KIND_SNAPSHOT, SnapshotJobSetup};
 
 /// At most this many snapshots, the newest, are listed in `status.snapshots`; the store may
 /// hold more (`titan-dr backup list` shows them all).
@@ -145,19 +145,12 @@ async fn snapshots(
     };
     write_status(ctx, backup, &previous, attempt.clone()).await?;
     let previous = attempt;
-    if backup.spec.source.redis.is_some() {
-        if let Err(failure) = start_snapshot_job(ctx, backup, now).await {
-            record_failure(ctx, backup, &previous, &failure).await?;
-            return Ok(next_tick(backup, now));
-        }
-        return Ok(None);
+    if let Err(failure) = start_snapshot_job(ctx, backup, now).await {
+        record_failure(ctx, backup, &previous, &failure).await?;
+        tracing::info!(backup = %name, ns = %ns, "backup attempt failed before its Job");
+        return Ok(next_tick(backup, now));
     }
-    match take_config_snapshot(ctx, backup).await {
-        Ok(manifest) => record_success(ctx, backup, &previous, Some(&manifest)).await?,
-        Err(failure) => record_failure(ctx, backup, &previous, &failure).await?,
-    }
-    tracing::info!(backup = %name, ns = %ns, "backup attempt finished");
-    Ok(next_tick(backup, now))
+    Ok(None)
 }
 
 /// Waits for the next tick of the schedule after `from`, or for a change without one.
@@ -258,9 +251,56 @@ async fn start_snapshot_job(ctx: &Context, backup: &Backup, at: Timestamp) -> Re
         titan_dr: &ctx.job_setup.titan_dr_command,
         snapshot_url: url,
     };
-    let job =
-        snapshot_job::snapshot_job(backup, at, &setup).map_err(|e| Failure::new("Internal", e))?;
+    let job = match &backup.spec.source.redis {
+        Some(_) => snapshot_job::snapshot_job(backup, at, &setup)
+            .map_err(|e| Failure::new("Internal", e))?,
+        None => {
+            let (namespace, config_maps, secrets, resources) =
+                config_selection(ctx, backup).await?;
+            let account = access::grant(ctx, backup, &namespace, &resources).await?;
+            let selection = ConfigSelection {
+                namespace: &namespace,
+                config_maps,
+                secrets,
+                account: &account,
+            };
+            snapshot_job::config_snapshot_job(backup, at, &selection, &setup)
+        }
+    };
     create_job(ctx, &job).await
+}
+
+/// What a configuration Backup selects: its source namespace (which must consent when it is
+/// another), the label selectors as text, and the kinds they select.
+async fn config_selection(
+    ctx: &Context,
+    backup: &Backup,
+) -> Result<(String, Option<String>, Option<String>, Vec<&'static str>), Failure> {
+    let ns = backup.namespace().unwrap_or_default();
+    let source = &backup.spec.source;
+    let source_ns = source.namespace.clone().unwrap_or_else(|| ns.clone());
+    if source_ns != ns {
+        consented(ctx, &source_ns, &ns).await?;
+    }
+    let text = |selector: &Option<crate::api::backup::ObjectSelector>| {
+        selector
+            .as_ref()
+            .map(|s| {
+                Selector::try_from(s.selector.clone())
+                    .map(|s| s.to_string())
+                    .map_err(|e| Failure::new("InvalidSelector", e.to_string()))
+            })
+            .transpose()
+    };
+    let (config_maps, secrets) = (text(&source.config_maps)?, text(&source.secrets)?);
+    let mut resources = Vec::new();
+    if config_maps.is_some() {
+        resources.push("configmaps");
+    }
+    if secrets.is_some() {
+        resources.push("secrets");
+    }
+    Ok((source_ns, config_maps, secrets, resources))
 }
 
 /// The Secrets a snapshot Job mounts exist and hold their keys, and the key is an age
@@ -365,6 +405,8 @@ fn leak_reason(reason: &str) -> &'static str {
         "DeliveryFailed",
         "OffsiteFailed",
         "Timeout",
+        "NothingSelected",
+        "SourceUnavailable",
     ];
     KNOWN
         .iter()
@@ -419,154 +461,6 @@ fn until(at: Timestamp) -> Duration {
         + Duration::from_millis(50)
 }
 
-async fn take_config_snapshot(
-    ctx: &Context,
-    backup: &Backup,
-) -> Result<crate::backup::Manifest, Failure> {
-    let ns = backup.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let key_ref = &backup.spec.encryption.secret_ref;
-    let key_name = key_ref.key.clone().unwrap_or_else(|| "key".into());
-    let key_text = secret_value(&secrets, &key_ref.name, &key_name).await?;
-    let key = BackupKey::parse(&key_text, &format!("secret {}/{key_name}", key_ref.name))
-        .map_err(|e| Failure::new("KeyInvalid", e.to_string()))?;
-    let store = crate::backup::backup_store(&ctx.backup_dir, backup)
-        .map_err(|e| Failure::new("DestinationUnavailable", e.to_string()))?;
-    // What an attempt killed with the operator left behind; this Backup's attempts never
-    // overlap, so none is being written now.
-    store
-        .remove_partials(Duration::ZERO)
-        .map_err(store_failure)?;
-
-    // Before the snapshot: settings that cannot work fail the attempt before any work.
-    let offsite = offsite_of(backup, &secrets).await?;
-    let manifest = config_snapshot(ctx, &backup.spec.source, &ns, store.clone(), key).await?;
-    if let Some(offsite) = offsite {
-        copy_offsite(backup, &offsite, &store, &manifest).await?;
-    }
-    Ok(manifest)
-}
-
-/// The Backup's copy in object storage, if it keeps one, with the credentials of its Secret.
-async fn offsite_of(backup: &Backup, secrets: &Api<Secret>) -> Result<Option<Offsite>, Failure> {
-    let (Some(s3), Some(prefix)) = (
-        &backup.spec.destination.s3,
-        crate::backup::offsite_prefix(backup),
-    ) else {
-        return Ok(None);
-    };
-    let name = &s3.credentials_secret_ref.name;
-    let credential = |key: &'static str| async move {
-        secret_value(secrets, name, key)
-            .await
-            .map_err(|failure| Failure::new("CredentialsMissing", failure.message))
-    };
-    let location = S3Location {
-        bucket: s3.bucket.clone(),
-        prefix,
-        endpoint: s3.endpoint.clone(),
-        region: s3.region.clone(),
-        force_path_style: s3.force_path_style.unwrap_or(s3.endpoint.is_some()),
-        access_key_id: credential("accessKeyId").await?,
-        secret_access_key: credential("secretAccessKey").await?,
-    };
-    Offsite::new(location)
-        .map(Some)
-        .map_err(|e| Failure::new("OffsiteInvalid", format!("{e:#}")))
-}
-
-/// The new snapshot copied off the cluster, and what retention drops there deleted. The
-/// snapshot stays on the volume when this fails, and the attempt says why.
-async fn copy_offsite(
-    backup: &Backup,
-    offsite: &Offsite,
-    store: &Store,
-    manifest: &crate::backup::Manifest,
-) -> Result<(), Failure> {
-    let failed = |e: anyhow::Error| {
-        let message = format!("snapshot {} is on the volume only: {e:#}", manifest.id);
-        Failure::new("OffsiteFailed", message)
-    };
-    offsite.upload(store, manifest).await.map_err(failed)?;
-    if let Some(retention) = &backup.spec.retention {
-        let policy = RetentionPolicy::from_spec(retention);
-        offsite
-            .prune(&policy, Timestamp::now())
-            .await
-            .map_err(failed)?;
-    }
-    Ok(())
-}
-
-/// A snapshot of the ConfigMaps and Secrets the source selects, as a tar archive.
-async fn config_snapshot(
-    ctx: &Context,
-    source: &BackupSource,
-    ns: &str,
-    store: Store,
-    key: BackupKey,
-) -> Result<crate::backup::Manifest, Failure> {
-    let BackupSource {
-        namespace: source_ns,
-        config_maps,
-        secrets: secret_selector,
-        ..
-    } = source;
-    let source_ns = source_ns.clone().unwrap_or_else(|| ns.to_owned());
-    if source_ns != ns {
-        consented(ctx, &source_ns, ns).await?;
-    }
-    let maps = match config_maps {
-        Some(s) => {
-            list(
-                &Api::<ConfigMap>::namespaced(ctx.client.clone(), &source_ns),
-                &s.selector,
-            )
-            .await?
-        }
-        None => Vec::new(),
-    };
-    let secret_list = match secret_selector {
-        Some(s) => {
-            list(
-                &Api::<Secret>::namespaced(ctx.client.clone(), &source_ns),
-                &s.selector,
-            )
-            .await?
-        }
-        None => Vec::new(),
-    };
-    let entries = config_archive::entries(&maps, &secret_list)
-        .map_err(|e| Failure::new("Internal", e.to_string()))?;
-    // A snapshot of nothing would become the newest, and a restore of `latest` would
-    // then restore nothing: an empty selection is a failure, not a snapshot.
-    if entries.is_empty() {
-        return Err(Failure::new(
-            "NothingSelected",
-            format!(
-                "no ConfigMap or Secret in namespace {source_ns} matches the selectors; no snapshot taken"
-            ),
-        ));
-    }
-    let count = entries.len() as u64;
-    let selection =
-        format!("ConfigMaps and Secrets of namespace {source_ns} selected by the Backup");
-    tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-        let mut writer = store.begin_now(SnapshotKind::Configuration, &key)?;
-        writer.set_source(selection);
-        let paths: Vec<serde_json::Value> = entries.iter().map(|e| e.path.clone().into()).collect();
-        writer.details_mut().insert("objects".into(), paths.into());
-        config_archive::write(&entries, &mut writer).map_err(|e| StoreError::Io {
-            context: "writing the archive".into(),
-            source: e,
-        })?;
-        writer.commit(Some(count), None)
-    })
-    .await
-    .map_err(|e| Failure::new("Internal", e.to_string()))?
-    .map_err(store_failure)
-}
-
 fn store_failure(error: StoreError) -> Failure {
     Failure::new(error.reason(), error.to_string())
 }
@@ -586,19 +480,6 @@ async fn secret_value(secrets: &Api<Secret>, name: &str, key: &str) -> Result<St
             format!("secret {name} key {key:?} is not text"),
         )
     })
-}
-
-async fn list<K>(api: &Api<K>, selector: &LabelSelector) -> Result<Vec<K>, Failure>
-where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let selector = Selector::try_from(selector.clone())
-        .map_err(|e| Failure::new("InvalidSelector", e.to_string()))?;
-    let list = api
-        .list(&ListParams::default().labels_from(&selector))
-        .await
-        .map_err(|e| Failure::new("SourceUnavailable", e.to_string()))?;
-    Ok(list.items)
 }
 
 /// Whether namespace `source` lets Backups of `backup_ns` snapshot its objects.

@@ -1,4 +1,4 @@
-//! A Redis Backup's Jobs, in its namespace and controlled by it: snapshots and restore checks.
+//! A Backup's Jobs, in its namespace and controlled by it: snapshots and restore checks.
 //!
 //! A snapshot Job runs `titan-dr backup snapshot` from the operator's image. It reads Redis
 //! and the key (mounted from the Backup's Secret), writes the snapshot into its own emptyDir,
@@ -70,28 +70,79 @@ pub fn snapshot_job(
         .redis
         .as_ref()
         .ok_or("a snapshot Job snapshots Redis")?;
-    let owner = crate::backup::owner_of(backup);
     let (mut pod, key) = PodParts::with_key_and_token(backup);
     pod.args = vec![
         setup.titan_dr.into(),
         "backup".into(),
         "snapshot".into(),
         format!("--redis={}", redis.address),
+    ];
+    delivery_args(&mut pod, backup, setup, &key);
+    if let Some(auth) = &redis.password_secret_ref {
+        pod.mount(secret_volume("redis-auth", &auth.name), AUTH_MOUNT, true);
+        pod.args
+            .push(format!("--password-file={AUTH_MOUNT}/{}", auth.key));
+    }
+    let name = job_name(&backup.name_any(), attempt);
+    Ok(job(backup, name, attempt, setup, pod, KIND_SNAPSHOT))
+}
+
+/// What a configuration snapshot reads: the namespace, and the label selectors (as
+/// `kubectl -l` takes them) of its ConfigMaps and Secrets.
+pub struct ConfigSelection<'a> {
+    pub namespace: &'a str,
+    pub config_maps: Option<String>,
+    pub secrets: Option<String>,
+    /// The ServiceAccount that may list them ([`super::access`]).
+    pub account: &'a str,
+}
+
+/// The configuration snapshot Job of `backup`: `titan-dr backup snapshot-config`, as the
+/// Backup's own ServiceAccount, which may list only the kinds it selects, in that namespace.
+pub fn config_snapshot_job(
+    backup: &Backup,
+    attempt: Timestamp,
+    selection: &ConfigSelection,
+    setup: &SnapshotJobSetup,
+) -> Job {
+    let (mut pod, key) = PodParts::with_key_and_token(backup);
+    pod.args = vec![
+        setup.titan_dr.into(),
+        "backup".into(),
+        "snapshot-config".into(),
+        format!("--namespace={}", selection.namespace),
+    ];
+    pod.args.extend(
+        selection
+            .config_maps
+            .iter()
+            .map(|s| format!("--config-maps={s}")),
+    );
+    pod.args
+        .extend(selection.secrets.iter().map(|s| format!("--secrets={s}")));
+    delivery_args(&mut pod, backup, setup, &key);
+    let name = job_name(&backup.name_any(), attempt);
+    let mut job = job(backup, name, attempt, setup, pod, KIND_SNAPSHOT);
+    if let Some(spec) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        spec.service_account_name = Some(selection.account.to_owned());
+        // This one lists objects: it needs its API token.
+        spec.automount_service_account_token = Some(true);
+    }
+    job
+}
+
+/// Where a snapshot Job writes and delivers, and whose snapshot it is.
+fn delivery_args(pod: &mut PodParts, backup: &Backup, setup: &SnapshotJobSetup, key: &str) {
+    let owner = crate::backup::owner_of(backup);
+    pod.args.extend([
         format!("--dir={WORK_MOUNT}"),
         format!("--key-file={KEY_MOUNT}/{key}"),
         format!("--owner={}/{}/{}", owner.namespace, owner.name, owner.uid),
         format!("--push-to={}", setup.snapshot_url),
         format!("--token-file={TOKEN_MOUNT}/token"),
         "--termination-log=/dev/termination-log".into(),
-    ];
-    if let Some(auth) = &redis.password_secret_ref {
-        pod.mount(secret_volume("redis-auth", &auth.name), AUTH_MOUNT, true);
-        pod.args
-            .push(format!("--password-file={AUTH_MOUNT}/{}", auth.key));
-    }
-    offsite_args(&mut pod, backup);
-    let name = job_name(&backup.name_any(), attempt);
-    Ok(job(backup, name, attempt, setup, pod, KIND_SNAPSHOT))
+    ]);
+    offsite_args(pod, backup);
 }
 
 /// The Job that checks snapshot `snapshot` of `backup` by restoring it: a throwaway Redis
@@ -483,6 +534,39 @@ mod tests {
         ] {
             assert!(restore.contains(expected), "{expected} in {restore}");
         }
+    }
+
+    #[test]
+    fn a_configuration_snapshot_lists_as_the_backups_own_account() {
+        let at: Timestamp = "2026-12-02T05:00:00Z".parse().unwrap();
+        let setup = SnapshotJobSetup {
+            image: "titan-dr:local",
+            titan_dr: "/titan-dr",
+            snapshot_url: "http://titan-dr.system.svc:8081",
+        };
+        let selection = ConfigSelection {
+            namespace: "titan",
+            config_maps: Some("app=titan".into()),
+            secrets: None,
+            account: "titan-dr-snapshot-config",
+        };
+        let job = config_snapshot_job(&backup(REDIS), at, &selection, &setup);
+        assert_eq!(job.labels()[LABEL_KIND], KIND_SNAPSHOT);
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            pod.service_account_name.as_deref(),
+            Some("titan-dr-snapshot-config")
+        );
+        assert_eq!(pod.automount_service_account_token, Some(true));
+        let args = pod.containers[0].command.clone().unwrap().join(" ");
+        for expected in [
+            "/titan-dr backup snapshot-config --namespace=titan --config-maps=app=titan",
+            "--owner=titan/redis/6f1c",
+            "--push-to=http://titan-dr.system.svc:8081",
+        ] {
+            assert!(args.contains(expected), "{expected} in {args}");
+        }
+        assert!(!args.contains("--secrets"), "{args}");
     }
 
     #[test]
