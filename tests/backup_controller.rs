@@ -311,6 +311,31 @@ async fn scheduled_snapshots_keep_the_last_three_and_survive_redis_dying_mid_sna
     .await;
 }
 
+/// What someone who can write the volume but holds only the public recipient can make of
+/// snapshot `genuine` in folder `dir`: a valid age file of their own content, and a manifest
+/// whose checksums match it.
+fn forge(dir: &Path, genuine: &titan_dr::backup::Manifest, content: &[u8]) {
+    use sha2::Digest;
+    use std::io::Write;
+    let recipient: age::x25519::Recipient = genuine.encryption.recipient.parse().unwrap();
+    let encryptor =
+        age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+            .unwrap();
+    let mut encrypted = Vec::new();
+    let mut writer = encryptor.wrap_output(&mut encrypted).unwrap();
+    writer.write_all(content).unwrap();
+    writer.finish().unwrap();
+    let sha = |bytes: &[u8]| hex::encode(sha2::Sha256::digest(bytes));
+    let mut forged = genuine.clone();
+    forged.size_bytes = encrypted.len() as u64;
+    forged.sha256 = sha(&encrypted);
+    forged.plaintext.size_bytes = content.len() as u64;
+    forged.plaintext.sha256 = sha(content);
+    std::fs::write(dir.join(&forged.file), &encrypted).unwrap();
+    let manifest = dir.join(titan_dr::backup::Manifest::file_name(&forged.id));
+    std::fs::write(manifest, serde_json::to_vec(&forged).unwrap()).unwrap();
+}
+
 /// A spec change that makes the Backup take a snapshot at once.
 async fn attempt_now(api: &Api<Backup>, keep_last: u32) {
     let patch = serde_json::json!({"spec": {"retention": {"keepLast": keep_last}}});
@@ -484,6 +509,20 @@ async fn restores_checked_on_schedule_verify_the_newest_snapshot_and_refuse_a_co
         assert_eq!(failed_status.last_verified_snapshot.as_ref(), Some(&newest.id), "the last success stays");
         assert_eq!(failed_status.last_verified_time, first.last_verified_time);
         assert_eq!(ready(Some(&failed)).unwrap().0, "True", "the snapshot itself was taken");
+
+        // Forged in place with only the public recipient: valid age, matching checksums, but
+        // no key behind its MAC. The next check refuses it as not authentic.
+        let store = Store::open(file.parent().unwrap()).unwrap();
+        let genuine = store.list().unwrap().snapshots[0].clone();
+        forge(file.parent().unwrap(), &genuine, b"REDIS0011 not a snapshot");
+        // An attempt records its start before its outcome: wait for the outcome itself.
+        let refused = support::wait_for(&api, "redis", "the forged one refused", LIMIT, |b: Option<&Backup>| {
+            verified(b).is_some_and(|v| v.0 == "False" && v.2.contains("not authentic"))
+        })
+        .await;
+        let (_, reason, message) = verified(Some(&refused)).unwrap();
+        assert_eq!(reason, "RestoreFailed", "{message}");
+        assert!(message.contains("not authentic"), "{message}");
         // Checks leave nothing behind: their Jobs are deleted once recorded.
         let deadline = tokio::time::Instant::now() + LIMIT;
         while !snapshot_jobs(&client, &ns, "redis").await.is_empty() {
