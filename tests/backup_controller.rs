@@ -574,6 +574,21 @@ async fn bad_input_is_refused_before_any_snapshot_job() {
         let (_, reason, message) = ready(Some(&failed)).unwrap();
         assert_eq!(reason, "KeyMissing", "{message}");
         assert!(message.contains("backup-key"), "{message}");
+        // Retried, backing off (10 s, then 20 s), not once a tick nor in a loop.
+        let retried = support::wait_for(
+            &typed,
+            "redis",
+            "two retries",
+            LIMIT,
+            |b: Option<&Backup>| {
+                b.and_then(|b| b.status.as_ref())
+                    .and_then(|s| s.failed_attempts)
+                    .is_some_and(|n| n >= 3)
+            },
+        )
+        .await;
+        let attempts = retried.status.unwrap().failed_attempts.unwrap();
+        assert!(attempts <= 4, "{attempts} attempts");
         assert!(
             snapshot_jobs(&client, &ns, "redis").await.is_empty(),
             "a Job was made"

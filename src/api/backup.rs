@@ -206,6 +206,11 @@ pub struct BackupStatus {
     /// When the newest attempt (successful or not) started; the schedule counts from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_schedule_time: Option<Time>,
+    /// Failed attempts since the newest success: the next retry waits 10 s, doubling with
+    /// each, at most an hour, or until the schedule's next tick if that is sooner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"))]
+    pub failed_attempts: Option<u32>,
     /// When the newest successful snapshot completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful_time: Option<Time>,

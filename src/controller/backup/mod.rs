@@ -114,7 +114,7 @@ async fn snapshots(
     let due = match (&previous.last_schedule_time, changed) {
         (None, _) | (_, true) => Some(now),
         (Some(last), false) => match next_due(backup.spec.schedule.as_deref(), last.0) {
-            Ok(next) => next,
+            Ok(next) => retry_due(next, last.0, previous.failed_attempts.unwrap_or(0)),
             Err(message) => {
                 let failure = Failure::new("InvalidSchedule", message);
                 write_status(
@@ -153,12 +153,31 @@ async fn snapshots(
     Ok(None)
 }
 
+/// The longest wait before retrying a failed attempt.
+const MAX_RETRY: Duration = Duration::from_secs(3600);
+
+/// When an attempt is due after one started at `last`: the schedule's next tick (`next`), or
+/// after `failed` failures in a row, sooner: 10 s after the first, doubling, at most an hour.
+pub fn retry_due(next: Option<Timestamp>, last: Timestamp, failed: u32) -> Option<Timestamp> {
+    if failed == 0 {
+        return next;
+    }
+    let wait = Duration::from_secs(10)
+        .saturating_mul(1 << (failed - 1).min(16))
+        .min(MAX_RETRY);
+    let retry = last.checked_add(wait).ok();
+    match (next, retry) {
+        (Some(next), Some(retry)) => Some(next.min(retry)),
+        (next, retry) => next.or(retry),
+    }
+}
+
 /// Waits for the next tick of the schedule after `from`, or for a change without one.
 fn next_tick(backup: &Backup, from: Timestamp) -> Option<Duration> {
-    match next_due(backup.spec.schedule.as_deref(), from) {
-        Ok(Some(next)) => Some(until(next)),
-        _ => None,
-    }
+    next_due(backup.spec.schedule.as_deref(), from)
+        .ok()
+        .flatten()
+        .map(until)
 }
 
 async fn record_success(
@@ -202,13 +221,11 @@ async fn record_failure(
         &failure.message,
     )
     .await;
-    write_status(
-        ctx,
-        backup,
-        previous,
-        failed_status(backup, previous, failure),
-    )
-    .await
+    let status = BackupStatus {
+        failed_attempts: Some(previous.failed_attempts.unwrap_or(0).saturating_add(1)),
+        ..failed_status(backup, previous, failure)
+    };
+    write_status(ctx, backup, previous, status).await
 }
 
 /// The Jobs of `kind` of `backup` in the cache, newest attempt last.
@@ -548,6 +565,7 @@ fn succeeded_status(
         observed_generation: backup.metadata.generation,
         last_schedule_time: previous.last_schedule_time.clone(),
         last_successful_time: snapshots.first().and_then(|s| s.completed_at.clone()),
+        failed_attempts: None,
         offsite: crate::backup::offsite_url(backup),
         snapshots,
         conditions: c.merged(),
@@ -606,6 +624,28 @@ pub async fn reconcile_guarded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_attempts_are_retried_sooner_than_the_schedule_backing_off() {
+        let last: Timestamp = "2026-11-25T02:00:00Z".parse().unwrap();
+        let daily = next_due(Some("@daily"), last).unwrap();
+        let at = |failed| retry_due(daily, last, failed).unwrap().to_string();
+        assert_eq!(at(0), "2026-11-26T00:00:00Z", "no failure: the schedule");
+        assert_eq!(at(1), "2026-11-25T02:00:10Z");
+        assert_eq!(at(2), "2026-11-25T02:00:20Z");
+        assert_eq!(at(4), "2026-11-25T02:01:20Z");
+        assert_eq!(at(30), "2026-11-25T03:00:00Z", "at most an hour");
+        // The schedule's tick when it comes first; a retry even without a schedule.
+        let minutely = next_due(Some("* * * * *"), last).unwrap();
+        assert_eq!(
+            retry_due(minutely, last, 5).unwrap().to_string(),
+            "2026-11-25T02:01:00Z"
+        );
+        assert_eq!(
+            retry_due(None, last, 1).unwrap().to_string(),
+            "2026-11-25T02:00:10Z"
+        );
+    }
 
     #[test]
     fn the_schedule_gives_the_next_tick_after_the_last_attempt() {
