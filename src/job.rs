@@ -120,7 +120,7 @@ impl RestoreParts {
     }
 }
 
-fn secret_volume(name: &str, secret: &str) -> Volume {
+pub(crate) fn secret_volume(name: &str, secret: &str) -> Volume {
     Volume {
         name: name.into(),
         secret: Some(SecretVolumeSource {
@@ -163,18 +163,10 @@ fn restore_parts(
     Ok(parts)
 }
 
-/// Mounts what a restore Job needs to fetch the snapshot (its ServiceAccount token for the
-/// endpoint, the key, a work folder) and returns the arguments that name the snapshot.
-fn snapshot_source(
-    parts: &mut RestoreParts,
-    restore: &RestoreStep,
-    setup: &RestoreSetup,
-    backup: &Backup,
-    url: &str,
-) -> Vec<String> {
-    let key_ref = &backup.spec.encryption.secret_ref;
-    let key = key_ref.key.clone().unwrap_or_else(|| "key".into());
-    let token = Volume {
+/// The pod's own ServiceAccount token for the operator's snapshot endpoint (audience
+/// [`AUDIENCE`], bound to the pod and renewed by the kubelet), as volume `token`.
+pub(crate) fn endpoint_token_volume() -> Volume {
+    Volume {
         name: "token".into(),
         projected: Some(ProjectedVolumeSource {
             sources: Some(vec![VolumeProjection {
@@ -189,7 +181,21 @@ fn snapshot_source(
             ..Default::default()
         }),
         ..Default::default()
-    };
+    }
+}
+
+/// Mounts what a restore Job needs to fetch the snapshot (its ServiceAccount token for the
+/// endpoint, the key, a work folder) and returns the arguments that name the snapshot.
+fn snapshot_source(
+    parts: &mut RestoreParts,
+    restore: &RestoreStep,
+    setup: &RestoreSetup,
+    backup: &Backup,
+    url: &str,
+) -> Vec<String> {
+    let key_ref = &backup.spec.encryption.secret_ref;
+    let key = key_ref.key.clone().unwrap_or_else(|| "key".into());
+    let token = endpoint_token_volume();
     parts.mount(token, TOKEN_MOUNT, true);
     parts.mount(secret_volume("key", &key_ref.name), KEY_MOUNT, true);
     let work = Volume {

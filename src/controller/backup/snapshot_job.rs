@@ -11,8 +11,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec,
-    ProjectedVolumeSource, SecretKeySelector, SecretVolumeSource, SecurityContext,
-    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    SecretKeySelector, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
@@ -20,7 +19,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::Backup;
 use crate::backup::manifest::snapshot_id;
-use crate::names::{AUDIENCE, LABEL_BACKUP, LABEL_KIND};
+use crate::names::{LABEL_BACKUP, LABEL_KIND};
 
 /// The annotation of a Backup's Job: the attempt it is (`status.lastScheduleTime`, or
 /// `status.lastVerifyTime`).
@@ -79,7 +78,11 @@ pub fn snapshot_job(
     ];
     delivery_args(&mut pod, backup, setup, &key);
     if let Some(auth) = &redis.password_secret_ref {
-        pod.mount(secret_volume("redis-auth", &auth.name), AUTH_MOUNT, true);
+        pod.mount(
+            crate::job::secret_volume("redis-auth", &auth.name),
+            AUTH_MOUNT,
+            true,
+        );
         pod.args
             .push(format!("--password-file={AUTH_MOUNT}/{}", auth.key));
     }
@@ -286,8 +289,12 @@ impl PodParts {
     fn with_key_and_token(backup: &Backup) -> (Self, String) {
         let key_ref = &backup.spec.encryption.secret_ref;
         let mut pod = PodParts::default();
-        pod.mount(secret_volume("key", &key_ref.name), KEY_MOUNT, true);
-        pod.mount(token_volume(), TOKEN_MOUNT, true);
+        pod.mount(
+            crate::job::secret_volume("key", &key_ref.name),
+            KEY_MOUNT,
+            true,
+        );
+        pod.mount(crate::job::endpoint_token_volume(), TOKEN_MOUNT, true);
         pod.mount(empty_dir("work"), WORK_MOUNT, false);
         (pod, key_ref.key.clone().unwrap_or_else(|| "key".into()))
     }
@@ -360,38 +367,6 @@ fn job(
                     ..Default::default()
                 }),
             },
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn secret_volume(name: &str, secret: &str) -> Volume {
-    Volume {
-        name: name.into(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(secret.into()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// The pod's token for the snapshot endpoint, bound to the pod: the operator learns from it
-/// which pod (and so which Job) delivers.
-fn token_volume() -> Volume {
-    Volume {
-        name: "token".into(),
-        projected: Some(ProjectedVolumeSource {
-            sources: Some(vec![VolumeProjection {
-                service_account_token: Some(ServiceAccountTokenProjection {
-                    audience: Some(AUDIENCE.into()),
-                    expiration_seconds: Some(600),
-                    path: "token".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }]),
             ..Default::default()
         }),
         ..Default::default()
