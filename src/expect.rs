@@ -43,7 +43,10 @@ pub fn judge(
     let mut problems = Vec::new();
     match finished.exit_code {
         Some(code) if code == wanted_code => {}
-        Some(code) => problems.push(format!("expected exit code {wanted_code}, got {code}")),
+        Some(code) => problems.push(format!(
+            "expected exit code {wanted_code}, got {code}{}",
+            last_line(&finished.output)
+        )),
         None => problems.push(format!("expected exit code {wanted_code}, got none")),
     }
     let output = finished.output.as_str();
@@ -130,6 +133,15 @@ fn json_field(output: &str, path: &str) -> Result<String, String> {
 }
 
 /// The end of the output, short enough for a condition message.
+/// `: "<the output's last line>"` (what a failing program says last is most often why), or
+/// nothing for no output.
+fn last_line(output: &str) -> String {
+    match output.lines().map(str::trim).rfind(|l| !l.is_empty()) {
+        Some(line) => format!(": {}", quote_tail(line)),
+        None => String::new(),
+    }
+}
+
 fn quote_tail(output: &str) -> String {
     const MAX: usize = 200;
     let trimmed = output.trim_end();
@@ -162,9 +174,19 @@ mod tests {
             judge(None, &finished(0, ""), None).phase,
             StepPhase::Succeeded
         );
-        let verdict = judge(None, &finished(3, "boom"), None);
+        let verdict = judge(None, &finished(3, ""), None);
         assert_eq!(verdict.phase, StepPhase::Failed);
         assert_eq!(verdict.message, "expected exit code 0, got 3");
+    }
+
+    #[test]
+    fn an_unexpected_exit_code_is_told_with_the_last_line_of_output() {
+        let output = "connecting\nBackup redis-x does not exist in namespace titan\n\n";
+        let verdict = judge(None, &finished(1, output), None);
+        assert_eq!(
+            verdict.message,
+            r#"expected exit code 0, got 1: "Backup redis-x does not exist in namespace titan""#
+        );
     }
 
     #[test]

@@ -27,8 +27,8 @@ use crate::plan::StepKind;
 use crate::probe::Probe;
 
 pub use crate::names::{
-    ATTEMPT_ENV, LABEL_ATTEMPT, LABEL_KIND, LABEL_RECOVERY, LABEL_RUN, LABEL_STEP, SAFE_TO_EVICT,
-    TARGET_NAMESPACE_ENV,
+    ATTEMPT_ENV, LABEL_ATTEMPT, LABEL_KIND, LABEL_OWNER_UID, LABEL_RECOVERY, LABEL_RUN, LABEL_STEP,
+    SAFE_TO_EVICT, TARGET_NAMESPACE_ENV,
 };
 
 /// The emptyDir through which the init container hands titan-step to the step's container.
@@ -41,17 +41,22 @@ pub const INSTALL_CONTAINER: &str = "install-titan-step";
 /// The container that runs the step.
 pub const STEP_CONTAINER: &str = "step";
 
-/// The deterministic name of an attempt's Job: `<resource>-<run>-<step>-<index>`,
-/// shortened with a hash when longer than a DNS label allows.
-pub fn job_name(recovery: &str, run: &str, step: &str, attempt_index: u32) -> String {
-    let name = format!("{recovery}-{run}-{step}-{attempt_index}");
-    if name.len() <= 63 {
-        return name;
-    }
-    let hash = hex::encode(&Sha256::digest(name.as_bytes())[..4]);
+/// The deterministic name of an attempt's Job: `<resource>-<run>-<step>-<index>` (cut to fit)
+/// and a hash of the owner's UID and those four, so that no other resource's Job has it
+/// (`x` with step `1-zz` and `x-1` with step `zz` spell the same prefix) and a resource
+/// deleted and made again under its name never meets its predecessor's Jobs.
+pub fn job_name(recovery: &str, uid: &str, run: &str, step: &str, attempt_index: u32) -> String {
+    owned_name(&format!("{recovery}-{run}-{step}-{attempt_index}"), uid)
+}
+
+/// `readable`, cut to leave room, then `-` and 8 hex digits of SHA-256 over the owner's UID
+/// and `readable`: at most 63 characters, a DNS label, and a label value.
+pub fn owned_name(readable: &str, owner_uid: &str) -> String {
+    let digest = Sha256::digest(format!("{owner_uid}/{readable}").as_bytes());
+    let hash = hex::encode(&digest[..4]);
     let keep = 63 - hash.len() - 1;
-    let prefix = name[..keep].trim_end_matches('-');
-    format!("{prefix}-{hash}")
+    let prefix: String = readable.chars().take(keep).collect();
+    format!("{}-{hash}", prefix.trim_end_matches(['-', '.']))
 }
 
 /// Text of a StepKind for the `dr.titan.io/kind` label.
@@ -142,10 +147,12 @@ fn restore_parts(
     titan_dr: &str,
     target_namespace: &str,
 ) -> Result<RestoreParts, String> {
-    let backup = setup
-        .backup
-        .as_ref()
-        .ok_or_else(|| format!("Backup {} does not exist", restore.backup))?;
+    let backup = setup.backup.as_ref().ok_or_else(|| {
+        format!(
+            "restore names Backup {}, which does not exist in this namespace",
+            restore.backup
+        )
+    })?;
     let url = setup.snapshot_url.as_deref().ok_or(
         "this operator serves no snapshots to restore Jobs (set --snapshot-url, TITAN_SNAPSHOT_URL)",
     )?;
@@ -425,7 +432,8 @@ pub fn build_job(
 ) -> Job {
     let recovery = dr.name_any();
     let index = attempt.saturating_sub(1);
-    let labels = job_labels(&recovery, run, kind, step, index);
+    let uid = dr.uid().unwrap_or_default();
+    let labels = job_labels(&recovery, &uid, run, kind, step, index);
     let template = dr.spec.template.clone().unwrap_or_default();
     let target_namespace = dr.target_namespace();
     let mut program = step_program(step, &template, setup, &target_namespace);
@@ -439,7 +447,7 @@ pub fn build_job(
     program.parts.env = env;
     Job {
         metadata: ObjectMeta {
-            name: Some(job_name(&recovery, run, &step.name, index)),
+            name: Some(job_name(&recovery, &uid, run, &step.name, index)),
             namespace: dr.namespace(),
             labels: Some(labels.clone()),
             owner_references: dr.controller_owner_ref(&()).map(|r| vec![r]),
@@ -468,6 +476,7 @@ pub fn build_job(
 /// The labels of an attempt's Job and pod.
 fn job_labels(
     recovery: &str,
+    uid: &str,
     run: &str,
     kind: StepKind,
     step: &Step,
@@ -475,6 +484,7 @@ fn job_labels(
 ) -> BTreeMap<String, String> {
     BTreeMap::from([
         (LABEL_RECOVERY.to_string(), recovery.to_string()),
+        (LABEL_OWNER_UID.to_string(), uid.to_string()),
         (LABEL_RUN.to_string(), run.to_string()),
         (LABEL_STEP.to_string(), step.name.clone()),
         (LABEL_KIND.to_string(), kind_label(kind).to_string()),
@@ -707,14 +717,35 @@ spec:
 
     #[test]
     fn names_are_deterministic_and_fit_a_dns_label() {
-        assert_eq!(
-            job_name("complete-system-failure", "1", "start-redis", 0),
-            "complete-system-failure-1-start-redis-0"
+        let name = job_name("complete-system-failure", "u1", "1", "start-redis", 0);
+        assert!(
+            name.starts_with("complete-system-failure-1-start-redis-0-"),
+            "{name}"
         );
-        let long = job_name(&"r".repeat(40), "12", &"s".repeat(40), 3);
+        assert_eq!(
+            name,
+            job_name("complete-system-failure", "u1", "1", "start-redis", 0)
+        );
+        let long = job_name(&"r".repeat(40), "u1", "12", &"s".repeat(40), 3);
         assert_eq!(long.len(), 63);
-        assert_eq!(long, job_name(&"r".repeat(40), "12", &"s".repeat(40), 3));
-        assert_ne!(long, job_name(&"r".repeat(40), "12", &"s".repeat(40), 4));
+        assert_ne!(
+            long,
+            job_name(&"r".repeat(40), "u1", "12", &"s".repeat(40), 4)
+        );
+    }
+
+    #[test]
+    fn names_differ_between_owners_even_when_their_parts_spell_the_same() {
+        // `x` with step `1-zz` and `x-1` with step `zz`: once the same name, and a 409.
+        assert_ne!(
+            job_name("x", "u1", "1", "1-zz", 0),
+            job_name("x-1", "u2", "1", "zz", 0)
+        );
+        // The same resource made again under its name (a new UID) never meets the old Jobs.
+        assert_ne!(
+            job_name("x", "u1", "1", "a", 0),
+            job_name("x", "u3", "1", "a", 0)
+        );
     }
 
     fn setup() -> JobSetup {
@@ -766,9 +797,10 @@ spec:
     fn a_job_carries_labels_owner_deadline_and_the_step_command() {
         let dr = recovery();
         let job = build_job(&dr, "1", StepKind::Step, &dr.spec.steps[0], 2, &setup());
-        assert_eq!(
-            job.metadata.name.as_deref(),
-            Some("complete-system-failure-1-start-redis-1")
+        let name = job.metadata.name.clone().unwrap();
+        assert!(
+            name.starts_with("complete-system-failure-1-start-redis-1-"),
+            "{name}"
         );
         let labels = job.metadata.labels.as_ref().unwrap();
         assert_eq!(labels[LABEL_RECOVERY], "complete-system-failure");
@@ -917,7 +949,11 @@ spec:
         assert_eq!(container.image.as_deref(), Some("titan-dr:0.1.0"));
         assert_eq!(
             container.command.as_deref().unwrap(),
-            [TITAN_STEP, "fail", "Backup redis does not exist"]
+            [
+                TITAN_STEP,
+                "fail",
+                "restore names Backup redis, which does not exist in this namespace"
+            ]
         );
         assert!(pod.init_containers.is_some());
     }

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod controller;
 pub mod expect;
 pub mod job;
+pub mod leader;
 pub mod local;
 pub mod names;
 pub mod operator;

@@ -14,7 +14,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the operator against the cluster of the current kubeconfig.
-    Operator(titan_dr::operator::Config),
+    Operator(Box<titan_dr::operator::Config>),
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
     /// Check a DisasterRecovery file and print its execution plan (a dry run). Exits 2 when
@@ -42,7 +42,7 @@ async fn main() -> ExitCode {
     match cli.command {
         Command::Operator(config) => {
             titan_dr::operator::init_tracing();
-            exit_with(titan_dr::operator::run(config).await)
+            exit_with(titan_dr::operator::run(*config).await)
         }
         Command::Crds => {
             print!("{}", titan_dr::api::crds_yaml());

@@ -11,6 +11,9 @@ pub const LABEL_RUN: &str = "dr.titan.io/run";
 pub const LABEL_STEP: &str = "dr.titan.io/step";
 pub const LABEL_KIND: &str = "dr.titan.io/kind";
 pub const LABEL_ATTEMPT: &str = "dr.titan.io/attempt";
+/// The UID of the resource a Job belongs to (on Backup Jobs too): a Job is its owner's only
+/// when this matches, whatever its name and other labels say.
+pub const LABEL_OWNER_UID: &str = "dr.titan.io/owner-uid";
 
 /// On a Backup's Jobs and their pods: the Backup's name; their `dr.titan.io/kind` is one of
 /// the two below.

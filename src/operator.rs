@@ -20,6 +20,7 @@ use crate::api::duration::{DurationError, GoDuration};
 use crate::api::{Backup, DisasterRecovery};
 use crate::controller::{CachesReady, Context, backup, disaster_recovery, measured};
 use crate::job::{JobSetup, LABEL_RECOVERY};
+use crate::leader;
 use crate::names::LABEL_BACKUP;
 use crate::snapshot_server::SnapshotServer;
 use crate::telemetry::{self, Metrics};
@@ -39,7 +40,7 @@ pub struct Config {
     pub backup_dir: std::path::PathBuf,
     /// Address of the snapshot endpoint, from which restore Jobs in any namespace read the
     /// Backups' snapshots (authenticated by their ServiceAccount tokens).
-    #[arg(long, env = "TITAN_SNAPSHOT_ADDR", default_value = "0.0.0.0:8081")]
+    #[arg(long, env = "TITAN_SNAPSHOT_ADDR", default_value = "127.0.0.1:8081")]
     pub snapshot_addr: std::net::SocketAddr,
     /// The URL by which restore Jobs reach the snapshot endpoint (the chart sets it to its
     /// Service); without it restore steps fail saying so.
@@ -72,7 +73,7 @@ pub struct Config {
     #[arg(long, env = "TITAN_DEFAULT_STEP_TIMEOUT", default_value = "30m", value_parser = go_duration)]
     pub default_step_timeout: Duration,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
-    #[arg(long, env = "TITAN_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "TITAN_METRICS_ADDR", default_value = "127.0.0.1:8080")]
     pub metrics_addr: std::net::SocketAddr,
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "TITAN_WATCH_NAMESPACE")]
@@ -84,6 +85,20 @@ pub struct Config {
     /// admission before its attempt fails (errors that cannot clear fail it at once).
     #[arg(long, env = "TITAN_POD_START_GRACE", default_value = "60s", value_parser = go_duration)]
     pub pod_start_grace: Duration,
+    /// Run the controllers only while holding the Lease `--lease-name`, so that replicas (or
+    /// an operator started from a laptop) never reconcile at once. Off: this process
+    /// reconciles at once, alone by assumption.
+    #[arg(long, env = "TITAN_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    #[arg(long, env = "TITAN_LEASE_NAME", default_value = "titan-dr-operator")]
+    pub lease_name: String,
+    /// The Lease's namespace (the chart: the operator's own); default the client's.
+    #[arg(long, env = "TITAN_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// How long the Lease holds without a renewal: the longest a replica that died keeps the
+    /// others from taking over (whole seconds, at least 3).
+    #[arg(long, env = "TITAN_LEASE_DURATION", default_value = "10s", value_parser = go_duration)]
+    pub lease_duration: Duration,
 }
 
 /// The operator's duration flags have the syntax of the spec's durations.
@@ -190,6 +205,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     metrics
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
+    let leadership = lead(&client, &config).await?;
+    metrics.set_leader(true);
     tracing::info!("titan-dr operator started");
 
     let scope = Scope(config.namespace.clone().filter(|ns| !ns.is_empty()));
@@ -243,9 +260,60 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ctx,
         )
         .for_each(log_result);
-    futures::join!(recovery_controller, backup_controller);
+    let controllers = futures::future::join(recovery_controller, backup_controller);
+    while_leading(controllers, leadership, &config.lease_name).await?;
     tracing::info!("titan-dr operator stopped");
     Ok(())
+}
+
+/// Runs `controllers` until they stop (on a signal), then gives the Lease up; or until the
+/// Lease is lost, then fails.
+async fn while_leading(
+    controllers: impl std::future::Future,
+    leadership: Option<leader::Leadership>,
+    lease: &str,
+) -> anyhow::Result<()> {
+    let Some(mut leadership) = leadership else {
+        controllers.await;
+        return Ok(());
+    };
+    tokio::select! {
+        _ = controllers => {}
+        () = leadership.lost() => {
+            // Another replica holds it now: stop before reconciling beside it. The kubelet
+            // restarts this one, which then waits for the Lease.
+            anyhow::bail!("lost the lease {lease}; stopping");
+        }
+    }
+    leadership.release().await;
+    Ok(())
+}
+
+/// Waits for the Lease when leader election is on.
+async fn lead(client: &Client, config: &Config) -> anyhow::Result<Option<leader::Leadership>> {
+    if !config.leader_elect {
+        return Ok(None);
+    }
+    Ok(Some(
+        leader::acquire(client.clone(), &election(client, config)).await?,
+    ))
+}
+
+/// The Lease this process competes for, under its pod's name (or host and process id).
+fn election(client: &Client, config: &Config) -> leader::Election {
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    leader::Election {
+        namespace: config
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned()),
+        lease: config.lease_name.clone(),
+        identity,
+        duration: config.lease_duration,
+    }
 }
 
 /// The DisasterRecoveries that list `backup` in `spec.backups` or restore it in a step.

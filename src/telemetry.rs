@@ -96,6 +96,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     /// True once the CRDs are Established and the controllers run.
     pub ready: AtomicBool,
+    /// 1 while this replica holds the Lease and runs the controllers.
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -126,6 +128,12 @@ impl Default for Metrics {
         );
         let backups = BackupMetrics::default();
         backups.register(&mut registry);
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the Lease and runs the controllers",
+            leader.clone(),
+        );
         Metrics {
             backups,
             registry,
@@ -134,11 +142,16 @@ impl Default for Metrics {
             duration,
             requests,
             ready: AtomicBool::new(false),
+            leader,
         }
     }
 }
 
 impl Metrics {
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
     /// Records one reconcile of `controller`; `failure` is the error's category.
     pub fn reconciled(&self, controller: &str, took: Duration, failure: Option<&str>) {
         let label = ControllerLabel {
@@ -285,8 +298,15 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
     .await
 }
 
+/// At most this many connections at once per endpoint; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 256;
+/// A client that has not sent a request's headers by then is dropped.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Accepts HTTP/1 connections on `listener` until the process ends, each request answered
-/// by `answer`; `what` names the endpoint in the log of a failed connection.
+/// by `answer`; `what` names the endpoint in the log of a failed connection. Bounded: at
+/// most [`MAX_CONNECTIONS`] at once, headers within [`HEADER_TIMEOUT`], and a failing
+/// accept (no file descriptors left) waits before the next instead of spinning.
 pub async fn serve_http<A, F, B>(listener: tokio::net::TcpListener, what: &'static str, answer: A)
 where
     A: Fn(Request<hyper::body::Incoming>) -> F + Clone + Send + 'static,
@@ -295,9 +315,18 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, endpoint = what, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let answer = answer.clone();
         tokio::spawn(async move {
@@ -306,10 +335,13 @@ where
                 async move { Ok::<_, std::convert::Infallible>(response.await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(error) = connection.await {
                 tracing::debug!(%error, endpoint = what, "connection failed");
             }
+            drop(slot);
         });
     }
 }
@@ -401,6 +433,24 @@ mod tests {
                 .unwrap();
             assert_eq!(body, path);
         }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_sends_no_headers_is_dropped_and_others_are_served() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(serve_http(listener, "test", |_: Request<_>| async move {
+            Response::new(Full::new(Bytes::from("ok")))
+        }));
+        let mut silent = tokio::net::TcpStream::connect(address).await.unwrap();
+        let mut buffer = Vec::new();
+        // The server closes it once the header timeout passes.
+        let read = tokio::time::timeout(HEADER_TIMEOUT * 2, silent.read_to_end(&mut buffer)).await;
+        assert!(
+            read.is_ok(),
+            "a silent connection is kept past the header timeout"
+        );
     }
 
     #[test]

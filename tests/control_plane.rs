@@ -148,6 +148,18 @@ async fn crds_accept_a_valid_recovery_and_reject_invalid_ones_naming_the_field()
             .await
             .unwrap_err();
         assert!(error.contains("spec.steps[1].retries"), "{error}");
+
+        // A name that cannot be the dr.titan.io/recovery label of its Jobs (a label value
+        // is at most 63 characters) is refused, not left Running forever.
+        let long = "n".repeat(70);
+        let error = create_dr(&client, &ns, &long, VALID_DR).await.unwrap_err();
+        assert!(
+            error.contains("metadata.name must be at most 63 characters"),
+            "{error}"
+        );
+        create_dr(&client, &ns, &"n".repeat(63), VALID_DR)
+            .await
+            .expect("a 63-character name is a label value");
     })
     .await;
 }

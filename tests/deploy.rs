@@ -284,8 +284,18 @@ fn operator_flags() -> BTreeMap<String, Option<String>> {
 fn the_deployment_runs_the_operator_with_its_flags_as_a_restricted_pod() {
     let deployment: Deployment = manifest("deployment.yaml");
     let spec = &deployment.spec;
-    assert_eq!(spec.replicas, Some(1), "one operator: no leader election");
+    assert_eq!(spec.replicas, Some(2), "two replicas, one leader");
     let pod = spec.template.spec.as_ref().unwrap();
+    let together = pod.affinity.as_ref().and_then(|a| a.pod_affinity.as_ref());
+    let term = &together
+        .unwrap()
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(
+        term.topology_key, "kubernetes.io/hostname",
+        "replicas share a ReadWriteOnce volume"
+    );
     assert_eq!(pod.containers.len(), 1);
     let container = &pod.containers[0];
     assert_eq!(
@@ -315,6 +325,9 @@ fn the_deployment_runs_the_operator_with_its_flags_as_a_restricted_pod() {
             "http://titan-dr.titan-dr-system.svc:8081",
         ),
         ("TITAN_RESTORE_COMMAND", "/usr/local/bin/titan-dr"),
+        // Reached through the pod's IP (probes, the Service); the binary's default is loopback.
+        ("TITAN_METRICS_ADDR", "0.0.0.0:8080"),
+        ("TITAN_SNAPSHOT_ADDR", "0.0.0.0:8081"),
     ]);
     for (name, default) in &flags {
         if name == "TITAN_WATCH_NAMESPACE" {
@@ -344,6 +357,12 @@ fn the_deployment_runs_the_operator_with_its_flags_as_a_restricted_pod() {
         env["TITAN_OPERATOR_IMAGE"].value.as_deref(),
         container.image.as_deref(),
         "step pods' init containers and restore steps use the operator's own image"
+    );
+    let lease_namespace = env["TITAN_LEASE_NAMESPACE"].value_from.as_ref().unwrap();
+    assert_eq!(
+        lease_namespace.field_ref.as_ref().unwrap().field_path,
+        "metadata.namespace",
+        "the Lease is in the operator's own namespace"
     );
     let pod_name = env["POD_NAME"].value_from.as_ref().unwrap();
     assert_eq!(

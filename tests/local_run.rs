@@ -149,7 +149,9 @@ fn a_failed_critical_step_skips_the_rest_and_rolls_back() {
     let report = run.report();
     assert!(report.contains("| Outcome | **Failed** |"), "{report}");
     assert!(
-        report.contains("| Failed step | `restore-data` (Failed): expected exit code 0, got 3 |"),
+        report.contains(
+            r#"| Failed step | `restore-data` (Failed): expected exit code 0, got 3: "restore failed: no snapshot" |"#
+        ),
         "{report}"
     );
     assert!(

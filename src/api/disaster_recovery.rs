@@ -35,7 +35,8 @@ pub const MAX_COMPONENTS: usize = 64;
     printcolumn = r#"{"name":"Run","type":"string","jsonPath":".status.runId"}"#,
     printcolumn = r#"{"name":"RTO","type":"string","description":"Achieved recovery time","jsonPath":".status.achievedRTO"}"#,
     printcolumn = r#"{"name":"Objective","type":"string","priority":1,"jsonPath":".spec.objectives.rto"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = kube::core::Rule::new("size(self.metadata.name) <= 63").message("metadata.name must be at most 63 characters: it is the dr.titan.io/recovery label of every Job")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DisasterRecoverySpec {
@@ -81,6 +82,11 @@ pub struct DisasterRecoverySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<JobTemplate>,
 
+    /// What a run requested while another is active does: `Forbid` (the only policy yet)
+    /// refuses it with a reason, and it never runs beside the active one nor later.
+    #[serde(default)]
+    pub concurrency_policy: ConcurrencyPolicy,
+
     /// The recovery steps, in runbook order.
     #[schemars(length(min = 1, max = MAX_STEPS))]
     // Unique names: the API server rejects a duplicate and names it.
@@ -116,6 +122,16 @@ impl DisasterRecovery {
     pub fn rto_objective(&self) -> Option<std::time::Duration> {
         Some(self.spec.objectives.as_ref()?.rto.as_ref()?.duration())
     }
+}
+
+/// What a run requested while another is active does.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum ConcurrencyPolicy {
+    /// Refused with a reason (an Event and `status.refusedRunTrigger`).
+    #[default]
+    Forbid,
 }
 
 /// Severity of the failure a scenario recovers from.
@@ -452,6 +468,10 @@ pub struct DisasterRecoveryStatus {
     /// The `dr.titan.io/run-now` annotation value that started the current run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_trigger: Option<String>,
+    /// The latest `dr.titan.io/run-now` value refused because a run was active: it starts
+    /// nothing, then or later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_run_trigger: Option<String>,
     /// When the current run started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,

@@ -23,8 +23,12 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::Store;
 
+use kube::ResourceExt;
+use kube::api::{Api, PostParams};
+
 use crate::api::Backup;
 use crate::job::JobSetup;
+use crate::names::LABEL_OWNER_UID;
 use crate::telemetry::Metrics;
 
 pub use crate::names::OPERATOR_MANAGER as MANAGER;
@@ -207,7 +211,7 @@ impl Context {
         let event = Event {
             type_,
             reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
+            note: Some(within_bytes(note, MAX_EVENT_NOTE).to_owned()),
             action: "Reconcile".into(),
             secondary: None,
         };
@@ -224,6 +228,50 @@ impl Context {
             self.publish(object, EventType::Warning, reason, &note)
                 .await
         });
+    }
+}
+
+/// The API server refuses an Event whose note passes 1 KiB (bytes, not characters).
+const MAX_EVENT_NOTE: usize = 1024;
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+pub fn within_bytes(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Whom a Job that was found under the name of a new one belongs to, when not to its
+/// would-be owner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TakenBy(pub String);
+
+/// Creates `job`. A Job already under its name counts as created only when its
+/// `dr.titan.io/owner-uid` is `job`'s: then an earlier reconcile made it and lost the
+/// record. Anything else there (another resource's Job, one left by a deleted resource of
+/// the same name, one made by hand) is `Ok(Err(TakenBy))`, never adopted.
+pub async fn create_owned(jobs: &Api<Job>, job: &Job) -> Result<Result<(), TakenBy>, kube::Error> {
+    let uid = |j: &Job| j.labels().get(LABEL_OWNER_UID).cloned();
+    match jobs.create(&PostParams::default(), job).await {
+        Ok(_) => Ok(Ok(())),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let found = jobs.get(&job.name_any()).await?;
+            if uid(&found).is_some() && uid(&found) == uid(job) {
+                return Ok(Ok(()));
+            }
+            let owner = found
+                .owner_references()
+                .first()
+                .map(|o| format!("{} {} (uid {})", o.kind, o.name, o.uid))
+                .unwrap_or_else(|| "no owner".to_owned());
+            Ok(Err(TakenBy(format!(
+                "Job {} already exists and belongs to {owner}, not to this resource",
+                job.name_any()
+            ))))
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -282,6 +330,18 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_notes_are_cut_by_bytes_on_a_character_boundary() {
+        let note = "é".repeat(1000); // 2000 bytes
+        let cut = within_bytes(&note, MAX_EVENT_NOTE);
+        assert_eq!(cut.len(), 1024);
+        assert!(
+            within_bytes("ab€", 4) == "ab",
+            "a 3-byte character is not split"
+        );
+        assert_eq!(within_bytes("short", 1024), "short");
+    }
     use futures::task::{ArcWake, waker};
     use kube::runtime::{reflector, watcher};
     use std::sync::atomic::{AtomicBool, Ordering};

@@ -116,6 +116,63 @@ where
     }
 }
 
+/// Waits until nothing matches `selector` in `api`, failing the test after `limit`.
+pub async fn wait_for_none<K>(api: &Api<K>, selector: &str, limit: Duration)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = api
+            .list(&ListParams::default().labels(selector))
+            .await
+            .unwrap();
+        if left.items.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still there after {limit:?} ({selector}): {} objects",
+            left.items.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the named object is gone.
+pub async fn wait_gone<K>(api: &Api<K>, name: &str, limit: Duration)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let deleted = async {
+        while api.get_opt(name).await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    assert!(
+        tokio::time::timeout(limit, deleted).await.is_ok(),
+        "{name} is still there after {limit:?}"
+    );
+}
+
+/// The Events the operator published about the named object of the namespace.
+pub async fn events_of(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), namespace);
+    let fields = format!("regarding.name={name}");
+    let listed = events.list(&ListParams::default().fields(&fields)).await;
+    listed
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reporting_controller.as_deref() == Some("titan-dr-operator"))
+        .collect()
+}
+
 /// Creates an object from YAML text in the namespace.
 pub async fn create_yaml<K>(client: &Client, namespace: &str, yaml: &str) -> Result<K, kube::Error>
 where
@@ -212,6 +269,9 @@ impl Operator {
             .args(["--set", "image.pullPolicy=Never"])
             .args(["--set", &format!("operator.watchNamespace={namespace}")])
             .args(["--set", "operator.logLevel=info\\,titan_dr=debug"])
+            // One replica unless a test asks for more (2 cores); a killed one's Lease keeps
+            // its successor waiting this long.
+            .args(["--set", "replicaCount=1,operator.leaseDuration=4s"])
             .env("KUBECONFIG", kubeconfig());
         for value in values {
             command.args(["--set", value]);

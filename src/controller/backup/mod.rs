@@ -19,9 +19,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{
-    DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy,
-};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions, PropagationPolicy};
 use kube::core::Selector;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -32,7 +30,7 @@ use crate::api::Backup;
 use crate::api::backup::{BACKUP_NAMESPACES_ANNOTATION, BackupStatus};
 use crate::backup::{BackupKey, RetentionPolicy, StoreError};
 use crate::controller::conditions::{Conditions, FALSE, TRUE};
-use crate::controller::{Context, Error, MANAGER, after_failure, decoded};
+use crate::controller::{Context, Error, MANAGER, TakenBy, after_failure, decoded};
 use crate::names::LABEL_KIND;
 use kube::core::DeserializeGuard;
 use snapshot_job::{ATTEMPT_ANNOTATION, ConfigSelection, KIND_SNAPSHOT, SnapshotJobSetup};
@@ -354,9 +352,9 @@ async fn secrets_present(ctx: &Context, backup: &Backup) -> Result<(), Failure> 
 /// restarted since) is the same Job.
 async fn create_job(ctx: &Context, job: &Job) -> Result<(), Failure> {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    match jobs.create(&PostParams::default(), job).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+    match crate::controller::create_owned(&jobs, job).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(TakenBy(message))) => Err(Failure::new("JobNameTaken", message)),
         Err(e) => Err(Failure::new(
             "JobNotCreated",
             format!("creating Job {}: {e}", job.name_any()),

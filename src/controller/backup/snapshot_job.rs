@@ -19,7 +19,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::Backup;
 use crate::backup::manifest::snapshot_id;
-use crate::names::{LABEL_BACKUP, LABEL_KIND};
+use crate::names::{LABEL_BACKUP, LABEL_KIND, LABEL_OWNER_UID};
 
 /// The annotation of a Backup's Job: the attempt it is (`status.lastScheduleTime`, or
 /// `status.lastVerifyTime`).
@@ -45,12 +45,17 @@ pub struct SnapshotJobSetup<'a> {
     pub snapshot_url: &'a str,
 }
 
-/// The Job of `backup`'s attempt started at `attempt`: a name a restarted operator finds
-/// again, at most 63 characters (it becomes a label of the pod).
-pub fn job_name(backup: &str, attempt: Timestamp) -> String {
+/// The Job of `backup`'s attempt of `kind` started at `attempt`: a name a restarted operator
+/// finds again, at most 63 characters (it becomes a label of the pod), and this Backup's
+/// alone (see [`crate::job::owned_name`]: `a-verify`'s snapshots and `a`'s checks once
+/// shared their names).
+pub fn job_name(backup: &Backup, kind: &str, attempt: Timestamp) -> String {
     let id = snapshot_id(attempt).to_ascii_lowercase();
-    let prefix: String = backup.chars().take(63 - id.len() - 1).collect();
-    format!("{}-{id}", prefix.trim_end_matches(['-', '.']))
+    let readable = match kind {
+        KIND_VERIFY => format!("{}-verify-{id}", backup.name_any()),
+        _ => format!("{}-{id}", backup.name_any()),
+    };
+    crate::job::owned_name(&readable, &backup.uid().unwrap_or_default())
 }
 
 /// The snapshot Job of `backup` for the attempt started at `attempt`.
@@ -86,8 +91,7 @@ pub fn snapshot_job(
         pod.args
             .push(format!("--password-file={AUTH_MOUNT}/{}", auth.key));
     }
-    let name = job_name(&backup.name_any(), attempt);
-    Ok(job(backup, name, attempt, setup, pod, KIND_SNAPSHOT))
+    Ok(job(backup, attempt, setup, pod, KIND_SNAPSHOT))
 }
 
 /// What a configuration snapshot reads: the namespace, and the label selectors (as
@@ -124,8 +128,7 @@ pub fn config_snapshot_job(
     pod.args
         .extend(selection.secrets.iter().map(|s| format!("--secrets={s}")));
     delivery_args(&mut pod, backup, setup, &key);
-    let name = job_name(&backup.name_any(), attempt);
-    let mut job = job(backup, name, attempt, setup, pod, KIND_SNAPSHOT);
+    let mut job = job(backup, attempt, setup, pod, KIND_SNAPSHOT);
     if let Some(spec) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
         spec.service_account_name = Some(selection.account.to_owned());
         // This one lists objects: it needs its API token.
@@ -217,8 +220,7 @@ pub fn verify_job(
     };
     pod.volumes.push(empty_dir("redis-data"));
     pod.init_containers.push(redis);
-    let name = job_name(&format!("{}-verify", backup.name_any()), attempt);
-    let mut job = job(backup, name, attempt, setup, pod, KIND_VERIFY);
+    let mut job = job(backup, attempt, setup, pod, KIND_VERIFY);
     job.annotations_mut()
         .insert(SNAPSHOT_ANNOTATION.into(), snapshot.into());
     job
@@ -312,14 +314,18 @@ impl PodParts {
 
 fn job(
     backup: &Backup,
-    name: String,
     attempt: Timestamp,
     setup: &SnapshotJobSetup,
     pod: PodParts,
     kind: &str,
 ) -> Job {
+    let name = job_name(backup, kind, attempt);
     let labels = BTreeMap::from([
         (LABEL_BACKUP.to_string(), backup.name_any()),
+        (
+            LABEL_OWNER_UID.to_string(),
+            backup.uid().unwrap_or_default(),
+        ),
         (LABEL_KIND.to_string(), kind.to_string()),
     ]);
     let container = Container {
@@ -446,7 +452,11 @@ mod tests {
             snapshot_url: "http://titan-dr.system.svc:8081",
         };
         let job = snapshot_job(&backup(REDIS), at, &setup).unwrap();
-        assert_eq!(job.name_any(), "redis-20261202t041500z");
+        assert!(
+            job.name_any().starts_with("redis-20261202t041500z-"),
+            "{}",
+            job.name_any()
+        );
         assert_eq!(
             job.annotations()[ATTEMPT_ANNOTATION],
             "2026-12-02T04:15:00Z"
@@ -490,7 +500,7 @@ mod tests {
             snapshot_url: "http://titan-dr.system.svc:8081",
         };
         let job = verify_job(&backup(REDIS), at, "20261202T045500Z", "redis:7.4", &setup);
-        assert_eq!(job.name_any(), "redis-verify-20261202t050000z");
+        assert!(job.name_any().starts_with("redis-verify-20261202t050000z-"));
         assert_eq!(job.labels()[LABEL_KIND], KIND_VERIFY);
         assert_eq!(job.annotations()[SNAPSHOT_ANNOTATION], "20261202T045500Z");
         let pod = job.spec.unwrap().template.spec.unwrap();
@@ -547,9 +557,31 @@ mod tests {
     #[test]
     fn a_long_backup_name_still_gives_a_label_sized_job_name() {
         let at: Timestamp = "2026-12-02T04:15:00Z".parse().unwrap();
-        let name = job_name(&"a".repeat(253), at);
+        let mut backup = Backup::new(&"a".repeat(253), Default::default());
+        backup.metadata.uid = Some("u1".into());
+        let name = job_name(&backup, KIND_SNAPSHOT, at);
         assert_eq!(name.len(), 63);
-        assert!(name.ends_with("-20261202t041500z"));
+        assert_eq!(name, job_name(&backup, KIND_SNAPSHOT, at));
+    }
+
+    #[test]
+    fn a_backups_job_names_are_its_own() {
+        let at: Timestamp = "2026-12-02T04:15:00Z".parse().unwrap();
+        let named = |name: &str, uid: &str| {
+            let mut backup = Backup::new(name, Default::default());
+            backup.metadata.uid = Some(uid.into());
+            backup
+        };
+        let (a, a_verify) = (named("a", "u1"), named("a-verify", "u2"));
+        assert!(job_name(&a, KIND_SNAPSHOT, at).starts_with("a-20261202t041500z-"));
+        assert_ne!(
+            job_name(&a, KIND_VERIFY, at),
+            job_name(&a_verify, KIND_SNAPSHOT, at)
+        );
+        assert_ne!(
+            job_name(&a, KIND_SNAPSHOT, at),
+            job_name(&named("a", "u3"), KIND_SNAPSHOT, at)
+        );
     }
 
     #[test]

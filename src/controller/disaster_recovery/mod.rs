@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -36,8 +36,10 @@ use crate::api::disaster_recovery::{
 use crate::api::duration::format_duration;
 use crate::api::{Backup, DisasterRecovery};
 use crate::controller::conditions::{Conditions, FALSE, TRUE, UNKNOWN};
-use crate::controller::{Context, Error, MANAGER, after_failure, decoded};
-use crate::job::{LABEL_RECOVERY, LABEL_RUN, RestoreSetup, build_job, refused_job};
+use crate::controller::{Context, Error, MANAGER, TakenBy, after_failure, create_owned, decoded};
+use crate::job::{
+    LABEL_OWNER_UID, LABEL_RECOVERY, LABEL_RUN, RestoreSetup, build_job, refused_job,
+};
 use crate::plan::{Plan, RunState, StepKind};
 use kube::core::DeserializeGuard;
 
@@ -59,6 +61,15 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
         Err(message) => return reject_invalid(&ctx, &dr, &drs, &previous, &message).await,
     };
     let base = current_run(&ctx, &dr, &drs, &previous).await?;
+    if base == previous && ended(&previous) {
+        // A finished run is final: its recorded outcome stands, with or without its Jobs.
+        let status = DisasterRecoveryStatus {
+            observed_generation: dr.metadata.generation,
+            ..previous.clone()
+        };
+        write_status(&drs, &dr.name_any(), &previous, &status).await?;
+        return Ok(Action::await_change());
+    }
     let (mut observed, recheck) = observe_run(&ctx, &dr, &base).await?;
     let mut state = RunState::default();
     for s in observed.values() {
@@ -76,6 +87,13 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
     };
     tracing::debug!(run = ?status.run_id, phase = ?status.phase, started = decision.start.len(), ?next, "reconciled");
     Ok(next.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Whether the run in `status` has ended (an invalid spec fails a run without ending it: it
+/// goes on once the spec is valid again).
+fn ended(status: &DisasterRecoveryStatus) -> bool {
+    status.finished_at.is_some()
+        && matches!(status.phase, Some(RunPhase::Succeeded | RunPhase::Failed))
 }
 
 fn namespace(dr: &DisasterRecovery) -> String {
@@ -115,8 +133,13 @@ async fn current_run(
     previous: &DisasterRecoveryStatus,
 ) -> Result<DisasterRecoveryStatus, Error> {
     let trigger = dr.annotations().get(RUN_NOW).cloned().unwrap_or_default();
-    if previous.run_id.is_some() && previous.run_trigger.as_deref().unwrap_or_default() == trigger {
+    let started_it = previous.run_trigger.as_deref().unwrap_or_default() == trigger;
+    let refused = previous.refused_run_trigger.as_deref() == Some(trigger.as_str());
+    if previous.run_id.is_some() && (started_it || refused) {
         return Ok(previous.clone());
+    }
+    if previous.run_id.is_some() && !ended(previous) {
+        return refuse_run(ctx, dr, drs, previous, trigger).await;
     }
     // A runId that is not a number (edited by hand) counts as none: the next run is 1.
     let run = previous.run_number().unwrap_or(0) + 1;
@@ -141,6 +164,34 @@ async fn current_run(
     Ok(base)
 }
 
+/// concurrencyPolicy Forbid: a run asked for (`trigger`) while one is active is refused, with
+/// a Warning Event, and recorded so that it does not start when the active run ends.
+async fn refuse_run(
+    ctx: &Context,
+    dr: &DisasterRecovery,
+    drs: &Api<DisasterRecovery>,
+    previous: &DisasterRecoveryStatus,
+    trigger: String,
+) -> Result<DisasterRecoveryStatus, Error> {
+    let status = DisasterRecoveryStatus {
+        refused_run_trigger: Some(trigger.clone()),
+        ..previous.clone()
+    };
+    write_status(drs, &dr.name_any(), previous, &status).await?;
+    let active = previous.run_id.as_deref().unwrap_or_default();
+    let message = format!(
+        "{RUN_NOW}={trigger:?} refused: run {active} is active and concurrencyPolicy is Forbid"
+    );
+    ctx.publish(
+        dr.object_ref(&()),
+        EventType::Warning,
+        "RunRefused",
+        &message,
+    )
+    .await;
+    Ok(status)
+}
+
 /// What the run's Jobs and Pods (from the operator's caches) say of its steps, after the
 /// attempts whose pod cannot start were failed on their Job (so that this and any later
 /// operator sees a failed attempt); and when to look again.
@@ -149,15 +200,16 @@ async fn observe_run(
     dr: &DisasterRecovery,
     base: &DisasterRecoveryStatus,
 ) -> Result<(BTreeMap<String, StepStatus>, Duration), Error> {
-    let (ns, name) = (namespace(dr), dr.name_any());
+    let ns = namespace(dr);
     let run = base.run_id.clone().unwrap_or_default();
-    let mut run_jobs: Vec<Job> = of_run(&ctx.jobs, &ns, &name, &run)
+    let uid = dr.uid().unwrap_or_default();
+    let mut run_jobs: Vec<Job> = of_run(&ctx.jobs, &ns, &uid, &run)
         .iter()
         .map(|job| job.as_ref().clone())
         .collect();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pods = observe::RunPods {
-        cached: of_run(&ctx.pods, &ns, &name, &run),
+        cached: of_run(&ctx.pods, &ns, &uid, &run),
         api: &pods_api,
     };
     let recheck = stop_unstartable(ctx, &ns, &pods, &mut run_jobs).await?;
@@ -170,8 +222,28 @@ async fn observe_run(
         .chain(&base.rollback)
         .map(|s| (s.name.as_str(), s))
         .collect();
-    let observed = observe::observe_steps(&pods, &run_jobs, &spec_steps, &recorded).await?;
+    let mut observed = observe::observe_steps(&pods, &run_jobs, &spec_steps, &recorded).await?;
+    keep_recorded_ends(&mut observed, &recorded);
     Ok((observed, recheck))
+}
+
+/// A finished attempt recorded in status stands when its Job is gone (a TTL, a clean-up, an
+/// attempt whose Job name was taken): it is never started again.
+fn keep_recorded_ends(
+    observed: &mut BTreeMap<String, StepStatus>,
+    recorded: &BTreeMap<&str, &StepStatus>,
+) {
+    for (name, before) in recorded {
+        if !observe::is_final(before.phase) {
+            continue;
+        }
+        let newer = observed
+            .get(*name)
+            .is_some_and(|now| now.attempts >= before.attempts);
+        if !newer {
+            observed.insert(name.to_string(), (*before).clone());
+        }
+    }
 }
 
 /// Creates the Job of every attempt the plan starts now, and records it as Running.
@@ -195,64 +267,77 @@ async fn start_attempts(
             setup.restore = Some(restore_setup(ctx, &ns, &restore.backup, started).await?);
         }
         let job = build_job(dr, &run, attempt.kind, step, attempt.number, &setup);
-        let job_name = create_job(ctx, &jobs, &job).await?;
         let first = observed
             .get(&attempt.name)
             .and_then(|s| s.started_at.clone());
+        let now = Some(Time(Timestamp::now()));
+        let status = match create_job(ctx, &jobs, &job).await? {
+            Ok(job_name) => StepStatus {
+                phase: StepPhase::Running,
+                job: Some(job_name),
+                ..Default::default()
+            },
+            // A failed attempt, recorded without a Job: the next (if any) has another name.
+            Err(TakenBy(message)) => StepStatus {
+                phase: StepPhase::Failed,
+                finished_at: now.clone(),
+                message: Some(message),
+                ..Default::default()
+            },
+        };
         observed.insert(
             attempt.name.clone(),
             StepStatus {
                 name: attempt.name.clone(),
-                phase: StepPhase::Running,
-                job: Some(job_name),
                 attempts: attempt.number,
-                started_at: first.or(Some(Time(Timestamp::now()))),
-                ..Default::default()
+                started_at: first.or(now),
+                ..status
             },
         );
     }
     Ok(())
 }
 
-/// Creates an attempt's Job; its name. A Job the API server refuses as invalid becomes a
-/// stand-in that fails saying why (invalid whatever the retry); one that exists already was
-/// created by an earlier reconcile whose status write was lost.
-async fn create_job(ctx: &Context, jobs: &Api<Job>, job: &Job) -> Result<String, Error> {
+/// Creates an attempt's Job; its name, or why the name is taken. A Job the API server
+/// refuses as invalid becomes a stand-in that fails saying why (invalid whatever the retry);
+/// one of this resource that exists already was created by an earlier reconcile whose status
+/// write was lost.
+async fn create_job(
+    ctx: &Context,
+    jobs: &Api<Job>,
+    job: &Job,
+) -> Result<Result<String, TakenBy>, Error> {
     let job_name = job.name_any();
-    let created = match jobs.create(&PostParams::default(), job).await {
+    let failed = |source| Error::CreateJob {
+        job: job_name.clone(),
+        source,
+    };
+    let created = match create_owned(jobs, job).await {
         Err(kube::Error::Api(e)) if e.code == 422 => {
             tracing::info!(job = %job_name, reason = %e.message, "the API server refused a step's Job");
             let refused = refused_job(job, &e.message, &ctx.job_setup);
-            jobs.create(&PostParams::default(), &refused).await
+            create_owned(jobs, &refused).await.map_err(failed)?
         }
-        other => other,
+        other => other.map_err(failed)?,
     };
-    match created {
-        Ok(_) => Ok(job_name),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(job_name),
-        Err(source) => Err(Error::CreateJob {
-            job: job_name,
-            source,
-        }),
-    }
+    Ok(created.map(|()| job_name))
 }
 
-/// The cached objects (Jobs, Pods) of run `run` of recovery `name` in `ns`, by their labels.
-fn of_run<K>(store: &Store<K>, ns: &str, name: &str, run: &str) -> Vec<Arc<K>>
+/// The cached objects (Jobs, Pods) of run `run` of the recovery whose UID is `uid`, in `ns`,
+/// by their labels.
+fn of_run<K>(store: &Store<K>, ns: &str, uid: &str, run: &str) -> Vec<Arc<K>>
 where
     K: kube::Resource<DynamicType = ()> + Clone + 'static,
 {
+    let label =
+        |o: &K, key: &str| -> Option<String> { o.meta().labels.as_ref()?.get(key).cloned() };
     store
         .state()
         .into_iter()
         .filter(|o| o.meta().namespace.as_deref() == Some(ns))
         .filter(|o| {
-            let labels = o.meta().labels.as_ref();
-            labels
-                .and_then(|l| l.get(LABEL_RECOVERY))
-                .map(String::as_str)
-                == Some(name)
-                && labels.and_then(|l| l.get(LABEL_RUN)).map(String::as_str) == Some(run)
+            label(o, LABEL_OWNER_UID).as_deref() == Some(uid)
+                && label(o, LABEL_RUN).as_deref() == Some(run)
         })
         .collect()
 }
@@ -515,8 +600,9 @@ async fn prune_old_runs(ctx: &Context, dr: &DisasterRecovery, run: u64) -> Resul
     }
     let kept: Vec<String> = (run + 1 - keep..=run).map(|r| r.to_string()).collect();
     let selector = format!(
-        "{LABEL_RECOVERY}={},{LABEL_RUN} notin ({})",
+        "{LABEL_RECOVERY}={},{LABEL_OWNER_UID}={},{LABEL_RUN} notin ({})",
         dr.name_any(),
+        dr.uid().unwrap_or_default(),
         kept.join(",")
     );
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &dr.namespace().unwrap_or_default());
