@@ -916,3 +916,66 @@ async fn a_restore_of_a_backup_that_does_not_exist_fails_naming_it() {
     })
     .await;
 }
+
+/// The holder of the operator's Lease, if any.
+async fn lease_holder(client: &Client, ns: &str, lease: &str) -> Option<String> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), ns);
+    let lease = leases.get_opt(lease).await.unwrap()?;
+    lease.spec?.holder_identity.filter(|h| !h.is_empty())
+}
+
+#[tokio::test]
+async fn two_replicas_one_leader_and_a_killed_leader_is_replaced_without_duplicates() {
+    support::with_namespace(|client, ns| async move {
+        let operator = support::Operator::install_with(
+            &ns,
+            &["replicaCount=2,operator.leaseDuration=10s"],
+        )
+        .await;
+        let lease = operator.lease();
+        let mut leader = None;
+        for _ in 0..300 {
+            leader = lease_holder(&client, &ns, &lease).await;
+            if leader.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let leader = leader.expect("a replica holds the Lease");
+        let dr = scenario(
+            "failover",
+            "    - {name: first, command: 'sleep 3; echo one'}\n    - {name: second, command: 'echo two', after: [first]}",
+            "    []",
+            "    []",
+        );
+        let api = create(&client, &ns, &dr).await;
+        support::wait_for(&api, "failover", "the first step to run", LIMIT, |dr: Option<&DisasterRecovery>| {
+            dr.and_then(|d| d.status.as_ref())
+                .is_some_and(|s| s.steps.iter().any(|st| st.phase == StepPhase::Running))
+        })
+        .await;
+        // The leader dies without a chance to give the Lease up.
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
+        pods.delete(&leader, &kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
+            .await
+            .unwrap();
+        let killed = std::time::Instant::now();
+        let successor = loop {
+            match lease_holder(&client, &ns, &lease).await {
+                Some(holder) if holder != leader => break holder,
+                _ => {}
+            }
+            assert!(killed.elapsed() < LIMIT, "no replica took the Lease over");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // A figure for the note and RELIABILITY.md, not an assertion on time.
+        println!("failover: {successor} holds the Lease {:?} after {leader} was killed", killed.elapsed());
+        let status = wait_finished(&api, "failover").await;
+        assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:#?}");
+        let mut names: Vec<String> = jobs_of(&client, &ns, "failover").await.iter().map(readable).collect();
+        names.sort();
+        assert_eq!(names, ["failover-1-first-0", "failover-1-second-0"], "one Job per step");
+    })
+    .await;
+}

@@ -286,6 +286,11 @@ impl Operator {
         operator
     }
 
+    /// The Lease its replicas compete for (the chart's `<fullname>-operator`).
+    pub fn lease(&self) -> String {
+        format!("{}-operator", self.0.release)
+    }
+
     /// The running operator pod's address (metrics on port 8080).
     pub fn pod_ip(&self) -> String {
         self.0.running_pod("{.status.podIP}")
