@@ -9,7 +9,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["names", "tls"],
     &["api"],
-    &["expect", "redis", "process", "runbook", "telemetry"],
+    &["expect", "leader", "redis", "process", "runbook", "telemetry"],
     &["plan"],
     &["backup"],
     &["probe"],
