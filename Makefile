@@ -1,5 +1,5 @@
 # titan-dr: every entry point of the project.
-.PHONY: test lint unit crds control-plane node images cluster-up cluster-down demo bench build titan-step
+.PHONY: test fuzz lint unit crds control-plane node images cluster-up cluster-down demo bench build titan-step
 
 CARGO ?= cargo
 
@@ -10,6 +10,10 @@ demo: build
 ## Every test: formatting, lints, unit and integration tests (starts the cluster when none runs).
 test: lint
 	scripts/with-cluster.sh $(CARGO) test --workspace
+
+## The fuzz targets for FUZZ_SECONDS each (CI runs them for 5 s each within `make test`).
+fuzz:
+	TITAN_FUZZ_SECONDS=$${FUZZ_SECONDS:-300} $(CARGO) test --release --test fuzz -- --nocapture
 
 lint:
 	$(CARGO) fmt --all --check
