@@ -11,6 +11,7 @@
 mod observe;
 pub mod pod_start;
 pub mod status;
+mod status_size;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -479,9 +480,10 @@ async fn run_status(
 ) -> Result<DisasterRecoveryStatus, Error> {
     let skipped: BTreeSet<&str> = decision.skip.iter().map(String::as_str).collect();
     let spec = &dr.spec;
-    let steps = status::list_status(&spec.steps, observed, &skipped);
-    let validations = status::list_status(&spec.validations, observed, &skipped);
-    let rollback = status::list_status(&spec.rollback, observed, &skipped);
+    let mut steps = status::list_status(&spec.steps, observed, &skipped);
+    let mut validations = status::list_status(&spec.validations, observed, &skipped);
+    let mut rollback = status::list_status(&spec.rollback, observed, &skipped);
+    status_size::bound([&mut steps, &mut validations, &mut rollback]);
     let finished_at = decision
         .outcome
         .and_then(|_| status::last_finish(steps.iter().chain(&validations).chain(&rollback)))
