@@ -5,9 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::batch::v1::{
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
     PodSecurityContext, PodSpec, PodTemplateSpec, ProjectedVolumeSource, SeccompProfile,
     SecretKeySelector, SecretVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume,
     VolumeMount, VolumeProjection,
@@ -455,6 +457,7 @@ pub fn build_job(
         },
         spec: Some(JobSpec {
             backoff_limit: Some(0),
+            pod_failure_policy: Some(disruptions_not_counted()),
             active_deadline_seconds: step_deadline(step, setup),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
@@ -474,6 +477,29 @@ pub fn build_job(
 }
 
 /// The labels of an attempt's Job and pod.
+/// A pod that a node drain, a preemption or an eviction took (the kubelet and the API server
+/// give it the `DisruptionTarget` condition) is replaced rather than counted, so that
+/// `backoffLimit: 0` still makes the step's own failure final while a drained node fails no step.
+pub fn disruptions_not_counted() -> PodFailurePolicy {
+    PodFailurePolicy {
+        rules: vec![PodFailurePolicyRule {
+            action: "Ignore".into(),
+            on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                type_: "DisruptionTarget".into(),
+                status: Some("True".into()),
+            }]),
+            on_exit_codes: None,
+        }],
+    }
+}
+
+/// `pods`, newest first: a Job whose pod was disrupted made another one, and that one decides.
+pub fn newest_first<'p>(pods: impl IntoIterator<Item = &'p Pod>) -> Vec<&'p Pod> {
+    let mut pods: Vec<&Pod> = pods.into_iter().collect();
+    pods.sort_by_key(|pod| std::cmp::Reverse(pod.creation_timestamp().map(|t| t.0)));
+    pods
+}
+
 fn job_labels(
     recovery: &str,
     uid: &str,
@@ -691,6 +717,27 @@ pub fn refused_job(job: &Job, why: &str, setup: &JobSetup) -> Job {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_newest_pod_of_a_job_comes_first() {
+        let pod = |name: &str, second: i64| Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                creation_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::from_second(1_795_000_000 + second).unwrap(),
+                )),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let pods = [
+            pod("evicted", 0),
+            pod("replacement", 30),
+            pod("between", 10),
+        ];
+        let order: Vec<String> = newest_first(&pods).iter().map(|p| p.name_any()).collect();
+        assert_eq!(order, ["replacement", "between", "evicted"]);
+    }
+
     fn recovery() -> DisasterRecovery {
         let mut dr: DisasterRecovery = serde_yaml::from_str(
             r#"
@@ -814,6 +861,15 @@ spec:
         );
         let spec = job.spec.unwrap();
         assert_eq!(spec.backoff_limit, Some(0));
+        let rule = &spec.pod_failure_policy.as_ref().unwrap().rules[0];
+        assert_eq!(
+            rule.action, "Ignore",
+            "a disrupted pod is replaced, not counted"
+        );
+        assert_eq!(
+            rule.on_pod_conditions.as_ref().unwrap()[0].type_,
+            "DisruptionTarget"
+        );
         assert_eq!(spec.active_deadline_seconds, Some(90));
         let template = spec.template;
         let annotations = template.metadata.unwrap().annotations.unwrap();

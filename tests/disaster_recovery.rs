@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{EvictParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use titan_dr::api::DisasterRecovery;
 use titan_dr::api::disaster_recovery::{DisasterRecoveryStatus, RunPhase, StepPhase, StepStatus};
@@ -771,6 +772,54 @@ async fn a_finished_run_stands_when_its_jobs_are_deleted() {
         let after = api.get("final").await.unwrap().status.unwrap();
         assert_eq!(outcome(&after), outcome(&before));
         assert_eq!(after.finished_at, before.finished_at);
+    })
+    .await;
+}
+
+/// A node drain evicts a step's pod mid-step: the Job replaces the pod (the eviction's
+/// `DisruptionTarget` is not counted against `backoffLimit: 0`), the critical step succeeds
+/// in the same Job, and no rollback runs.
+#[tokio::test]
+async fn an_evicted_step_pod_is_replaced_and_fails_no_step() {
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::install(&ns).await;
+        let dr = scenario(
+            "drained",
+            "    - {name: slow, critical: true, command: 'sleep 6; echo done'}",
+            "    []",
+            "    - {name: undo, command: 'echo undone'}",
+        );
+        let api = create(&client, &ns, &dr).await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let selector = format!("{LABEL_RECOVERY}=drained,{LABEL_STEP}=slow");
+        let running = |pods: &[Pod]| {
+            pods.iter()
+                .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        };
+        let first = support::wait_for_list(&pods, &selector, "the step running", LIMIT, running)
+            .await
+            .remove(0);
+        pods.evict(&first.name_any(), &EvictParams::default())
+            .await
+            .expect("evicting the step's pod");
+        let status = wait_finished(&api, "drained").await;
+        assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:#?}");
+        let slow = step(&status.steps, "slow");
+        assert_eq!((slow.phase, slow.attempts), (StepPhase::Succeeded, 1));
+        assert_eq!(slow.output.as_deref().map(str::trim), Some("done"));
+        let jobs = jobs_of(&client, &ns, "drained").await;
+        assert_eq!(jobs.len(), 1, "no retry Job and no rollback Job");
+        // The evicted pod is deleted once the Job has accounted for it; its replacement ran.
+        let all = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .unwrap();
+        let names: Vec<String> = all.items.iter().map(ResourceExt::name_any).collect();
+        assert!(
+            names.iter().any(|name| *name != first.name_any()),
+            "a replacement of {} ran: {names:?}",
+            first.name_any()
+        );
     })
     .await;
 }

@@ -9,7 +9,14 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["names", "tls"],
     &["api"],
-    &["expect", "leader", "redis", "process", "runbook", "telemetry"],
+    &[
+        "expect",
+        "leader",
+        "redis",
+        "process",
+        "runbook",
+        "telemetry",
+    ],
     &["plan"],
     &["backup"],
     &["probe"],

@@ -116,27 +116,42 @@ where
     }
 }
 
-/// Waits until nothing matches `selector` in `api`, failing the test after `limit`.
-pub async fn wait_for_none<K>(api: &Api<K>, selector: &str, limit: Duration)
+/// Waits until the objects matching `selector` in `api` satisfy `holds`, and returns them;
+/// fails the test with `what` after `limit`.
+pub async fn wait_for_list<K>(
+    api: &Api<K>,
+    selector: &str,
+    what: &str,
+    limit: Duration,
+    holds: impl Fn(&[K]) -> bool,
+) -> Vec<K>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
     let deadline = std::time::Instant::now() + limit;
     loop {
-        let left = api
+        let listed = api
             .list(&ListParams::default().labels(selector))
             .await
             .unwrap();
-        if left.items.is_empty() {
-            return;
+        if holds(&listed.items) {
+            return listed.items;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "still there after {limit:?} ({selector}): {} objects",
-            left.items.len()
+            "timed out after {limit:?} waiting for {what} ({selector}): {} objects",
+            listed.items.len()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Waits until nothing matches `selector` in `api`, failing the test after `limit`.
+pub async fn wait_for_none<K>(api: &Api<K>, selector: &str, limit: Duration)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    wait_for_list(api, selector, "none to be left", limit, <[K]>::is_empty).await;
 }
 
 /// Waits until the named object is gone.

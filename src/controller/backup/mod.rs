@@ -442,11 +442,13 @@ async fn termination_message(
         .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
         .await
         .ok()?;
-    list.items.iter().find_map(|pod| {
-        let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
-        let status = statuses.iter().find(|c| c.name == container)?;
-        status.state.as_ref()?.terminated.as_ref()?.message.clone()
-    })
+    crate::job::newest_first(&list.items)
+        .into_iter()
+        .find_map(|pod| {
+            let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+            let status = statuses.iter().find(|c| c.name == container)?;
+            status.state.as_ref()?.terminated.as_ref()?.message.clone()
+        })
 }
 
 /// Deletes an ended Job whose outcome has been read, before that outcome is recorded: a

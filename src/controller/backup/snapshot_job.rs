@@ -354,6 +354,7 @@ fn job(
         spec: Some(JobSpec {
             // One attempt per tick: a failure is recorded, and the schedule tries again.
             backoff_limit: Some(0),
+            pod_failure_policy: Some(crate::job::disruptions_not_counted()),
             active_deadline_seconds: Some(SNAPSHOT_DEADLINE_SECONDS),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
@@ -468,6 +469,10 @@ mod tests {
         );
         let spec = job.spec.unwrap();
         assert_eq!(spec.backoff_limit, Some(0));
+        assert_eq!(
+            spec.pod_failure_policy,
+            Some(crate::job::disruptions_not_counted())
+        );
         let pod = spec.template.spec.unwrap();
         assert_eq!(pod.automount_service_account_token, Some(false));
         let args = pod.containers[0].command.clone().unwrap().join(" ");

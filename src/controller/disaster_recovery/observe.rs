@@ -175,7 +175,8 @@ fn terminated<'p>(
     pods: impl IntoIterator<Item = &'p Pod>,
     job: &str,
 ) -> Option<k8s_openapi::api::core::v1::ContainerStateTerminated> {
-    pods.into_iter()
+    crate::job::newest_first(pods)
+        .into_iter()
         .filter(|pod| {
             pod.labels()
                 .get("batch.kubernetes.io/job-name")
