@@ -204,6 +204,29 @@ where
         .await
 }
 
+/// Creates Secret `name` holding a new backup key under `key`, as a Backup's
+/// `encryption.secretRef` names it; returns the key.
+pub async fn create_key_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> titan_dr::backup::BackupKey {
+    let key = titan_dr::backup::BackupKey::generate();
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        string_data: Some([("key".to_string(), key.to_key_file())].into()),
+        ..Default::default()
+    };
+    Api::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("creating the key Secret");
+    key
+}
+
 /// Runs a command to completion, failing the test with its output when it fails.
 pub fn run(command: &mut std::process::Command) -> String {
     let output = command

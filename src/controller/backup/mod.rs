@@ -60,15 +60,30 @@ pub fn next_due(schedule: Option<&str>, last: Timestamp) -> Result<Option<Timest
     let Some(schedule) = schedule else {
         return Ok(None);
     };
-    let cron =
-        croner::Cron::from_str(schedule).map_err(|e| format!("schedule {schedule:?}: {e}"))?;
+    let cron = croner::Cron::from_str(schedule).map_err(|e| format!("{schedule:?}: {e}"))?;
     let last = chrono::DateTime::from_timestamp(last.as_second(), 0).ok_or("time out of range")?;
     let next = cron
         .find_next_occurrence(&last, false)
-        .map_err(|e| format!("schedule {schedule:?}: {e}"))?;
+        .map_err(|e| format!("{schedule:?}: {e}"))?;
     Timestamp::from_second(next.timestamp())
         .map(Some)
         .map_err(|e| e.to_string())
+}
+
+/// Why a schedule of `backup` does not parse, naming it: such a Backup is refused whole (no
+/// snapshot, no check) until its spec changes.
+fn schedule_error(backup: &Backup, now: Timestamp) -> Option<String> {
+    let spec = &backup.spec;
+    let verify = spec.verify.as_ref().map(|v| v.schedule.as_str());
+    [
+        ("spec.schedule", spec.schedule.as_deref()),
+        ("spec.verify.schedule", verify),
+    ]
+    .into_iter()
+    .find_map(|(field, schedule)| {
+        let message = next_due(schedule, now).err()?;
+        Some(format!("{field} {message}"))
+    })
 }
 
 #[tracing::instrument(skip_all, fields(backup = %backup.name_any(), ns = backup.namespace().unwrap_or_default()))]
@@ -76,6 +91,12 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action,
     let previous = backup.status.clone().unwrap_or_default();
     let now = Timestamp::now();
     ctx.caches_ready().await?;
+    if let Some(message) = schedule_error(&backup, now) {
+        let failure = Failure::new("InvalidSchedule", message);
+        let status = failed_status(&backup, &previous, &failure);
+        write_status(&ctx, &backup, &previous, status).await?;
+        return Ok(Action::await_change());
+    }
     let (verify_next, status) = verify::reconcile(&ctx, &backup, previous, now).await?;
     let snapshot_next = snapshots(&ctx, &backup, status, now).await?;
     let next = [verify_next, snapshot_next].into_iter().flatten().min();
@@ -107,24 +128,23 @@ async fn snapshots(
         return Ok(Some(Duration::from_secs(1)));
     }
 
-    // Due now on creation, on a spec change, or at the schedule's next tick.
+    // Due now on creation, on a spec change, or at the schedule's next tick; never while the
+    // schedule does not parse, not even the first time.
+    let schedule = |after| next_due(backup.spec.schedule.as_deref(), after);
     let changed = previous.observed_generation != backup.metadata.generation;
     let due = match (&previous.last_schedule_time, changed) {
-        (None, _) | (_, true) => Some(now),
-        (Some(last), false) => match next_due(backup.spec.schedule.as_deref(), last.0) {
-            Ok(next) => retry_due(next, last.0, previous.failed_attempts.unwrap_or(0)),
-            Err(message) => {
-                let failure = Failure::new("InvalidSchedule", message);
-                write_status(
-                    ctx,
-                    backup,
-                    &previous,
-                    failed_status(backup, &previous, &failure),
-                )
-                .await?;
-                return Ok(None);
-            }
-        },
+        (None, _) | (_, true) => schedule(now).map(|_| Some(now)),
+        (Some(last), false) => schedule(last.0)
+            .map(|next| retry_due(next, last.0, previous.failed_attempts.unwrap_or(0))),
+    };
+    let due = match due {
+        Ok(due) => due,
+        Err(message) => {
+            let failure = Failure::new("InvalidSchedule", format!("spec.schedule {message}"));
+            let status = failed_status(backup, &previous, &failure);
+            write_status(ctx, backup, &previous, status).await?;
+            return Ok(None);
+        }
     };
     let Some(due) = due else {
         return Ok(None);
@@ -297,17 +317,22 @@ async fn config_selection(
     if source_ns != ns {
         consented(ctx, &source_ns, &ns).await?;
     }
-    let text = |selector: &Option<crate::api::backup::ObjectSelector>| {
+    let text = |field: &str, selector: &Option<crate::api::backup::ObjectSelector>| {
         selector
             .as_ref()
             .map(|s| {
                 Selector::try_from(s.selector.clone())
                     .map(|s| s.to_string())
-                    .map_err(|e| Failure::new("InvalidSelector", e.to_string()))
+                    .map_err(|e| {
+                        let written = serde_json::to_string(&s.selector).unwrap_or_default();
+                        let message = format!("spec.source.{field}.selector {written}: {e}");
+                        Failure::new("InvalidSelector", message)
+                    })
             })
             .transpose()
     };
-    let (config_maps, secrets) = (text(&source.config_maps)?, text(&source.secrets)?);
+    let config_maps = text("configMaps", &source.config_maps)?;
+    let secrets = text("secrets", &source.secrets)?;
     let mut resources = Vec::new();
     if config_maps.is_some() {
         resources.push("configmaps");
@@ -655,10 +680,8 @@ mod tests {
         assert_eq!(next_due(None, last).unwrap(), None);
         let daily = next_due(Some("@daily"), last).unwrap().unwrap();
         assert_eq!(daily.to_string(), "2026-11-26T00:00:00Z");
-        assert!(
-            next_due(Some("every minute"), last)
-                .unwrap_err()
-                .contains("every minute")
-        );
+        for wrong in ["every minute", "99 * * * *", "* * * * 9"] {
+            assert!(next_due(Some(wrong), last).unwrap_err().contains(wrong));
+        }
     }
 }

@@ -1,0 +1,158 @@
+//! The fault suite, on the real node with the operator installed by its chart: the operator
+//! killed at random points of recoveries while a Backup takes scheduled snapshots, the API
+//! server stopped mid-run, etcd and the kubelet restarted mid-step. Every run must end as an
+//! undisturbed run does, with one Job per attempt.
+//!
+//! `make test` runs a bounded sample (`TITAN_FAULT_KILLS`, default 6; outages of
+//! `TITAN_FAULT_OUTAGES`, default `30`); `make test-faults` runs the whole suite (200 kills,
+//! outages of 30 s and 120 s). The tests take turns: an outage stops the API for all of them.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use proptest::prelude::RngExt;
+use proptest::test_runner::{RngAlgorithm, TestRng};
+use titan_dr::api::disaster_recovery::{DisasterRecoveryStatus, RunPhase, StepPhase};
+use titan_dr::api::{Backup, DisasterRecovery};
+use titan_dr::job::LABEL_RECOVERY;
+
+/// One fault at a time: an outage stops the API server for every test.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const STEPS: &str = concat!(
+    "    - {name: one, command: 'echo one; sleep 1'}\n",
+    "    - {name: two, after: [one], command: 'echo two; sleep 1'}\n",
+    "    - {name: three, after: [one], command: 'echo three; sleep 2'}\n",
+    "    - {name: flaky, after: [two], command: 'echo flaky; exit 1', retries: 1, critical: false}\n",
+    "    - {name: four, after: [two, three], command: 'echo four', expect: {outputContains: four}}",
+);
+
+fn scenario(name: &str, steps: &str) -> DisasterRecovery {
+    serde_yaml::from_str(&format!(
+        "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {{name: {name}}}\nspec:\n  scenario: {name}\n  template: {{image: {}}}\n  steps:\n{steps}\n  validations:\n    - {{name: check, command: 'echo ok', expect: {{outputContains: ok}}}}\n",
+        support::TOOLBOX
+    ))
+    .unwrap()
+}
+
+/// Name, phase, attempts, exit code and output of every step: comparable between runs.
+type Outcome = Vec<(String, StepPhase, u32, Option<i32>, Option<String>)>;
+
+fn outcome(status: &DisasterRecoveryStatus) -> Outcome {
+    let all = status.steps.iter().chain(&status.validations);
+    all.map(|s| {
+        let output = s.output.clone();
+        (s.name.clone(), s.phase, s.attempts, s.exit_code, output)
+    })
+    .collect()
+}
+
+fn finished(dr: Option<&DisasterRecovery>) -> bool {
+    let phase = dr.and_then(|d| d.status.as_ref()).and_then(|s| s.phase);
+    matches!(phase, Some(RunPhase::Succeeded | RunPhase::Failed))
+}
+
+async fn start(client: &Client, ns: &str, dr: &DisasterRecovery) -> Api<DisasterRecovery> {
+    let api: Api<DisasterRecovery> = Api::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), dr).await.unwrap();
+    api
+}
+
+async fn wait_finished(api: &Api<DisasterRecovery>, name: &str, limit: Duration) -> Outcome {
+    let done = support::wait_for(api, name, "the run to finish", limit, finished).await;
+    outcome(&done.status.unwrap())
+}
+
+/// The readable names (`<dr>-<run>-<step>-<attempt>`, without the owner's hash) of the Jobs
+/// of `name`, sorted.
+async fn job_names(client: &Client, ns: &str, name: &str) -> Vec<String> {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let selector = format!("{LABEL_RECOVERY}={name}");
+    let listed = jobs.list(&ListParams::default().labels(&selector)).await;
+    let mut names: Vec<String> = listed
+        .unwrap()
+        .items
+        .iter()
+        .map(|job| job.name_any().rsplit_once('-').unwrap().0.to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn expected_jobs(name: &str) -> Vec<String> {
+    let attempts = [
+        "check-0", "flaky-0", "flaky-1", "four-0", "one-0", "three-0", "two-0",
+    ];
+    attempts.iter().map(|a| format!("{name}-1-{a}")).collect()
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).map_or(default, |v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name}={v}: not a number"))
+    })
+}
+
+/// A configuration Backup snapshotting every minute, with its key.
+async fn scheduled_backup(client: &Client, ns: &str) -> Api<Backup> {
+    support::create_key_secret(client, ns, "backup-key").await;
+    let backup = "apiVersion: dr.titan.io/v1alpha1\nkind: Backup\nmetadata: {name: config}\nspec:\n  source: {configMaps: {selector: {matchLabels: {app: titan}}}}\n  schedule: '* * * * *'\n  destination: {path: faults}\n  encryption: {secretRef: {name: backup-key}}\n";
+    support::create_yaml::<Backup>(client, ns, backup)
+        .await
+        .unwrap();
+    Api::namespaced(client.clone(), ns)
+}
+
+/// `TITAN_FAULT_KILLS` kills of the operator's pod (force-deleted, no grace) at random points
+/// of consecutive recoveries, while a Backup snapshots on its schedule: every run ends with
+/// the undisturbed run's outcome and one Job per attempt; no snapshot is taken twice.
+#[tokio::test]
+async fn operator_kills_at_random_points_change_no_outcome_and_duplicate_nothing() {
+    let _turn = TURN.lock().await;
+    support::with_namespace(|client, ns| async move {
+        let kills = env_number("TITAN_FAULT_KILLS", 6);
+        let seed = env_number("TITAN_FAULT_SEED", std::process::id() as u64);
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&seed.to_le_bytes());
+        let mut rng = TestRng::from_seed(RngAlgorithm::ChaCha, &key);
+        let operator = support::Operator::install(&ns).await;
+        let backups = scheduled_backup(&client, &ns).await;
+        let limit = Duration::from_secs(240);
+        let reference = {
+            let api = start(&client, &ns, &scenario("reference", STEPS)).await;
+            wait_finished(&api, "reference", limit).await
+        };
+        let (started, mut done, mut runs) = (Instant::now(), 0, 0);
+        while done < kills {
+            let name = format!("killed-{runs}");
+            let api = start(&client, &ns, &scenario(&name, STEPS)).await;
+            // Kills at random points until the run has finished: early, mid-step, mid-write.
+            while done < kills && !finished(api.get_opt(&name).await.unwrap().as_ref()) {
+                let pause: u64 = rng.random_range(0..3000);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                operator.kill().await;
+                done += 1;
+            }
+            let got = wait_finished(&api, &name, limit).await;
+            assert_eq!(got, reference, "{name} after {done} kills (seed {seed})");
+            assert_eq!(job_names(&client, &ns, &name).await, expected_jobs(&name));
+            runs += 1;
+        }
+        let snapshots = backups.get("config").await.unwrap().status.unwrap().snapshots;
+        let ids: BTreeSet<&str> = snapshots.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids.len(), snapshots.len(), "a snapshot recorded twice");
+        let minutes: BTreeSet<&str> = ids.iter().map(|id| &id[..13]).collect();
+        assert_eq!(minutes.len(), ids.len(), "two snapshots of one scheduled minute: {ids:?}");
+        println!(
+            "faults: {done} operator kills over {runs} runs in {:.0} s (seed {seed}), {} snapshots, 0 duplicates",
+            started.elapsed().as_secs_f64(),
+            ids.len()
+        );
+    })
+    .await;
+}
