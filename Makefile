@@ -1,5 +1,5 @@
 # titan-dr: every entry point of the project.
-.PHONY: test fuzz lint unit crds control-plane node images cluster-up cluster-down demo bench build titan-step
+.PHONY: test test-faults fuzz lint unit crds control-plane node images cluster-up cluster-down demo bench build titan-step
 
 CARGO ?= cargo
 
@@ -10,6 +10,14 @@ demo: build
 ## Every test: formatting, lints, unit and integration tests (starts the cluster when none runs).
 test: lint
 	scripts/with-cluster.sh $(CARGO) test --workspace
+
+## The whole fault suite (make test runs a sample: 6 kills, the API server paused 30 s, etcd and the
+## kubelet restarted): 200 operator kills, the API server paused 30 s and 120 s, etcd and the
+## kubelet restarted at once and after 30 s, the API server restarted (last: see RELIABILITY.md).
+FAULT_OUTAGES ?= apiserver:30:pause,apiserver:120:pause,etcd:0,etcd:30,kubelet:0,kubelet:30,apiserver:30
+test-faults:
+	TITAN_FAULT_KILLS=$${FAULT_KILLS:-200} TITAN_FAULT_OUTAGES=$(FAULT_OUTAGES) \
+	  scripts/with-cluster.sh $(CARGO) test --test faults -- --nocapture --test-threads 1
 
 ## The fuzz targets for FUZZ_SECONDS each (CI runs them for 5 s each within `make test`).
 fuzz:

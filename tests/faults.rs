@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use proptest::prelude::RngExt;
@@ -101,6 +102,10 @@ fn env_number(name: &str, default: u64) -> u64 {
 /// A configuration Backup snapshotting every minute, with its key.
 async fn scheduled_backup(client: &Client, ns: &str) -> Api<Backup> {
     support::create_key_secret(client, ns, "backup-key").await;
+    let config = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: titan-config, labels: {app: titan}}\ndata: {mode: live}\n";
+    support::create_yaml::<ConfigMap>(client, ns, config)
+        .await
+        .unwrap();
     let backup = "apiVersion: dr.titan.io/v1alpha1\nkind: Backup\nmetadata: {name: config}\nspec:\n  source: {configMaps: {selector: {matchLabels: {app: titan}}}}\n  schedule: '* * * * *'\n  destination: {path: faults}\n  encryption: {secretRef: {name: backup-key}}\n";
     support::create_yaml::<Backup>(client, ns, backup)
         .await
@@ -143,7 +148,9 @@ async fn operator_kills_at_random_points_change_no_outcome_and_duplicate_nothing
             assert_eq!(job_names(&client, &ns, &name).await, expected_jobs(&name));
             runs += 1;
         }
-        let snapshots = backups.get("config").await.unwrap().status.unwrap().snapshots;
+        let status = backups.get("config").await.unwrap().status.unwrap_or_default();
+        assert!(!status.snapshots.is_empty(), "no snapshot: {:?}", status.conditions);
+        let snapshots = status.snapshots;
         let ids: BTreeSet<&str> = snapshots.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(ids.len(), snapshots.len(), "a snapshot recorded twice");
         let minutes: BTreeSet<&str> = ids.iter().map(|id| &id[..13]).collect();
@@ -153,6 +160,108 @@ async fn operator_kills_at_random_points_change_no_outcome_and_duplicate_nothing
             started.elapsed().as_secs_f64(),
             ids.len()
         );
+    })
+    .await;
+}
+
+/// The outages to cause (`TITAN_FAULT_OUTAGES`), `component:seconds[:pause]` separated by
+/// commas: the component restarted after `seconds` down, or with `pause` stopped (SIGSTOP)
+/// for `seconds` and continued.
+fn outages() -> Vec<(String, u64, String)> {
+    let list = std::env::var("TITAN_FAULT_OUTAGES")
+        .unwrap_or_else(|_| "apiserver:30:pause,etcd:0,kubelet:0".into());
+    list.split(',')
+        .map(|item| {
+            let mut parts = item.split(':');
+            let (Some(name), Some(seconds)) = (parts.next(), parts.next()) else {
+                panic!("TITAN_FAULT_OUTAGES: {item:?} is not component:seconds[:pause]")
+            };
+            let mode = parts.next().unwrap_or("restart");
+            (
+                name.to_owned(),
+                seconds.parse().expect("seconds"),
+                mode.to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Restarts `component` of the cluster after `seconds` down, or pauses it (blocking).
+async fn outage(component: &str, seconds: u64, mode: &str) {
+    let mut command =
+        std::process::Command::new(support::root().join("scripts/cluster-restart.sh"));
+    command.args([component, &seconds.to_string(), mode]);
+    tokio::task::spawn_blocking(move || support::run(&mut command))
+        .await
+        .unwrap();
+}
+
+/// Waits until the API server answers reads of DisasterRecoveries again (etcd behind it too).
+async fn api_back(api: &Api<DisasterRecovery>) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while api.list(&ListParams::default().limit(1)).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the API server did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn step_phase(dr: Option<&DisasterRecovery>, name: &str) -> Option<StepPhase> {
+    let status = dr?.status.as_ref()?;
+    Some(status.steps.iter().find(|s| s.name == name)?.phase)
+}
+
+const OUTAGE_STEPS: &str = concat!(
+    "    - {name: before, command: 'echo before'}\n",
+    "    - {name: during, after: [before], command: 'sleep 8; echo during'}\n",
+    "    - {name: after, after: [during], command: 'echo after'}",
+);
+
+/// Each outage of `TITAN_FAULT_OUTAGES` (the API server stopped, etcd or the kubelet
+/// restarted) while a step runs: the run ends as an undisturbed one, one Job per step, and
+/// the operator records the step that ended meanwhile within 35 s of the component's return.
+#[tokio::test]
+async fn outages_of_the_control_plane_and_node_mid_step_change_no_outcome() {
+    let _turn = TURN.lock().await;
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::install(&ns).await;
+        let limit = Duration::from_secs(300);
+        let api = start(&client, &ns, &scenario("calm", OUTAGE_STEPS)).await;
+        let reference = wait_finished(&api, "calm", limit).await;
+        for (i, (component, seconds, mode)) in outages().into_iter().enumerate() {
+            let name = format!("outage-{i}");
+            start(&client, &ns, &scenario(&name, OUTAGE_STEPS)).await;
+            let running = |dr: Option<&DisasterRecovery>| {
+                step_phase(dr, "during") == Some(StepPhase::Running)
+            };
+            support::wait_for(&api, &name, "the step running", limit, running).await;
+            outage(&component, seconds, &mode).await;
+            api_back(&api).await;
+            let back = Instant::now();
+            let recorded = |dr: Option<&DisasterRecovery>| {
+                step_phase(dr, "during") == Some(StepPhase::Succeeded)
+            };
+            support::wait_for(&api, &name, "the step recorded", limit, recorded).await;
+            let resumed = back.elapsed();
+            let got = wait_finished(&api, &name, limit).await;
+            assert_eq!(got, reference, "{name}: {component} {mode} {seconds} s");
+            let jobs = job_names(&client, &ns, &name).await;
+            let expected: Vec<String> = ["after-0", "before-0", "check-0", "during-0"]
+                .iter()
+                .map(|j| format!("{name}-1-{j}"))
+                .collect();
+            assert_eq!(jobs, expected, "one Job per step");
+            println!(
+                "faults: {component} {mode} ({seconds} s) mid-step; the step recorded {:.1} s after it was back",
+                resumed.as_secs_f64()
+            );
+            assert!(
+                resumed <= Duration::from_secs(35),
+                "{component}: resumed after {resumed:?}"
+            );
+        }
     })
     .await;
 }
