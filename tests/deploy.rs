@@ -70,17 +70,15 @@ const OPERATOR_USES: &[(&str, &str, &str)] = &[
     // The snapshot endpoint: who a token is, and whether it may get a Backup's snapshots.
     ("authentication.k8s.io", "tokenreviews", "create"),
     ("authorization.k8s.io", "subjectaccessreviews", "create"),
-    // Backup keys, Redis passwords, configuration backups and restores.
+    // Backup keys and Redis passwords; what a configuration Backup selects (the operator
+    // grants its snapshot Job `list` of these, which it must hold itself). Restores apply
+    // as the restore Job's own ServiceAccount, never as the operator.
     ("", "secrets", "get"),
     ("", "secrets", "list"),
     ("", "secrets", "watch"),
-    ("", "secrets", "create"),
-    ("", "secrets", "patch"),
     ("", "configmaps", "get"),
     ("", "configmaps", "list"),
     ("", "configmaps", "watch"),
-    ("", "configmaps", "create"),
-    ("", "configmaps", "patch"),
     // A configuration snapshot Job's ServiceAccount, and the Role and RoleBinding that let
     // it list what its Backup selects (server-side apply).
     ("", "serviceaccounts", "create"),
@@ -104,6 +102,10 @@ const OPERATOR_USES: &[(&str, &str, &str)] = &[
 /// SubjectAccessReviews would prove nothing.
 const NOT_GRANTED: &[(&str, &str, &str)] = &[
     ("", "secrets", "delete"),
+    ("", "secrets", "create"),
+    ("", "secrets", "patch"),
+    ("", "configmaps", "create"),
+    ("", "configmaps", "patch"),
     ("", "pods", "create"),
     ("", "pods/exec", "create"),
     ("batch", "jobs", "update"),
