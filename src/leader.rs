@@ -2,9 +2,10 @@
 //! replicas, only the one holding the Lease runs the controllers, so no two operators create
 //! the same Job, take the same snapshot or prune the same store at once.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use kube::Client;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -25,6 +26,10 @@ pub struct Election {
 pub struct Leadership {
     held: watch::Receiver<bool>,
     renewing: JoinHandle<Result<kube_lease_manager::LeaseManager, LeaseManagerError>>,
+    /// To confirm the holding: the manager reports a change of holder, but not a renewal that
+    /// keeps failing (an unreachable API server), after which another replica may hold it.
+    leases: Api<Lease>,
+    election: Election,
 }
 
 /// Waits until this replica holds the Lease.
@@ -34,6 +39,7 @@ pub struct Leadership {
 /// The Lease cannot be read or created (no access, no such namespace).
 pub async fn acquire(client: Client, election: &Election) -> Result<Leadership, LeaseManagerError> {
     let seconds = election.duration.as_secs().max(3);
+    let leases = Api::namespaced(client.clone(), &election.namespace);
     let manager = LeaseManagerBuilder::new(client, &election.lease)
         .with_namespace(&election.namespace)
         .with_identity(&election.identity)
@@ -54,15 +60,50 @@ pub async fn acquire(client: Client, election: &Election) -> Result<Leadership, 
         }
     }
     tracing::info!(lease = %election.lease, identity = %election.identity, "holding the lease");
-    Ok(Leadership { held, renewing })
+    Ok(Leadership {
+        held,
+        renewing,
+        leases,
+        election: election.clone(),
+    })
+}
+
+fn holder(lease: &Lease) -> Option<&String> {
+    lease.spec.as_ref()?.holder_identity.as_ref()
 }
 
 impl Leadership {
-    /// Resolves when the Lease is lost (a renewal failed past its expiry, another holder).
+    /// Resolves when the Lease is lost: another replica holds it, or its holding could not be
+    /// confirmed for a whole lease duration (by then another replica may have taken it).
     pub async fn lost(&mut self) {
-        while *self.held.borrow_and_update() {
-            if self.held.changed().await.is_err() {
-                return;
+        let mut confirmed = Instant::now();
+        let mut check = tokio::time::interval(self.election.duration / 4);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                changed = self.held.changed() => {
+                    if changed.is_err() || !*self.held.borrow_and_update() {
+                        return;
+                    }
+                }
+                _ = check.tick() => {
+                    let read = self.leases.get(&self.election.lease);
+                    let read = tokio::time::timeout(self.election.duration / 4, read).await;
+                    match read {
+                        Ok(Ok(lease)) if holder(&lease) == Some(&self.election.identity) => {
+                            confirmed = Instant::now();
+                        }
+                        Ok(Ok(lease)) => {
+                            tracing::warn!(holder = ?holder(&lease), "another replica holds the lease");
+                            return;
+                        }
+                        _ if confirmed.elapsed() >= self.election.duration => {
+                            tracing::warn!(for_ = ?confirmed.elapsed(), "the lease could not be confirmed");
+                            return;
+                        }
+                        _ => {}
+                    }
+                }
             }
         }
     }

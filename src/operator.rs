@@ -205,10 +205,40 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     metrics
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    let leadership = lead(&client, &config).await?;
-    metrics.set_leader(true);
-    tracing::info!("titan-dr operator started");
+    // A lost Lease stops the controllers, and this replica waits for the Lease again in
+    // process: an exit would leave it behind the kubelet's restart backoff once the API server
+    // is back.
+    loop {
+        let leadership = lead(&client, &config).await;
+        metrics.set_leader(true);
+        tracing::info!("titan-dr operator started");
+        let term = lead_term(&client, &config, metrics.clone(), leadership).await;
+        metrics.set_leader(false);
+        if term == Term::Stopped {
+            break;
+        }
+    }
+    tracing::info!("titan-dr operator stopped");
+    Ok(())
+}
 
+/// How a term of leadership ended.
+#[derive(Debug, PartialEq)]
+enum Term {
+    /// A signal: the process stops.
+    Stopped,
+    /// The Lease is lost: the controllers are dropped before another replica reconciles.
+    Lost,
+}
+
+/// Runs the controllers, with caches of their own, while `leadership` lasts.
+async fn lead_term(
+    client: &Client,
+    config: &Config,
+    metrics: Arc<Metrics>,
+    leadership: Option<leader::Leadership>,
+) -> Term {
+    let client = client.clone();
     let scope = Scope(config.namespace.clone().filter(|ns| !ns.is_empty()));
     let watched = Watched::start(&client, &scope);
     let caches = Caches {
@@ -223,7 +253,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Guarded: an object that does not decode fails alone, and the watch goes on.
     let recoveries: Api<DeserializeGuard<DisasterRecovery>> = scope.api(&client);
     let backups: Api<DeserializeGuard<Backup>> = scope.api(&client);
-    let ctx = Arc::new(context(client.clone(), &config, metrics, caches));
+    let ctx = Arc::new(context(client.clone(), config, metrics, caches));
 
     let recovery_controller = Controller::new(recoveries, watcher::Config::default());
     let recovery_cache = recovery_controller.store();
@@ -261,42 +291,45 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .for_each(log_result);
     let controllers = futures::future::join(recovery_controller, backup_controller);
-    while_leading(controllers, leadership, &config.lease_name).await?;
-    tracing::info!("titan-dr operator stopped");
-    Ok(())
+    while_leading(controllers, leadership, &config.lease_name).await
 }
 
 /// Runs `controllers` until they stop (on a signal), then gives the Lease up; or until the
-/// Lease is lost, then fails.
+/// Lease is lost, then drops them.
 async fn while_leading(
     controllers: impl std::future::Future,
     leadership: Option<leader::Leadership>,
     lease: &str,
-) -> anyhow::Result<()> {
+) -> Term {
     let Some(mut leadership) = leadership else {
         controllers.await;
-        return Ok(());
+        return Term::Stopped;
     };
     tokio::select! {
         _ = controllers => {}
         () = leadership.lost() => {
-            // Another replica holds it now: stop before reconciling beside it. The kubelet
-            // restarts this one, which then waits for the Lease.
-            anyhow::bail!("lost the lease {lease}; stopping");
+            tracing::warn!(%lease, "lost the lease; the controllers stop until it is held again");
+            return Term::Lost;
         }
     }
     leadership.release().await;
-    Ok(())
+    Term::Stopped
 }
 
-/// Waits for the Lease when leader election is on.
-async fn lead(client: &Client, config: &Config) -> anyhow::Result<Option<leader::Leadership>> {
+/// Waits for the Lease when leader election is on, however long the API server is away.
+async fn lead(client: &Client, config: &Config) -> Option<leader::Leadership> {
     if !config.leader_elect {
-        return Ok(None);
+        return None;
     }
-    Ok(Some(
-        leader::acquire(client.clone(), &election(client, config)).await?,
-    ))
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match leader::acquire(client.clone(), &election(client, config)).await {
+            Ok(leadership) => return Some(leadership),
+            Err(error) => tracing::warn!(%error, retry_in = ?pause, "waiting for the lease failed"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(10));
+    }
 }
 
 /// The Lease this process competes for, under its pod's name (or host and process id).

@@ -208,6 +208,18 @@ async fn api_back(api: &Api<DisasterRecovery>) {
     }
 }
 
+/// Whether the operator at `ip` says it leads (`titan_dr_leader`); `None` without an answer.
+async fn leading(ip: &str) -> Option<bool> {
+    let scrape = support::http_get(ip, 8080, "/metrics");
+    let (_, body) = tokio::time::timeout(Duration::from_secs(2), scrape)
+        .await
+        .ok()?;
+    let value = body
+        .lines()
+        .find_map(|l| l.strip_prefix("titan_dr_leader "))?;
+    Some(value.trim() == "1")
+}
+
 fn step_phase(dr: Option<&DisasterRecovery>, name: &str) -> Option<StepPhase> {
     let status = dr?.status.as_ref()?;
     Some(status.steps.iter().find(|s| s.name == name)?.phase)
@@ -226,7 +238,7 @@ const OUTAGE_STEPS: &str = concat!(
 async fn outages_of_the_control_plane_and_node_mid_step_change_no_outcome() {
     let _turn = TURN.lock().await;
     support::with_namespace(|client, ns| async move {
-        let _operator = support::Operator::install(&ns).await;
+        let operator = support::Operator::install(&ns).await;
         let limit = Duration::from_secs(300);
         let api = start(&client, &ns, &scenario("calm", OUTAGE_STEPS)).await;
         let reference = wait_finished(&api, "calm", limit).await;
@@ -237,7 +249,23 @@ async fn outages_of_the_control_plane_and_node_mid_step_change_no_outcome() {
                 step_phase(dr, "during") == Some(StepPhase::Running)
             };
             support::wait_for(&api, &name, "the step running", limit, running).await;
-            outage(&component, seconds, &mode).await;
+            // An API server away for longer than the Lease (4 s here): the operator must stop
+            // leading meanwhile (another replica could hold the Lease by now), and lead again.
+            let ip = operator.pod_ip();
+            let outage = outage(&component, seconds, &mode);
+            tokio::pin!(outage);
+            let mut fenced = false;
+            loop {
+                tokio::select! {
+                    () = &mut outage => break,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {
+                        fenced |= leading(&ip).await == Some(false);
+                    }
+                }
+            }
+            if component == "apiserver" && seconds >= 15 {
+                assert!(fenced, "the operator led through {seconds} s without the API server");
+            }
             api_back(&api).await;
             let back = Instant::now();
             let recorded = |dr: Option<&DisasterRecovery>| {
