@@ -476,7 +476,6 @@ pub fn build_job(
     }
 }
 
-/// The labels of an attempt's Job and pod.
 /// A pod that a node drain, a preemption or an eviction took (the kubelet and the API server
 /// give it the `DisruptionTarget` condition) is replaced rather than counted, so that
 /// `backoffLimit: 0` still makes the step's own failure final while a drained node fails no step.
@@ -500,6 +499,7 @@ pub fn newest_first<'p>(pods: impl IntoIterator<Item = &'p Pod>) -> Vec<&'p Pod>
     pods
 }
 
+/// The labels of an attempt's Job and pod.
 fn job_labels(
     recovery: &str,
     uid: &str,

@@ -43,10 +43,6 @@ async fn create_secret(client: &Client, ns: &str, name: &str, key: &str, value: 
         .unwrap();
 }
 
-async fn create_key_secret(client: &Client, ns: &str, key: &BackupKey) {
-    create_secret(client, ns, "backup-key", "key", &key.to_key_file()).await;
-}
-
 fn backup(name: &str, source: &str, schedule: Option<&str>, path: &str) -> Backup {
     let schedule = schedule
         .map(|s| format!("schedule: {s:?}"))
@@ -197,7 +193,7 @@ async fn scheduled_snapshots_keep_the_last_three_and_survive_redis_dying_mid_sna
     let key = BackupKey::generate();
     support::with_namespace(|client, ns| async move {
         let _operator = support::Operator::install(&ns).await;
-        create_key_secret(&client, &ns, &key).await;
+        support::create_key_secret(&client, &ns, "backup-key", &key).await;
         let mut con = filled_redis(&client, &ns, "redis-a").await;
         let api: Api<Backup> = Api::namespaced(client.clone(), &ns);
         let source = "{redis: {address: 'redis-a:6379'}}";
@@ -349,7 +345,7 @@ async fn a_killed_snapshot_job_or_operator_leaves_a_store_whose_latest_verifies(
     let key = BackupKey::generate();
     support::with_namespace(|client, ns| async move {
         let operator = support::Operator::install(&ns).await;
-        create_key_secret(&client, &ns, &key).await;
+        support::create_key_secret(&client, &ns, "backup-key", &key).await;
         let mut con = filled_redis(&client, &ns, "redis").await;
         let api: Api<Backup> = Api::namespaced(client.clone(), &ns);
         let source = "{redis: {address: 'redis:6379'}}";
@@ -452,7 +448,7 @@ async fn restores_checked_on_schedule_verify_the_newest_snapshot_and_refuse_a_co
             &["operator.verifyRedisImage=localhost/titan-redis:local"],
         )
         .await;
-        create_key_secret(&client, &ns, &key).await;
+        support::create_key_secret(&client, &ns, "backup-key", &key).await;
         let ip = start_redis(&client, &ns, "redis", &[], false, None).await;
         let mut con = connect(&ip, None);
         for i in 0..500 {
@@ -637,7 +633,7 @@ async fn configuration_snapshots_and_rpo_of_a_recovery() {
     let key = BackupKey::generate();
     support::with_namespace(|client, ns| async move {
         let _operator = support::Operator::install(&ns).await;
-        create_key_secret(&client, &ns, &key).await;
+        support::create_key_secret(&client, &ns, "backup-key", &key).await;
         let labels = BTreeMap::from([("app".to_string(), "titan".to_string())]);
         for name in ["brain-config", "shared-config"] {
             let map = ConfigMap {
@@ -741,7 +737,7 @@ async fn a_restore_step_brings_a_flushed_redis_back_and_refuses_a_tampered_snaps
     let key = BackupKey::generate();
     support::with_namespace(|client, ns| async move {
         let _operator = support::Operator::install(&ns).await;
-        create_key_secret(&client, &ns, &key).await;
+        support::create_key_secret(&client, &ns, "backup-key", &key).await;
         create_secret(&client, &ns, "redis-auth", "password", REDIS_PASSWORD).await;
         config_restorer(&client, &ns, "restorer").await;
         let claim = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: redis-data}\nspec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 64Mi}}}";
@@ -948,7 +944,7 @@ async fn a_backup_copied_to_object_storage_is_restored_from_there_by_the_cli() {
     let key = BackupKey::generate();
     support::with_namespace(|client, ns| async move {
         let operator = support::Operator::install(&ns).await;
-        create_key_secret(&client, &ns, &key).await;
+        support::create_key_secret(&client, &ns, "backup-key", &key).await;
         let redis_ip = start_redis(&client, &ns, "redis", &[], false, None).await;
         let mut con = connect(&redis_ip, None);
         for i in 0..500 {

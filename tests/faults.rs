@@ -20,6 +20,7 @@ use proptest::prelude::RngExt;
 use proptest::test_runner::{RngAlgorithm, TestRng};
 use titan_dr::api::disaster_recovery::{DisasterRecoveryStatus, RunPhase, StepPhase};
 use titan_dr::api::{Backup, DisasterRecovery};
+use titan_dr::backup::BackupKey;
 use titan_dr::job::LABEL_RECOVERY;
 
 /// One fault at a time: an outage stops the API server for every test.
@@ -101,7 +102,7 @@ fn env_number(name: &str, default: u64) -> u64 {
 
 /// A configuration Backup snapshotting every minute, with its key.
 async fn scheduled_backup(client: &Client, ns: &str) -> Api<Backup> {
-    support::create_key_secret(client, ns, "backup-key").await;
+    support::create_key_secret(client, ns, "backup-key", &BackupKey::generate()).await;
     let config = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: titan-config, labels: {app: titan}}\ndata: {mode: live}\n";
     support::create_yaml::<ConfigMap>(client, ns, config)
         .await

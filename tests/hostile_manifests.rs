@@ -163,7 +163,8 @@ async fn every_hostile_manifest_is_refused_or_named_invalid_and_creates_no_job()
         let _operator = support::Operator::install(&ns).await;
         // The corpus's Backups name this key, so that each fails for its own fault (but
         // backup-key-missing, which names another).
-        support::create_key_secret(&client, &ns, "hostile-key").await;
+        let key = titan_dr::backup::BackupKey::generate();
+        support::create_key_secret(&client, &ns, "hostile-key", &key).await;
         let jobs_seen = watch_jobs(Api::namespaced(client.clone(), &ns));
         let cases = corpus();
         assert!(cases.len() >= 40, "the corpus has {} manifests", cases.len());

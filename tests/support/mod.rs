@@ -204,14 +204,14 @@ where
         .await
 }
 
-/// Creates Secret `name` holding a new backup key under `key`, as a Backup's
-/// `encryption.secretRef` names it; returns the key.
+/// Creates Secret `name` holding `key` under `key`, as a Backup's `encryption.secretRef`
+/// names it.
 pub async fn create_key_secret(
     client: &Client,
     namespace: &str,
     name: &str,
-) -> titan_dr::backup::BackupKey {
-    let key = titan_dr::backup::BackupKey::generate();
+    key: &titan_dr::backup::BackupKey,
+) {
     let secret = k8s_openapi::api::core::v1::Secret {
         metadata: kube::api::ObjectMeta {
             name: Some(name.into()),
@@ -224,7 +224,6 @@ pub async fn create_key_secret(
         .create(&PostParams::default(), &secret)
         .await
         .expect("creating the key Secret");
-    key
 }
 
 /// Runs a command to completion, failing the test with its output when it fails.

@@ -128,23 +128,20 @@ async fn snapshots(
         return Ok(Some(Duration::from_secs(1)));
     }
 
-    // Due now on creation, on a spec change, or at the schedule's next tick; never while the
-    // schedule does not parse, not even the first time.
-    let schedule = |after| next_due(backup.spec.schedule.as_deref(), after);
+    // Due now on creation, on a spec change, or at the schedule's next tick (a schedule that
+    // does not parse was refused by `reconcile`, before any attempt).
     let changed = previous.observed_generation != backup.metadata.generation;
     let due = match (&previous.last_schedule_time, changed) {
-        (None, _) | (_, true) => schedule(now).map(|_| Some(now)),
-        (Some(last), false) => schedule(last.0)
-            .map(|next| retry_due(next, last.0, previous.failed_attempts.unwrap_or(0))),
-    };
-    let due = match due {
-        Ok(due) => due,
-        Err(message) => {
-            let failure = Failure::new("InvalidSchedule", format!("spec.schedule {message}"));
-            let status = failed_status(backup, &previous, &failure);
-            write_status(ctx, backup, &previous, status).await?;
-            return Ok(None);
-        }
+        (None, _) | (_, true) => Some(now),
+        (Some(last), false) => match next_due(backup.spec.schedule.as_deref(), last.0) {
+            Ok(next) => retry_due(next, last.0, previous.failed_attempts.unwrap_or(0)),
+            Err(message) => {
+                let failure = Failure::new("InvalidSchedule", format!("spec.schedule {message}"));
+                let status = failed_status(backup, &previous, &failure);
+                write_status(ctx, backup, &previous, status).await?;
+                return Ok(None);
+            }
+        },
     };
     let Some(due) = due else {
         return Ok(None);

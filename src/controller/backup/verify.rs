@@ -44,24 +44,23 @@ pub(super) async fn reconcile(
         let from = status.last_verify_time.as_ref().map_or(now, |t| t.0);
         return Ok((next_check(&verify.schedule, from), status));
     }
-    // Never while the schedule does not parse, not even the first time.
-    let due = match &previous.last_verify_time {
-        None => next_due(Some(&verify.schedule), now).map(|_| Some(now)),
-        Some(last) => next_due(Some(&verify.schedule), last.0),
-    };
-    let due = match due {
-        Ok(due) => due,
-        Err(message) => {
-            let failure =
-                Failure::new("InvalidSchedule", format!("spec.verify.schedule {message}"));
-            let status = verified(backup, &previous, FALSE, &failure);
-            write_status(ctx, backup, &previous, status.clone()).await?;
-            return Ok((None, status));
-        }
-    };
-    // The first check follows the first snapshot, whose status change wakes this.
+    // The first check follows the first snapshot, whose status change wakes this. (A
+    // schedule that does not parse was refused by `reconcile`, before any attempt.)
     let Some(newest) = previous.snapshots.first().map(|s| s.id.clone()) else {
         return Ok((None, previous));
+    };
+    let due = match &previous.last_verify_time {
+        None => Some(now),
+        Some(last) => match next_due(Some(&verify.schedule), last.0) {
+            Ok(next) => next,
+            Err(message) => {
+                let message = format!("spec.verify.schedule {message}");
+                let failure = Failure::new("InvalidSchedule", message);
+                let status = verified(backup, &previous, FALSE, &failure);
+                write_status(ctx, backup, &previous, status.clone()).await?;
+                return Ok((None, status));
+            }
+        },
     };
     match due {
         Some(due) if due <= now => {}
