@@ -585,6 +585,19 @@ async fn bad_input_is_refused_before_any_snapshot_job() {
         .await;
         let attempts = retried.status.unwrap().failed_attempts.unwrap();
         assert!(attempts <= 4, "{attempts} attempts");
+        // Each failed attempt is told once its status is written, and the same note again
+        // is one Event with a series, not one Event per attempt.
+        let key_missing: Vec<_> = support::events_of(&client, &ns, "redis")
+            .await
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("KeyMissing"))
+            .collect();
+        assert_eq!(key_missing.len(), 1, "{key_missing:?}");
+        let told = key_missing[0].series.as_ref().map_or(1, |s| s.count);
+        assert!(
+            told >= 2,
+            "the repeated failure is a series: {key_missing:?}"
+        );
         assert!(
             snapshot_jobs(&client, &ns, "redis").await.is_empty(),
             "a Job was made"

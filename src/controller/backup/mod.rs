@@ -195,6 +195,26 @@ fn next_tick(backup: &Backup, from: Timestamp) -> Option<Duration> {
         .map(until)
 }
 
+/// An Event to publish once the status it reports is written: a reconcile whose status
+/// write fails says nothing, so a retry cannot repeat a note about a state never recorded.
+pub(super) struct Said {
+    pub kind: EventType,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Said {
+    pub(super) async fn publish(self, ctx: &Context, backup: &Backup) {
+        ctx.publish(
+            backup.object_ref(&()),
+            self.kind,
+            self.reason,
+            &self.message,
+        )
+        .await;
+    }
+}
+
 async fn record_success(
     ctx: &Context,
     backup: &Backup,
@@ -203,6 +223,7 @@ async fn record_success(
 ) -> Result<(), Error> {
     let (ns, name) = (backup.namespace().unwrap_or_default(), backup.name_any());
     let status = succeeded_status(ctx, backup, previous)?;
+    write_status(ctx, backup, previous, status).await?;
     if let Some(manifest) = manifest {
         let id = &manifest.id;
         let completed = manifest.completed_at.as_millisecond() as f64 / 1000.0;
@@ -210,15 +231,15 @@ async fn record_success(
         let took = Duration::try_from(took).unwrap_or_default();
         ctx.metrics
             .snapshot_taken(&ns, &name, completed, manifest.size_bytes, took);
-        ctx.publish(
-            backup.object_ref(&()),
-            EventType::Normal,
-            "SnapshotTaken",
-            &format!("snapshot {id} stored"),
-        )
-        .await;
+        let message = format!("snapshot {id} stored");
+        let said = Said {
+            kind: EventType::Normal,
+            reason: "SnapshotTaken",
+            message,
+        };
+        said.publish(ctx, backup).await;
     }
-    write_status(ctx, backup, previous, status).await
+    Ok(())
 }
 
 async fn record_failure(
@@ -228,19 +249,20 @@ async fn record_failure(
     failure: &Failure,
 ) -> Result<(), Error> {
     let (ns, name) = (backup.namespace().unwrap_or_default(), backup.name_any());
-    ctx.metrics.snapshot_failed(&ns, &name, failure.reason);
-    ctx.publish(
-        backup.object_ref(&()),
-        EventType::Warning,
-        failure.reason,
-        &failure.message,
-    )
-    .await;
     let status = BackupStatus {
         failed_attempts: Some(previous.failed_attempts.unwrap_or(0).saturating_add(1)),
         ..failed_status(backup, previous, failure)
     };
-    write_status(ctx, backup, previous, status).await
+    write_status(ctx, backup, previous, status).await?;
+    ctx.metrics.snapshot_failed(&ns, &name, failure.reason);
+    let message = failure.message.clone();
+    let said = Said {
+        kind: EventType::Warning,
+        reason: failure.reason,
+        message,
+    };
+    said.publish(ctx, backup).await;
+    Ok(())
 }
 
 /// The Jobs of `kind` of `backup` in the cache, newest attempt last.
@@ -284,8 +306,17 @@ async fn start_snapshot_job(ctx: &Context, backup: &Backup, at: Timestamp) -> Re
         snapshot_url: url,
     };
     let job = match &backup.spec.source.redis {
-        Some(_) => snapshot_job::snapshot_job(backup, at, &setup)
-            .map_err(|e| Failure::new("Internal", e))?,
+        Some(_) => {
+            // A Redis of another namespace, which the admission policy allows only when it
+            // is the source namespace: that namespace consents as for its objects.
+            let ns = backup.namespace().unwrap_or_default();
+            match &backup.spec.source.namespace {
+                Some(source) if *source != ns => consented(ctx, source, &ns).await?,
+                _ => {}
+            }
+            snapshot_job::snapshot_job(backup, at, &setup)
+                .map_err(|e| Failure::new("Internal", e))?
+        }
         None => {
             let (namespace, config_maps, secrets, resources) =
                 config_selection(ctx, backup).await?;

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::runtime::events::EventType;
-use kube::{Resource, ResourceExt};
 
 use super::snapshot_job::{self, KIND_VERIFY, SNAPSHOT_ANNOTATION, SnapshotJobSetup};
-use super::{Failure, jobs_of, next_due, recorded, termination_message, until, write_status};
+use super::{Failure, Said, jobs_of, next_due, recorded, termination_message, until, write_status};
 use crate::api::Backup;
 use crate::api::backup::BackupStatus;
 use crate::controller::conditions::{Conditions, FALSE, TRUE};
@@ -39,8 +39,9 @@ pub(super) async fn reconcile(
         if !recorded(ctx, &job).await? {
             return Ok((Some(Duration::from_secs(1)), previous));
         }
-        let status = checked_status(ctx, backup, &previous, &job, outcome).await;
+        let (status, said) = checked_status(ctx, backup, &previous, &job, outcome).await;
         write_status(ctx, backup, &previous, status.clone()).await?;
+        said.publish(ctx, backup).await;
         let from = status.last_verify_time.as_ref().map_or(now, |t| t.0);
         return Ok((next_check(&verify.schedule, from), status));
     }
@@ -107,14 +108,15 @@ async fn start(
     super::create_job(ctx, &job).await
 }
 
-/// The status after a verify Job ended: Verified, and on success which snapshot and when.
+/// The status after a verify Job ended (Verified, and on success which snapshot and when),
+/// and the Event to publish once it is written.
 async fn checked_status(
     ctx: &Context,
     backup: &Backup,
     previous: &BackupStatus,
     job: &Job,
     outcome: Result<(), String>,
-) -> BackupStatus {
+) -> (BackupStatus, Said) {
     let (ns, name) = (backup.namespace().unwrap_or_default(), backup.name_any());
     let snapshot = job
         .annotations()
@@ -132,19 +134,18 @@ async fn checked_status(
                 .snapshot_verified(&ns, &name, at.0.as_millisecond() as f64 / 1000.0);
             let message =
                 format!("snapshot {snapshot} restored into a throwaway Redis; every key checked");
-            ctx.publish(
-                backup.object_ref(&()),
-                EventType::Normal,
-                "Verified",
-                &message,
-            )
-            .await;
-            let success = Failure::new("Restored", message);
-            BackupStatus {
+            let success = Failure::new("Restored", message.clone());
+            let status = BackupStatus {
                 last_verified_time: Some(at),
                 last_verified_snapshot: Some(snapshot),
                 ..verified(backup, previous, TRUE, &success)
-            }
+            };
+            let said = Said {
+                kind: EventType::Normal,
+                reason: "Verified",
+                message,
+            };
+            (status, said)
         }
         Err(job_failure) => {
             let said = termination_message(ctx, &ns, &job.name_any(), KIND_VERIFY).await;
@@ -154,14 +155,13 @@ async fn checked_status(
                 format!("snapshot {snapshot} did not restore: {message}"),
             );
             ctx.metrics.snapshot_failed(&ns, &name, "VerifyFailed");
-            ctx.publish(
-                backup.object_ref(&()),
-                EventType::Warning,
-                "VerifyFailed",
-                &failure.message,
-            )
-            .await;
-            verified(backup, previous, FALSE, &failure)
+            let message = failure.message.clone();
+            let said = Said {
+                kind: EventType::Warning,
+                reason: "VerifyFailed",
+                message,
+            };
+            (verified(backup, previous, FALSE, &failure), said)
         }
     }
 }
