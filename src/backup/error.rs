@@ -37,6 +37,7 @@ impl StoreError {
             Self::Source(SnapshotError::AuthFailed { .. }) => "AuthFailed",
             Self::Source(SnapshotError::ConnectionLost { .. }) => "ConnectionLost",
             Self::Source(SnapshotError::BadRdb { .. }) => "BadSnapshot",
+            Self::Source(SnapshotError::PastDeadline { .. }) => "DeadlineExceeded",
             Self::Source(_) => "SnapshotFailed",
             Self::Exists { .. } | Self::Io { .. } => "DestinationError",
         }

@@ -180,6 +180,10 @@ struct SnapshotArgs {
     /// Longest silence of the server, in seconds, before the snapshot fails.
     #[arg(long, default_value_t = 60)]
     io_timeout: u64,
+    /// Longest time for the whole snapshot, in seconds: a server that never ends its RDB
+    /// fails it then.
+    #[arg(long, default_value_t = 3600)]
+    deadline: u64,
     #[command(flatten)]
     out: Delivery,
 }
@@ -547,6 +551,7 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         };
         let options = SnapshotOptions {
             io_timeout: Duration::from_secs(args.io_timeout),
+            deadline: Duration::from_secs(args.deadline),
             ..SnapshotOptions::default()
         };
         let manifest = store.snapshot_redis(&target, &key, &options)?;

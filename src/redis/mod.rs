@@ -42,6 +42,14 @@ pub enum SnapshotError {
     },
     #[error("Redis at {address} went silent for longer than the timeout after {received} bytes")]
     Timeout { address: String, received: u64 },
+    #[error(
+        "the snapshot of Redis at {address} took longer than its deadline of {deadline:?} ({received} bytes of the RDB received)"
+    )]
+    PastDeadline {
+        address: String,
+        received: u64,
+        deadline: std::time::Duration,
+    },
     #[error("the RDB from {address} is bad: {problem}")]
     BadRdb { address: String, problem: String },
     /// Writing to the destination failed; [`SnapshotError::is_disk_full`] tells ENOSPC apart.
@@ -56,6 +64,16 @@ impl SnapshotError {
     }
 
     fn from_transfer_error(address: &str, received: u64, source: io::Error) -> Self {
+        let past = source
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<replication::PastDeadline>());
+        if let Some(past) = past {
+            return Self::PastDeadline {
+                address: address.to_owned(),
+                received,
+                deadline: past.0,
+            };
+        }
         match source.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Self::Timeout {
                 address: address.to_owned(),

@@ -148,6 +148,14 @@ pub enum RdbError {
 /// The longest auxiliary value kept in [`RdbInfo::aux`]; longer ones are skipped.
 const MAX_AUX_LEN: u64 = 256;
 
+/// Auxiliary fields kept in [`RdbInfo::aux`]; Redis writes about ten, and any beyond this
+/// are skipped, so an endless aux section costs time, not memory.
+const MAX_AUX_FIELDS: usize = 64;
+
+/// Databases an RDB may hold: the per-database counts are kept, so a stream of ever new
+/// database numbers would otherwise grow them without bound. (Redis's default is 16.)
+pub const MAX_DATABASES: usize = 4096;
+
 // Opcodes (rdb.h).
 const OP_SLOT_INFO: u8 = 244;
 const OP_FUNCTION2: u8 = 245;
@@ -246,10 +254,7 @@ impl<R: Read> Scanner<R> {
                     }
                     return Ok(());
                 }
-                OP_SELECTDB => {
-                    let db = self.plain_len()?;
-                    self.db = u32::try_from(db).map_err(|_| self.malformed("database number"))?;
-                }
+                OP_SELECTDB => self.select_db()?,
                 OP_RESIZEDB => {
                     let keys = self.plain_len()?;
                     let expires = self.plain_len()?;
@@ -265,13 +270,7 @@ impl<R: Read> Scanner<R> {
                     self.read_exact(&mut seconds)?;
                     expires = Some(u64::from(u32::from_le_bytes(seconds)) * 1000);
                 }
-                OP_AUX => {
-                    let key = self.small_string()?;
-                    let value = self.small_string()?;
-                    if let (Some(key), Some(value)) = (key, value) {
-                        self.info.aux.insert(key, value);
-                    }
-                }
+                OP_AUX => self.aux()?,
                 OP_FREQ => self.skip(1)?,
                 OP_IDLE => {
                     self.plain_len()?;
@@ -304,6 +303,28 @@ impl<R: Read> Scanner<R> {
     }
 
     /// Counts a key entry of the current database, with its expiry if it has one.
+    fn select_db(&mut self) -> Result<(), RdbError> {
+        let db = self.plain_len()?;
+        self.db = u32::try_from(db).map_err(|_| self.malformed("database number"))?;
+        let known = self.hints.contains_key(&self.db) || self.info.databases.contains_key(&self.db);
+        if !known && self.hints.len().max(self.info.databases.len()) >= MAX_DATABASES {
+            return Err(self.malformed(&format!("more than {MAX_DATABASES} databases")));
+        }
+        Ok(())
+    }
+
+    fn aux(&mut self) -> Result<(), RdbError> {
+        let key = self.small_string()?;
+        let value = self.small_string()?;
+        if let (Some(key), Some(value)) = (key, value) {
+            let aux = &mut self.info.aux;
+            if aux.len() < MAX_AUX_FIELDS || aux.contains_key(&key) {
+                aux.insert(key, value);
+            }
+        }
+        Ok(())
+    }
+
     fn count_key(&mut self, expires: Option<u64>) {
         let db = self.info.databases.entry(self.db).or_default();
         db.keys += 1;

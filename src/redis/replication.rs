@@ -9,7 +9,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::SnapshotError;
 
@@ -43,6 +43,9 @@ pub struct SnapshotOptions {
     /// For any one read or write. While the server prepares the RDB it sends a newline
     /// every second, so this bounds silence, not the length of the snapshot.
     pub io_timeout: Duration,
+    /// For the whole snapshot, from connecting to the last byte: a peer that never stops
+    /// talking (keepalives forever, an RDB without end) is bounded by this.
+    pub deadline: Duration,
 }
 
 impl Default for SnapshotOptions {
@@ -50,7 +53,60 @@ impl Default for SnapshotOptions {
         Self {
             connect_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(60),
+            deadline: Duration::from_secs(3600),
         }
+    }
+}
+
+/// The error a read gives once the snapshot's deadline has passed.
+#[derive(Debug, thiserror::Error)]
+#[error("the snapshot's deadline of {0:?} passed")]
+pub struct PastDeadline(pub Duration);
+
+/// A connection whose reads are bounded by the silence timeout and by the deadline of the
+/// whole snapshot, whichever comes first.
+pub struct Clocked {
+    stream: TcpStream,
+    io_timeout: Duration,
+    deadline: Duration,
+    until: Instant,
+}
+
+impl Clocked {
+    fn past_deadline(&self) -> io::Error {
+        io::Error::new(io::ErrorKind::TimedOut, PastDeadline(self.deadline))
+    }
+}
+
+impl Read for Clocked {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(self.past_deadline());
+        }
+        self.stream
+            .set_read_timeout(Some(self.io_timeout.min(left)))?;
+        match self.stream.read(buf) {
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) && Instant::now() >= self.until =>
+            {
+                Err(self.past_deadline())
+            }
+            read => read,
+        }
+    }
+}
+
+impl Write for Clocked {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
     }
 }
 
@@ -68,7 +124,7 @@ pub const EOF_MARK_LEN: usize = 40;
 
 /// A connection that has asked for a full sync and read up to the start of the payload.
 pub struct Handshake {
-    pub reader: BufReader<TcpStream>,
+    pub reader: BufReader<Clocked>,
     pub payload: Payload,
     /// Replication ID and offset of the snapshot, when the server answered `+FULLRESYNC`.
     pub replication: Option<(String, u64)>,
@@ -84,16 +140,21 @@ const MAX_LINE: u64 = 4096;
 /// [`SnapshotError::Unreachable`], [`SnapshotError::AuthFailed`], [`SnapshotError::Refused`]
 /// or [`SnapshotError::ConnectionLost`].
 pub fn start(target: &RedisTarget, options: &SnapshotOptions) -> Result<Handshake, SnapshotError> {
+    let until = Instant::now() + options.deadline;
     let stream = connect(&target.address, options.connect_timeout)?;
+    let configure = stream
+        .set_write_timeout(Some(options.io_timeout))
+        .and_then(|()| stream.set_nodelay(true));
+    let clocked = Clocked {
+        stream,
+        io_timeout: options.io_timeout,
+        deadline: options.deadline,
+        until,
+    };
     let mut conn = Conn {
         address: &target.address,
-        reader: BufReader::with_capacity(256 * 1024, stream),
+        reader: BufReader::with_capacity(256 * 1024, clocked),
     };
-    let stream = conn.reader.get_ref();
-    let configure = stream
-        .set_read_timeout(Some(options.io_timeout))
-        .and_then(|()| stream.set_write_timeout(Some(options.io_timeout)))
-        .and_then(|()| stream.set_nodelay(true));
     configure.map_err(|source| conn.lost(source))?;
 
     if let Some(password) = &target.password {
@@ -206,7 +267,7 @@ fn parse_error(line: &[u8]) -> redis::RedisError {
 
 struct Conn<'a> {
     address: &'a str,
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Clocked>,
 }
 
 impl Conn<'_> {
@@ -223,6 +284,12 @@ impl Conn<'_> {
             .take(MAX_LINE)
             .read_until(b'\n', &mut line)
             .map_err(|err| self.lost(err))?;
+        if read as u64 == MAX_LINE && line.last() != Some(&b'\n') {
+            return Err(SnapshotError::Refused {
+                address: self.address.to_owned(),
+                message: format!("a reply line longer than {MAX_LINE} bytes: not a Redis server"),
+            });
+        }
         if read == 0 || line.last() != Some(&b'\n') {
             let err = io::Error::new(
                 io::ErrorKind::UnexpectedEof,
