@@ -9,6 +9,7 @@ demo: build
 
 ## Every test: formatting, lints, unit and integration tests (starts the cluster when none runs).
 test: lint
+	cd tests/argocd-health && go test -count=1 ./...
 	scripts/with-cluster.sh $(CARGO) test --workspace
 
 ## The whole fault suite (make test runs a sample: 6 kills, the API server paused 30 s, etcd and the
