@@ -2,9 +2,8 @@
 
 use std::time::Duration;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::ListParams;
 use kube::core::DeserializeGuard;
-use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, CustomResourceExt, ResourceExt};
 
 use std::sync::Arc;
@@ -119,6 +118,10 @@ pub fn init_tracing() {
 struct Scope(Option<String>);
 
 impl Scope {
+    fn of(config: &Config) -> Self {
+        Self(config.namespace.clone().filter(|ns| !ns.is_empty()))
+    }
+
     fn api<K>(&self, client: &Client) -> Api<K>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -201,7 +204,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(snapshots.serve(tokio::net::TcpListener::bind(config.snapshot_addr).await?));
     let version = client.apiserver_version().await?;
     tracing::info!(version = %version.git_version, "connected to the API server");
-    wait_for_crds(&client, Duration::from_secs(config.crd_wait_seconds)).await?;
+    wait_for_crds(
+        &client,
+        &Scope::of(&config),
+        Duration::from_secs(config.crd_wait_seconds),
+    )
+    .await?;
     metrics
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -239,7 +247,7 @@ async fn lead_term(
     leadership: Option<leader::Leadership>,
 ) -> Term {
     let client = client.clone();
-    let scope = Scope(config.namespace.clone().filter(|ns| !ns.is_empty()));
+    let scope = Scope::of(config);
     let watched = Watched::start(&client, &scope);
     let caches = Caches {
         jobs: watched.jobs.0,
@@ -316,6 +324,10 @@ async fn while_leading(
     Term::Stopped
 }
 
+/// The longest wait between two tries for the Lease: short, because after an outage the
+/// Lease is free (its holder was fenced) and every second without a leader adds to the RTO.
+const LEASE_RETRY_MAX: Duration = Duration::from_secs(2);
+
 /// Waits for the Lease when leader election is on, however long the API server is away.
 async fn lead(client: &Client, config: &Config) -> Option<leader::Leadership> {
     if !config.leader_elect {
@@ -328,7 +340,7 @@ async fn lead(client: &Client, config: &Config) -> Option<leader::Leadership> {
             Err(error) => tracing::warn!(%error, retry_in = ?pause, "waiting for the lease failed"),
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(10));
+        pause = (pause * 2).min(LEASE_RETRY_MAX);
     }
 }
 
@@ -417,18 +429,31 @@ async fn log_result<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, 
     }
 }
 
-/// Waits until every CRD the operator serves is Established.
-pub async fn wait_for_crds(client: &Client, limit: Duration) -> anyhow::Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for name in [DisasterRecovery::crd_name(), Backup::crd_name()] {
-        let established = await_condition(crds.clone(), name, conditions::is_crd_established());
-        tokio::time::timeout(limit, established)
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!("CRD {name} not Established after {limit:?}; apply crds/ first")
-            })??;
-    }
-    Ok(())
+/// Waits until the API server serves both kinds where the operator watches them: listing
+/// them is the test, so no right to read CRDs (cluster-scoped) is needed, and a namespaced
+/// install works with Roles alone.
+async fn wait_for_crds(client: &Client, scope: &Scope, limit: Duration) -> anyhow::Result<()> {
+    let served = async {
+        let one = ListParams::default().limit(1);
+        loop {
+            let recoveries = scope
+                .api::<DisasterRecovery>(client)
+                .list_metadata(&one)
+                .await;
+            let backups = scope.api::<Backup>(client).list_metadata(&one).await;
+            match (recoveries, backups) {
+                (Ok(_), Ok(_)) => return,
+                (Err(error), _) | (_, Err(error)) => {
+                    tracing::info!(%error, "waiting for the CRDs to be served");
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
+    tokio::time::timeout(limit, served).await.map_err(|_| {
+        let names = [DisasterRecovery::crd_name(), Backup::crd_name()].join(" and ");
+        anyhow::anyhow!("{names} not served after {limit:?}; apply crds/ first")
+    })
 }
 
 #[cfg(test)]

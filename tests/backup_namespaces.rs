@@ -26,7 +26,7 @@ async fn create_backup(client: &Client, ns: &str, redis_ns: &str, key: &BackupKe
         .await
         .unwrap();
     let backup = format!(
-        "apiVersion: dr.titan.io/v1alpha1\nkind: Backup\nmetadata: {{name: redis}}\nspec:\n  source: {{redis: {{address: 'redis.{redis_ns}:6379'}}}}\n  retention: {{keepLast: 1}}\n  destination: {{path: shared}}\n  encryption: {{secretRef: {{name: backup-key}}}}\n"
+        "apiVersion: dr.titan.io/v1alpha1\nkind: Backup\nmetadata: {{name: redis}}\nspec:\n  source: {{namespace: {redis_ns}, redis: {{address: 'redis.{redis_ns}:6379'}}}}\n  retention: {{keepLast: 1}}\n  destination: {{path: shared}}\n  encryption: {{secretRef: {{name: backup-key}}}}\n"
     );
     support::create_yaml::<Backup>(client, ns, &backup)
         .await
@@ -66,6 +66,13 @@ async fn two_backups_with_one_path_in_two_namespaces_never_see_or_prune_each_oth
             let () = redis::cmd("SET").arg("k").arg("v").query(&mut con).unwrap();
             let (key_a, key_b) = (BackupKey::generate(), BackupKey::generate());
             create_backup(&client, &first, &first, &key_a).await;
+            // The Redis of the first namespace, which lets the second's Backups read it.
+            let consent = serde_json::json!({"metadata": {"annotations": {
+                "dr.titan.io/backup-namespaces": second.as_str()}}});
+            Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+                .patch(&first, &PatchParams::default(), &Patch::Merge(&consent))
+                .await
+                .unwrap();
             create_backup(&client, &second, &first, &key_b).await;
             let (api_a, api_b): (Api<Backup>, Api<Backup>) = (
                 Api::namespaced(client.clone(), &first),

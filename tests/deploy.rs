@@ -23,7 +23,7 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, ResourceExt};
@@ -92,10 +92,6 @@ const OPERATOR_USES: &[(&str, &str, &str)] = &[
     ("events.k8s.io", "events", "list"),
     ("events.k8s.io", "events", "create"),
     ("events.k8s.io", "events", "patch"),
-    // Waiting for the CRDs to be Established.
-    ("apiextensions.k8s.io", "customresourcedefinitions", "get"),
-    ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
-    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
 ];
 
 /// What the ServiceAccount must not be able to do: if one of these were allowed, the
@@ -112,6 +108,19 @@ const NOT_GRANTED: &[(&str, &str, &str)] = &[
     ("apps", "deployments", "create"),
     ("dr.titan.io", "disasterrecoveries", "delete"),
     ("rbac.authorization.k8s.io", "clusterroles", "create"),
+    ("rbac.authorization.k8s.io", "roles", "escalate"),
+    ("rbac.authorization.k8s.io", "roles", "bind"),
+    ("rbac.authorization.k8s.io", "rolebindings", "delete"),
+    ("", "serviceaccounts/token", "create"),
+    ("", "namespaces", "list"),
+    ("", "namespaces", "patch"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "get"),
+    (
+        "admissionregistration.k8s.io",
+        "validatingadmissionpolicies",
+        "patch",
+    ),
+    ("networking.k8s.io", "networkpolicies", "delete"),
 ];
 
 const NAMESPACE: &str = "titan-dr-system";
@@ -196,6 +205,8 @@ fn every_manifest_parses_and_the_kustomization_lists_them_all() {
         "ClusterRole",
         "ClusterRoleBinding",
         "CustomResourceDefinition",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ];
     for file in &others {
         let docs = documents(&read(Path::new("manifests").join(file)), file);
@@ -217,9 +228,9 @@ fn every_manifest_parses_and_the_kustomization_lists_them_all() {
 }
 
 /// The ClusterRole's rules, spelt out as (group, resource, verb).
-fn granted(role: &ClusterRole) -> BTreeSet<(String, String, String)> {
+fn granted(rules: &[PolicyRule]) -> BTreeSet<(String, String, String)> {
     let mut granted = BTreeSet::new();
-    for rule in role.rules.iter().flatten() {
+    for rule in rules {
         assert!(
             rule.resource_names.is_none() && rule.non_resource_urls.is_none(),
             "no rule is limited to names or URLs: {rule:?}"
@@ -242,7 +253,7 @@ fn granted(role: &ClusterRole) -> BTreeSet<(String, String, String)> {
 #[test]
 fn the_cluster_role_grants_exactly_what_the_operator_uses() {
     let role: ClusterRole = manifest("clusterrole.yaml");
-    let granted = granted(&role);
+    let granted = granted(role.rules.as_deref().unwrap_or_default());
     let needed: BTreeSet<(String, String, String)> = OPERATOR_USES
         .iter()
         .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
@@ -923,6 +934,29 @@ fn run_finished(run: &'static str) -> impl Fn(Option<&DisasterRecovery>) -> bool
     }
 }
 
+/// Creates [`SCENARIO`] and waits for its first run to finish.
+async fn first_run(
+    client: &Client,
+    ns: &str,
+) -> (
+    Api<DisasterRecovery>,
+    titan_dr::api::disaster_recovery::DisasterRecoveryStatus,
+) {
+    let drs: Api<DisasterRecovery> = Api::namespaced(client.clone(), ns);
+    let dr: DisasterRecovery =
+        serde_yaml::from_str(&SCENARIO.replace("toolbox:1.0", support::TOOLBOX)).unwrap();
+    drs.create(&PostParams::default(), &dr).await.unwrap();
+    let done = support::wait_for(
+        &drs,
+        "as-service-account",
+        "run 1 to finish as the ServiceAccount",
+        LIMIT,
+        run_finished("1"),
+    )
+    .await;
+    (drs, done.status.unwrap())
+}
+
 /// The whole DisasterRecovery path with nothing but the chart's RBAC: the operator installed
 /// by `helm install` with the local image runs as its ServiceAccount — CRD wait, watches,
 /// Jobs, Pods, status, Events, the Backup lookup of RPOMet and pruning old runs.
@@ -931,19 +965,7 @@ async fn the_operator_works_as_its_service_account() {
     support::with_namespace(|client, ns| async move {
         // One run of history, so the second run prunes the first's Jobs.
         let operator = support::Operator::install_with(&ns, &["operator.keepRuns=1"]).await;
-        let drs: Api<DisasterRecovery> = Api::namespaced(client.clone(), &ns);
-        let dr: DisasterRecovery =
-            serde_yaml::from_str(&SCENARIO.replace("toolbox:1.0", support::TOOLBOX)).unwrap();
-        drs.create(&PostParams::default(), &dr).await.unwrap();
-        let done = support::wait_for(
-            &drs,
-            "as-service-account",
-            "run 1 to finish as the ServiceAccount",
-            LIMIT,
-            run_finished("1"),
-        )
-        .await;
-        let status = done.status.unwrap();
+        let (drs, status) = first_run(&client, &ns).await;
         assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:#?}");
         // The Backup lookup was allowed: a missing Backup, not an error.
         let rpo = status
@@ -1037,4 +1059,128 @@ fn the_chart_renders_the_backup_alerts_only_when_asked() {
         rules[1]["expr"],
         "increase(titan_dr_backup_failures_total[15m]) > 0"
     );
+}
+
+/// `rbac.namespaced`: no ClusterRole; the ClusterRole's rules on namespaced resources as a Role
+/// in the watched namespace, and only system:auth-delegator bound cluster-wide. Without a
+/// watched namespace the chart refuses, naming the value.
+#[test]
+fn the_namespaced_install_grants_roles_only() {
+    let docs = render_chart(&[
+        "--set",
+        "rbac.namespaced=true,operator.watchNamespace=titan",
+    ]);
+    let of_kind =
+        |kind: &str| -> Vec<&Value> { docs.iter().filter(|d| d["kind"] == kind).collect() };
+    assert!(of_kind("ClusterRole").is_empty(), "no ClusterRole");
+    let bindings = of_kind("ClusterRoleBinding");
+    assert_eq!(bindings.len(), 1, "{bindings:?}");
+    assert_eq!(bindings[0]["roleRef"]["name"], "system:auth-delegator");
+    let role = of_kind("Role")
+        .into_iter()
+        .find(|r| r["metadata"]["namespace"] == "titan")
+        .expect("a Role in the watched namespace");
+    let role: Role = serde_json::from_value(role.clone()).unwrap();
+    let cluster_scoped: BTreeSet<(String, String, String)> = [
+        ("", "namespaces", "get"),
+        ("authentication.k8s.io", "tokenreviews", "create"),
+        ("authorization.k8s.io", "subjectaccessreviews", "create"),
+    ]
+    .iter()
+    .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
+    .collect();
+    let cluster: ClusterRole = manifest("clusterrole.yaml");
+    let expected: BTreeSet<_> = granted(cluster.rules.as_deref().unwrap_or_default())
+        .difference(&cluster_scoped)
+        .cloned()
+        .collect();
+    let rules = granted(role.rules.as_deref().unwrap_or_default());
+    assert_eq!(rules, expected, "the Role's rules");
+    let binding = of_kind("RoleBinding")
+        .into_iter()
+        .find(|b| b["metadata"]["namespace"] == "titan")
+        .expect("a RoleBinding in the watched namespace");
+    assert_eq!(binding["roleRef"]["name"], role.name_any());
+
+    let mut command = Command::new(helm());
+    command
+        .args(["template", "titan-dr"])
+        .arg(root().join("charts/titan-dr"))
+        .args(["--set", "rbac.namespaced=true"]);
+    let output = command.output().unwrap();
+    assert!(!output.status.success(), "rendered without a namespace");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("operator.watchNamespace"), "{said}");
+}
+
+/// The admission policy's binding is limited to the watched namespace, and the allow-lists
+/// appear only when set.
+#[test]
+fn the_admission_policy_follows_its_values() {
+    let docs = render_chart(&[
+        "--set",
+        "operator.watchNamespace=titan,admissionPolicy.serviceAccounts={restorer}",
+    ]);
+    let find = |kind: &str| docs.iter().find(|d| d["kind"] == kind).unwrap();
+    let binding = find("ValidatingAdmissionPolicyBinding");
+    assert_eq!(
+        binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "titan"
+    );
+    let policy = serde_json::to_string(find("ValidatingAdmissionPolicy")).unwrap();
+    assert!(policy.contains(r#"[\"restorer\"]"#), "{policy}");
+    assert!(
+        !policy.contains("startsWith"),
+        "no image rule unless imagePrefixes is set"
+    );
+    let off = render_chart(&[
+        "--set",
+        "admissionPolicy.enabled=false,networkPolicy.enabled=false",
+    ]);
+    for kind in ["ValidatingAdmissionPolicy", "NetworkPolicy"] {
+        assert!(!off.iter().any(|d| d["kind"] == kind), "{kind} rendered");
+    }
+}
+
+/// The operator with Roles only (rbac.namespaced): a recovery runs, and a configuration
+/// Backup of its namespace snapshots (it grants its Job `list` through a Role, which the
+/// operator may because its own Role holds that right); nothing it does is refused.
+#[tokio::test]
+async fn the_operator_works_with_roles_only() {
+    support::with_namespace(|client, ns| async move {
+        let operator = support::Operator::install_with(&ns, &["rbac.namespaced=true"]).await;
+        let (_, status) = first_run(&client, &ns).await;
+        assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:#?}");
+
+        let settings = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, labels: {app: titan}}\ndata: {mode: live}\n";
+        support::create_yaml::<k8s_openapi::api::core::v1::ConfigMap>(&client, &ns, settings)
+            .await
+            .unwrap();
+        let key = titan_dr::backup::BackupKey::generate();
+        support::create_key_secret(&client, &ns, "backup-key", &key).await;
+        let backup = "apiVersion: dr.titan.io/v1alpha1\nkind: Backup\nmetadata: {name: config}\nspec:\n  source: {configMaps: {selector: {matchLabels: {app: titan}}}}\n  destination: {path: config}\n  encryption: {secretRef: {name: backup-key}}\n";
+        support::create_yaml::<titan_dr::api::Backup>(&client, &ns, backup)
+            .await
+            .unwrap();
+        let backups: Api<titan_dr::api::Backup> = Api::namespaced(client.clone(), &ns);
+        let ready = support::wait_for(
+            &backups,
+            "config",
+            "a snapshot with Roles only",
+            LIMIT,
+            |b: Option<&titan_dr::api::Backup>| {
+                b.and_then(|b| b.status.as_ref())
+                    .is_some_and(|s| !s.snapshots.is_empty() || s.failed_attempts.is_some())
+            },
+        )
+        .await;
+        let status = ready.status.unwrap();
+        assert_eq!(status.snapshots.len(), 1, "{status:#?}");
+
+        let log = operator.logs();
+        for word in ["forbidden", "Forbidden"] {
+            assert!(!log.contains(word), "the operator was refused:\n{log}");
+        }
+    })
+    .await;
 }

@@ -72,10 +72,11 @@ pub struct BackupSource {
     /// A Redis server, snapshotted over the replication protocol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisSource>,
-    /// The namespace of the ConfigMaps and Secrets (default: this Backup's). A namespace
-    /// other than the Backup's must consent, by naming the Backup's namespace in its
-    /// annotation `dr.titan.io/backup-namespaces` (comma-separated): the operator's rights
-    /// are not lent to whoever may create a Backup.
+    /// The namespace of the ConfigMaps and Secrets, or of the Redis Service (default: this
+    /// Backup's). A namespace other than the Backup's must consent, by naming the Backup's
+    /// namespace in its annotation `dr.titan.io/backup-namespaces` (comma-separated): the
+    /// operator's rights are not lent to whoever may create a Backup. The chart's admission
+    /// policy lets a Redis address name only a Service of these two namespaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub namespace: Option<String>,

@@ -51,3 +51,41 @@ helm.sh/chart: {{ include "titan-dr.chart" . }}
 {{- define "titan-dr.backupClaimName" -}}
 {{- default (printf "%s-backups" (include "titan-dr.fullname" .)) .Values.backups.persistence.existingClaim }}
 {{- end }}
+
+{{/*
+The operator's rights on namespaced resources: the ClusterRole's rules, and in a namespaced
+install (rbac.namespaced) the Role's in operator.watchNamespace.
+*/}}
+{{- define "titan-dr.namespacedRules" -}}
+- apiGroups: ["dr.titan.io"]
+  resources: ["disasterrecoveries", "backups"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["dr.titan.io"]
+  resources: ["disasterrecoveries/status", "backups/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete", "deletecollection"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["secrets", "configmaps"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["create", "patch"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["list", "create", "patch"]
+{{- end }}
+
+{{/* Whether the operator's rights are Roles (rbac.namespaced), which need a namespace. */}}
+{{- define "titan-dr.namespaced" -}}
+{{- if .Values.rbac.namespaced }}
+{{- required "rbac.namespaced needs operator.watchNamespace: the namespace the Roles are in" .Values.operator.watchNamespace }}
+{{- end }}
+{{- end }}

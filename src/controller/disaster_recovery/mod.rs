@@ -150,6 +150,9 @@ async fn current_run(
         started_at: Some(Time(Timestamp::now())),
         phase: Some(RunPhase::Running),
         conditions: previous.conditions.clone(),
+        // Observed from the first write on: kstatus readers (Argo CD, Flux) see a run in
+        // flight, not a spec not yet looked at.
+        observed_generation: dr.metadata.generation,
         ..Default::default()
     };
     write_status(drs, &dr.name_any(), previous, &base).await?;
