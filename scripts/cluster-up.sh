@@ -141,7 +141,8 @@ rm -rf "$CLUSTER_DIR/etcd-data"
 launch etcd "$bins/etcd" --name titan-local --data-dir "$CLUSTER_DIR/etcd-data" \
   --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
   --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
-  --initial-cluster "titan-local=http://127.0.0.1:$etcd_peer" --unsafe-no-fsync --log-level warn
+  --initial-cluster "titan-local=http://127.0.0.1:$etcd_peer" --unsafe-no-fsync --log-level warn \
+  --watch-progress-notify-interval 5s
 wait_for etcd 30 curl -sf "http://127.0.0.1:$etcd_port/health"
 
 launch apiserver "$bins/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \

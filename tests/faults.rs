@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use proptest::prelude::RngExt;
@@ -209,6 +210,29 @@ async fn api_back(api: &Api<DisasterRecovery>) {
     }
 }
 
+/// When the Job `prefix-<suffix>` got its Complete condition (to the second).
+async fn completed_at(client: &Client, ns: &str, prefix: &str) -> Timestamp {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let listed = jobs.list(&ListParams::default()).await.unwrap().items;
+    let job = listed
+        .iter()
+        .find(|j| j.name_any().starts_with(prefix))
+        .unwrap_or_else(|| panic!("no Job {prefix}-*"));
+    let conditions = job.status.as_ref().and_then(|s| s.conditions.as_ref());
+    let complete = conditions
+        .into_iter()
+        .flatten()
+        .find(|c| c.type_ == "Complete" && c.status == "True");
+    complete
+        .and_then(|c| c.last_transition_time.as_ref())
+        .unwrap_or_else(|| panic!("{prefix}: not Complete"))
+        .0
+}
+
+fn duration(from: Timestamp, to: Timestamp) -> Duration {
+    Duration::try_from(to.duration_since(from)).unwrap_or_default()
+}
+
 /// Whether the operator at `ip` says it leads (`titan_dr_leader`); `None` without an answer.
 async fn leading(ip: &str) -> Option<bool> {
     let scrape = support::http_get(ip, 8080, "/metrics");
@@ -268,12 +292,18 @@ async fn outages_of_the_control_plane_and_node_mid_step_change_no_outcome() {
                 assert!(fenced, "the operator led through {seconds} s without the API server");
             }
             api_back(&api).await;
-            let back = Instant::now();
+            let back = Timestamp::now();
             let recorded = |dr: Option<&DisasterRecovery>| {
                 step_phase(dr, "during") == Some(StepPhase::Succeeded)
             };
             support::wait_for(&api, &name, "the step recorded", limit, recorded).await;
-            let resumed = back.elapsed();
+            let now = Timestamp::now();
+            let resumed = duration(back, now);
+            // The operator's share: from whichever came last, the API server's return or
+            // the Job controller marking the step's Job Complete (a restarted API server
+            // leaves kube-controller-manager behind for a while; see RELIABILITY.md).
+            let completed = completed_at(&client, &ns, &format!("{name}-1-during-0")).await;
+            let operator_share = duration(back.max(completed), now);
             let got = wait_finished(&api, &name, limit).await;
             assert_eq!(got, reference, "{name}: {component} {mode} {seconds} s");
             let jobs = job_names(&client, &ns, &name).await;
@@ -283,12 +313,13 @@ async fn outages_of_the_control_plane_and_node_mid_step_change_no_outcome() {
                 .collect();
             assert_eq!(jobs, expected, "one Job per step");
             println!(
-                "faults: {component} {mode} ({seconds} s) mid-step; the step recorded {:.1} s after it was back",
-                resumed.as_secs_f64()
+                "faults: {component} {mode} ({seconds} s) mid-step; the step recorded {:.1} s after it was back, {:.1} s after its Job completed or the API returned",
+                resumed.as_secs_f64(),
+                operator_share.as_secs_f64()
             );
             assert!(
-                resumed <= Duration::from_secs(35),
-                "{component}: resumed after {resumed:?}"
+                operator_share <= Duration::from_secs(35),
+                "{component}: the operator resumed after {operator_share:?}"
             );
         }
     })
