@@ -23,6 +23,13 @@ enum Command {
     /// Run a DisasterRecovery on this machine, each step a local process. Exits 0 when the
     /// recovery succeeded, 1 when it failed, 2 on invalid input, 130 when interrupted.
     Run(cli::RunArgs),
+    /// Show the run of a DisasterRecovery in the cluster as `run` shows a local one; with
+    /// --watch follow it to its end. Exits 0 when it succeeded (or still runs), 1 when it
+    /// failed, 2 when there is no such DisasterRecovery. Also `kubectl titan status`.
+    Status(cli::StatusArgs),
+    /// Write the markdown report and SVG timeline of a DisasterRecovery's ended run in the
+    /// cluster, as `run --report` does for a local one.
+    Report(cli::ReportArgs),
     /// Convert between markdown runbooks and DisasterRecovery resources.
     #[command(subcommand)]
     Runbook(cli::RunbookCommand),
@@ -50,6 +57,8 @@ async fn main() -> ExitCode {
         }
         Command::Plan(args) => cli::plan::plan(&args).into(),
         Command::Run(args) => cli::run::run(&args).await.into(),
+        Command::Status(args) => cli::status::status(&args).await.into(),
+        Command::Report(args) => cli::status::report(&args).await.into(),
         Command::Runbook(command) => cli::runbook::runbook(&command).into(),
         Command::Probe(args) => cli::probe::run(&args).await.into(),
         Command::Backup(command) => cli::backup::run(*command).await.into(),

@@ -427,6 +427,7 @@ async fn the_operator_and_a_local_run_give_the_same_step_outcomes() {
         .collect();
 
     let cluster_dr = parity();
+    let parity_yaml = serde_yaml::to_string(&parity()).unwrap();
     support::with_namespace(|client, ns| async move {
         let _operator = support::Operator::install(&ns).await;
         let api = create(&client, &ns, &cluster_dr).await;
@@ -451,8 +452,134 @@ async fn the_operator_and_a_local_run_give_the_same_step_outcomes() {
         assert_eq!(phase_of("never"), StepPhase::Skipped);
         assert_eq!(phase_of("undo-fails"), StepPhase::Failed);
         assert_eq!(status.phase, Some(RunPhase::Failed));
+        terminal_views_agree(&ns, &parity_yaml).await;
     })
     .await;
+}
+
+/// `kubectl titan status --watch` of the cluster's run and `titan-dr run` of the same file
+/// on this machine tell the same story: each step's last event and the verdict; and
+/// `titan-dr report` writes the same report (with the SVG timeline) from the cluster's run.
+async fn terminal_views_agree(ns: &str, yaml: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("parity.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    // What installing the kubectl plugin is: the binary under the name kubectl-titan.
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_titan-dr"), bin.join("kubectl-titan")).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |program: &std::path::Path, args: Vec<String>| {
+        let output = std::process::Command::new(program)
+            .args(&args)
+            .env("PATH", &path)
+            .env("KUBECONFIG", support::kubeconfig())
+            .current_dir(support::root())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.code(), text)
+    };
+    let titan = std::path::PathBuf::from(env!("CARGO_BIN_EXE_titan-dr"));
+    let local_md = dir.path().join("local/report.md");
+    let args = [
+        "run",
+        &file.display().to_string(),
+        "--report",
+        &local_md.display().to_string(),
+    ];
+    let (code, local) = run(&titan, args.map(String::from).into());
+    assert_eq!(
+        code,
+        Some(1),
+        "the local run fails as the cluster's did:\n{local}"
+    );
+    let kubectl_bin = support::kubectl();
+    let args = ["titan", "status", "parity", "-n", ns, "--watch"];
+    let (code, cluster) = run(&kubectl_bin, args.map(String::from).into());
+    assert_eq!(
+        code,
+        Some(1),
+        "kubectl titan status of a failed run:\n{cluster}"
+    );
+    println!("kubectl titan status:\n{cluster}");
+    // Every step, validation and rollback step of the scenario is told.
+    assert_eq!(last_events(&cluster).len(), 10, "{cluster}");
+    assert_eq!(
+        last_events(&cluster),
+        last_events(&local),
+        "cluster:\n{cluster}\nlocal:\n{local}"
+    );
+    let verdict = |text: &str| -> Vec<String> {
+        let failed = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("failed:"));
+        let recovery = text.lines().filter_map(|l| {
+            l.split(" in ")
+                .next()
+                .filter(|v| v.starts_with("Recovery "))
+        });
+        recovery.chain(failed).map(str::to_owned).collect()
+    };
+    assert_eq!(
+        verdict(&cluster),
+        verdict(&local),
+        "cluster:\n{cluster}\nlocal:\n{local}"
+    );
+    assert!(
+        verdict(&cluster)
+            .iter()
+            .any(|l| l.contains("failed: fatal")),
+        "{cluster}"
+    );
+
+    let cluster_md = dir.path().join("cluster/report.md");
+    let args = ["report", "parity", "-n", ns, "--out"].map(String::from);
+    let args = args
+        .into_iter()
+        .chain([cluster_md.display().to_string()])
+        .collect();
+    let (code, said) = run(&titan, args);
+    assert_eq!(code, Some(1), "the report of a failed run: {said}");
+    let (local_md, cluster_md) = (
+        std::fs::read_to_string(&local_md).unwrap(),
+        std::fs::read_to_string(&cluster_md).unwrap(),
+    );
+    assert!(
+        dir.path().join("cluster/report.svg").is_file(),
+        "no timeline"
+    );
+    let outcome = |md: &str| {
+        md.lines()
+            .filter(|l| l.starts_with("| Outcome") || l.starts_with("| Failed step"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(outcome(&cluster_md), outcome(&local_md), "{cluster_md}");
+    assert!(
+        cluster_md.contains(&format!("namespace `{ns}`")),
+        "{cluster_md}"
+    );
+}
+
+/// Each step's last event marker in a run's display (`ok`, `FAILED`, `TIMEOUT`, `skip`).
+fn last_events(display: &str) -> BTreeMap<String, String> {
+    let line = regex::Regex::new(
+        r"^\s*(?:\S+\s{2})?(start|ok|FAILED|TIMEOUT|stopped|skip)\s+(\S+(?: \S+)?)",
+    )
+    .unwrap();
+    let mut last = BTreeMap::new();
+    for l in display.lines() {
+        if let Some(c) = line.captures(l) {
+            let step = c[2].trim_end_matches(':').to_owned();
+            last.insert(step, c[1].to_owned());
+        }
+    }
+    last
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 //! The commands that work on files rather than on a cluster: `plan`, `run`, `runbook` and
-//! `backup` (the snapshot store); and `probe`, which probe steps run.
+//! `backup` (the snapshot store); `probe`, which probe steps run; and `status` and `report`,
+//! which show a run in the cluster as `run` shows a local one.
 //! Each returns an [`Exit`], so that scripts and CI can tell a failed recovery from bad input
 //! and from an interruption.
 
@@ -9,12 +10,14 @@ pub mod plan;
 pub mod probe;
 pub mod run;
 pub mod runbook;
+pub mod status;
 
 pub use backup::BackupCommand;
 pub use plan::PlanArgs;
 pub use probe::ProbeArgs;
 pub use run::RunArgs;
 pub use runbook::RunbookCommand;
+pub use status::{ReportArgs, StatusArgs};
 
 /// How a command ended, as its process exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -88,7 +88,7 @@ impl Display {
         for step in record.interrupted() {
             self.line(&format!("  stopped: {}", qualified(step)));
         }
-        self.line(&format!("  logs: {}", record.log_dir.display()));
+        self.line(&format!("  logs: {}", record.logs));
     }
 
     fn event(&mut self, at: Duration, marker: &str, colour: &str, step: &StepRecord, rest: &str) {
@@ -212,7 +212,8 @@ fn qualified(step: &StepRecord) -> String {
 
 /// `name (TimedOut after 3 attempts): message`.
 fn describe_failure(step: &StepRecord) -> String {
-    let attempts = step.attempts.len();
+    // The number of the last attempt: a cluster run's record folds the earlier ones.
+    let attempts = step.last_attempt().map_or(0, |a| a.number);
     let plural = if attempts == 1 { "" } else { "s" };
     let message = step
         .last_attempt()

@@ -71,7 +71,25 @@ pub struct RunRecord {
     /// Steps, then validations, then rollback steps, each list in written order.
     pub steps: Vec<StepRecord>,
     /// Where the attempts' logs are.
-    pub log_dir: PathBuf,
+    pub logs: Logs,
+}
+
+/// Where a run's attempts wrote their full output.
+#[derive(Debug, Clone)]
+pub enum Logs {
+    /// A local run: `<step>-<attempt>.log` files in this folder.
+    Dir(PathBuf),
+    /// A run in the cluster: the logs of each attempt's Job, while the Job is kept.
+    Jobs { namespace: String },
+}
+
+impl std::fmt::Display for Logs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Logs::Dir(dir) => write!(f, "{}", dir.display()),
+            Logs::Jobs { namespace } => write!(f, "kubectl logs -n {namespace} job/<step's job>"),
+        }
+    }
 }
 
 impl RunRecord {
@@ -132,7 +150,8 @@ pub struct StepRecord {
 }
 
 impl StepRecord {
-    fn new(kind: StepKind, step: &PlannedStep) -> Self {
+    /// A step that has not started.
+    pub fn new(kind: StepKind, step: &PlannedStep) -> Self {
         StepRecord {
             kind,
             name: step.name.clone(),
@@ -280,7 +299,7 @@ impl<'a> Run<'a> {
                 outcome: RunOutcome::Interrupted,
                 degraded: false,
                 steps,
-                log_dir: options.log_dir.clone(),
+                logs: Logs::Dir(options.log_dir.clone()),
             },
             index,
             state: RunState::default(),

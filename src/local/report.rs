@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::executor::{RunOutcome, RunRecord, StepRecord};
+use super::executor::{Logs, RunOutcome, RunRecord, StepRecord};
 use super::{format_elapsed, svg};
 use crate::api::disaster_recovery::{DisasterRecovery, StepPhase};
 use crate::api::duration::format_duration;
@@ -64,12 +64,20 @@ pub fn markdown(
     validations(&mut out, record);
     rollback(&mut out, record);
     failed_output(&mut out, record);
-    let _ = writeln!(
-        out,
-        "## Logs\n\nThe full output of every attempt is in `{}`, one file per attempt \
-         (`<step>-<attempt>.log`).",
-        record.log_dir.display()
-    );
+    let _ = match &record.logs {
+        Logs::Dir(dir) => writeln!(
+            out,
+            "## Logs\n\nThe full output of every attempt is in `{}`, one file per attempt \
+             (`<step>-<attempt>.log`).",
+            dir.display()
+        ),
+        Logs::Jobs { namespace } => writeln!(
+            out,
+            "## Logs\n\nThe full output of each attempt is the log of its Job in namespace \
+             `{namespace}` (`kubectl logs job/<name>`, the Job named in the timeline's log \
+             column), while the operator keeps the run's Jobs."
+        ),
+    };
     out
 }
 
