@@ -46,6 +46,78 @@ struct BackupFailureLabels {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabels {
+    namespace: String,
+    recovery: String,
+    scenario: String,
+    mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunOutcomeLabels {
+    namespace: String,
+    recovery: String,
+    scenario: String,
+    mode: String,
+    outcome: String,
+}
+
+/// Which run a run metric is about.
+pub struct RunOf<'a> {
+    pub namespace: &'a str,
+    pub recovery: &'a str,
+    pub scenario: &'a str,
+    /// `Recovery` or `Drill`.
+    pub mode: &'a str,
+}
+
+impl RunOf<'_> {
+    fn labels(&self) -> RunLabels {
+        RunLabels {
+            namespace: self.namespace.into(),
+            recovery: self.recovery.into(),
+            scenario: self.scenario.into(),
+            mode: self.mode.into(),
+        }
+    }
+}
+
+/// What the runs of each scenario achieved: the seed asks for monthly tests of every
+/// scenario and RTOs met, so both are alertable.
+#[derive(Default)]
+struct RunMetrics {
+    ended: Family<RunOutcomeLabels, Counter>,
+    achieved_rto: Family<RunLabels, Gauge<f64, AtomicU64>>,
+    rto_objective: Family<RunLabels, Gauge<f64, AtomicU64>>,
+    last_success: Family<RunLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl RunMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "runs",
+            "Runs that ended, by scenario, mode and outcome",
+            self.ended.clone(),
+        );
+        registry.register(
+            "run_achieved_rto_seconds",
+            "The achieved RTO of the newest successful run",
+            self.achieved_rto.clone(),
+        );
+        registry.register(
+            "run_rto_objective_seconds",
+            "The scenario's RTO objective",
+            self.rto_objective.clone(),
+        );
+        registry.register(
+            "run_last_success_timestamp_seconds",
+            "When the newest successful run of the scenario ended (Unix time)",
+            self.last_success.clone(),
+        );
+    }
+}
+
 /// What is known of each Backup's snapshots, as Velero users alert on theirs.
 #[derive(Default)]
 struct BackupMetrics {
@@ -89,6 +161,7 @@ impl BackupMetrics {
 /// Reconcile counts, failures by category and durations, per controller.
 pub struct Metrics {
     backups: BackupMetrics,
+    runs: RunMetrics,
     registry: Registry,
     reconciles: Family<ControllerLabel, Counter>,
     failures: Family<FailureLabels, Counter>,
@@ -128,6 +201,8 @@ impl Default for Metrics {
         );
         let backups = BackupMetrics::default();
         backups.register(&mut registry);
+        let runs = RunMetrics::default();
+        runs.register(&mut registry);
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -136,6 +211,7 @@ impl Default for Metrics {
         );
         Metrics {
             backups,
+            runs,
             registry,
             reconciles,
             failures,
@@ -209,6 +285,39 @@ impl Metrics {
             reason: reason.into(),
         };
         self.backups.failures.get_or_create(&labels).inc();
+    }
+
+    /// Counts a run that ended with `outcome` (`Succeeded`, `Failed`).
+    pub fn run_ended(&self, run: &RunOf, outcome: &str) {
+        let labels = RunOutcomeLabels {
+            namespace: run.namespace.into(),
+            recovery: run.recovery.into(),
+            scenario: run.scenario.into(),
+            mode: run.mode.into(),
+            outcome: outcome.into(),
+        };
+        self.runs.ended.get_or_create(&labels).inc();
+    }
+
+    /// The newest successful run (its end, Unix seconds, and achieved RTO) and the RTO
+    /// objective: set from the status at every reconcile of an ended run, so a restarted
+    /// operator has them again.
+    pub fn run_succeeded(
+        &self,
+        run: &RunOf,
+        ended_at: f64,
+        rto: Duration,
+        objective: Option<Duration>,
+    ) {
+        let labels = run.labels();
+        let m = &self.runs;
+        m.last_success.get_or_create(&labels).set(ended_at);
+        m.achieved_rto.get_or_create(&labels).set(rto.as_secs_f64());
+        if let Some(objective) = objective {
+            m.rto_objective
+                .get_or_create(&labels)
+                .set(objective.as_secs_f64());
+        }
     }
 
     /// Counts one request to the API server.

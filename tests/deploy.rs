@@ -1059,6 +1059,17 @@ fn the_chart_renders_the_backup_alerts_only_when_asked() {
         rules[1]["expr"],
         "increase(titan_dr_backup_failures_total[15m]) > 0"
     );
+    let runs = &rule["spec"]["groups"][1]["rules"];
+    assert_eq!(runs[0]["alert"], "TitanScenarioUntested");
+    let expr = runs[0]["expr"].as_str().unwrap();
+    assert!(
+        expr.ends_with("(titan_dr_run_last_success_timestamp_seconds) > 2678400"),
+        "{expr}"
+    );
+    assert_eq!(
+        runs[1]["expr"],
+        "titan_dr_run_achieved_rto_seconds > titan_dr_run_rto_objective_seconds"
+    );
 }
 
 /// `rbac.namespaced`: no ClusterRole; the ClusterRole's rules on namespaced resources as a Role

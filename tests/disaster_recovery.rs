@@ -847,8 +847,69 @@ async fn a_reconcile_of_a_finished_unchanged_recovery_writes_and_lists_nothing()
         );
         let status_after = api.get("quiet").await.unwrap().status.unwrap();
         assert_eq!(status_after, status, "the status is as it was");
+
+        // The run's metrics: counted once as it ended; the newest success and its RTO set
+        // from the status, so a restarted operator has them again (its counters start over).
+        let series = run_series(&ip).await;
+        assert_eq!(
+            series
+                .get("titan_dr_runs_total/Succeeded")
+                .map(String::as_str),
+            Some("1"),
+            "{series:?}"
+        );
+        let ended = status.finished_at.as_ref().unwrap().0.as_second();
+        let last = |series: &BTreeMap<String, String>| -> f64 {
+            series["titan_dr_run_last_success_timestamp_seconds"]
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(last(&series).floor() as i64, ended, "{series:?}");
+        assert!(
+            series.contains_key("titan_dr_run_achieved_rto_seconds"),
+            "{series:?}"
+        );
+        operator.kill().await;
+        let ip = operator.pod_ip();
+        let deadline = std::time::Instant::now() + LIMIT;
+        let again = loop {
+            let again = run_series(&ip).await;
+            if again.contains_key("titan_dr_run_last_success_timestamp_seconds") {
+                break again;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no run metrics after a restart: {again:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        assert_eq!(last(&again), last(&series));
+        assert!(
+            !again.contains_key("titan_dr_runs_total/Succeeded"),
+            "{again:?}"
+        );
     })
     .await;
+}
+
+/// The run metrics of DisasterRecovery `quiet`: series name (`/outcome` for the runs
+/// counter) → value.
+async fn run_series(pod_ip: &str) -> BTreeMap<String, String> {
+    let (_, body) = support::http_get(pod_ip, 8080, "/metrics").await;
+    let mut series = BTreeMap::new();
+    for line in body
+        .lines()
+        .filter(|l| l.starts_with("titan_dr_run") && l.contains(r#"recovery="quiet""#))
+    {
+        let (name_labels, value) = line.rsplit_once(' ').unwrap();
+        let name = name_labels.split('{').next().unwrap();
+        let key = match name_labels.split(r#"outcome=""#).nth(1) {
+            Some(rest) => format!("{name}/{}", rest.split('"').next().unwrap()),
+            None => name.to_owned(),
+        };
+        series.insert(key, value.to_owned());
+    }
+    series
 }
 
 /// Bumps the spec's generation (a new description) and waits until the operator has

@@ -42,6 +42,7 @@ use crate::job::{
     LABEL_OWNER_UID, LABEL_RECOVERY, LABEL_RUN, RestoreSetup, build_job, refused_job,
 };
 use crate::plan::{Plan, RunState, StepKind};
+use crate::telemetry::RunOf;
 use kube::core::DeserializeGuard;
 
 pub use crate::names::RUN_NOW;
@@ -69,6 +70,7 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
             ..previous.clone()
         };
         write_status(&drs, &dr.name_any(), &previous, &status).await?;
+        run_metrics(&ctx, &dr, &previous, &status);
         return Ok(Action::await_change());
     }
     let (mut observed, recheck) = observe_run(&ctx, &dr, &base).await?;
@@ -82,6 +84,7 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
     write_status(&drs, &dr.name_any(), &previous, &status).await?;
     // After the write: an Event never tells of a transition the status does not hold.
     announce_transitions(&ctx, &dr, &previous, &status).await;
+    run_metrics(&ctx, &dr, &previous, &status);
     let next = match decision.outcome {
         Some(_) => None,
         None => Some(recheck.max(SOONEST)),
@@ -92,6 +95,40 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
 
 /// Whether the run in `status` has ended (an invalid spec fails a run without ending it: it
 /// goes on once the spec is valid again).
+/// The run metrics from the status just written: a run that ends is counted once, on the
+/// reconcile that records its end; the newest success is set again from any ended run's
+/// status, so the gauges survive an operator restart.
+fn run_metrics(
+    ctx: &Context,
+    dr: &DisasterRecovery,
+    before: &DisasterRecoveryStatus,
+    after: &DisasterRecoveryStatus,
+) {
+    let namespace = namespace(dr);
+    let name = dr.name_any();
+    let run = RunOf {
+        namespace: &namespace,
+        recovery: &name,
+        scenario: &dr.spec.scenario,
+        mode: "Recovery",
+    };
+    let outcome = match after.phase {
+        Some(RunPhase::Succeeded) => "Succeeded",
+        Some(RunPhase::Failed) => "Failed",
+        _ => return,
+    };
+    if before.phase != after.phase || before.run_id != after.run_id {
+        ctx.metrics.run_ended(&run, outcome);
+    }
+    if let (Some(RunPhase::Succeeded), Some(start), Some(end)) =
+        (after.phase, &after.started_at, &after.finished_at)
+    {
+        let rto = Duration::try_from(end.0.duration_since(start.0)).unwrap_or_default();
+        let at = end.0.as_millisecond() as f64 / 1000.0;
+        ctx.metrics.run_succeeded(&run, at, rto, dr.rto_objective());
+    }
+}
+
 fn ended(status: &DisasterRecoveryStatus) -> bool {
     status.finished_at.is_some()
         && matches!(status.phase, Some(RunPhase::Succeeded | RunPhase::Failed))
