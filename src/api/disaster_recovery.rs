@@ -506,6 +506,13 @@ impl DisasterRecoveryStatus {
     pub fn run_number(&self) -> Option<u64> {
         self.run_id.as_deref()?.parse().ok()
     }
+
+    /// Whether the run has ended (an invalid spec fails a run without ending it: it goes on
+    /// once the spec is valid again).
+    pub fn has_ended(&self) -> bool {
+        self.finished_at.is_some()
+            && matches!(self.phase, Some(RunPhase::Succeeded | RunPhase::Failed))
+    }
 }
 
 /// The observed state of one step.

@@ -50,12 +50,9 @@ pub struct ReportArgs {
 
 /// `titan-dr status`.
 pub async fn status(args: &StatusArgs) -> Exit {
-    let (api, dr) = match fetch(&args.name, args.namespace.as_deref()).await {
+    let (api, dr, plan) = match fetch(&args.name, args.namespace.as_deref()).await {
         Ok(found) => found,
         Err(exit) => return exit,
-    };
-    let Some(plan) = plan_of(&dr) else {
-        return Exit::InvalidInput;
     };
     let mut shown = Shown::default();
     let mut display = Display::new();
@@ -92,12 +89,9 @@ pub async fn status(args: &StatusArgs) -> Exit {
 
 /// `titan-dr report`.
 pub async fn report(args: &ReportArgs) -> Exit {
-    let (_, dr) = match fetch(&args.name, args.namespace.as_deref()).await {
+    let (_, dr, plan) = match fetch(&args.name, args.namespace.as_deref()).await {
         Ok(found) => found,
         Err(exit) => return exit,
-    };
-    let Some(plan) = plan_of(&dr) else {
-        return Exit::InvalidInput;
     };
     if !ended(&dr) {
         eprintln!(
@@ -126,38 +120,41 @@ pub async fn report(args: &ReportArgs) -> Exit {
     }
 }
 
+/// The DisasterRecovery and its plan; an error is printed, and its exit returned.
 async fn fetch(
     name: &str,
     namespace: Option<&str>,
-) -> Result<(Api<DisasterRecovery>, DisasterRecovery), Exit> {
+) -> Result<(Api<DisasterRecovery>, DisasterRecovery, Plan), Exit> {
     let client = Client::try_default().await.map_err(|error| {
         eprintln!("error: no cluster: {error}");
         Exit::Failed
     })?;
     let namespace = namespace.unwrap_or(client.default_namespace()).to_owned();
     let api: Api<DisasterRecovery> = Api::namespaced(client, &namespace);
-    match api.get_opt(name).await {
-        Ok(Some(dr)) => Ok((api, dr)),
+    let dr = match api.get_opt(name).await {
+        Ok(Some(dr)) => dr,
         Ok(None) => {
             eprintln!("error: no DisasterRecovery {name} in namespace {namespace}");
-            Err(Exit::InvalidInput)
+            return Err(Exit::InvalidInput);
         }
         Err(error) => {
             eprintln!("error: reading DisasterRecovery {namespace}/{name}: {error}");
-            Err(Exit::Failed)
+            return Err(Exit::Failed);
+        }
+    };
+    match Plan::new(&dr.spec) {
+        Ok(plan) => Ok((api, dr, plan)),
+        Err(error) => {
+            eprintln!("error: the DisasterRecovery is invalid: {error}");
+            Err(Exit::InvalidInput)
         }
     }
 }
 
-fn plan_of(dr: &DisasterRecovery) -> Option<Plan> {
-    Plan::new(&dr.spec)
-        .inspect_err(|error| eprintln!("error: the DisasterRecovery is invalid: {error}"))
-        .ok()
-}
-
 fn ended(dr: &DisasterRecovery) -> bool {
-    let phase = dr.status.as_ref().and_then(|s| s.phase);
-    matches!(phase, Some(RunPhase::Succeeded | RunPhase::Failed))
+    dr.status
+        .as_ref()
+        .is_some_and(DisasterRecoveryStatus::has_ended)
 }
 
 fn exit_of(record: &RunRecord) -> Exit {

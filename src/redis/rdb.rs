@@ -154,7 +154,7 @@ const MAX_AUX_FIELDS: usize = 64;
 
 /// Databases an RDB may hold: the per-database counts are kept, so a stream of ever new
 /// database numbers would otherwise grow them without bound. (Redis's default is 16.)
-pub const MAX_DATABASES: usize = 4096;
+const MAX_DATABASES: usize = 4096;
 
 // Opcodes (rdb.h).
 const OP_SLOT_INFO: u8 = 244;
@@ -302,7 +302,7 @@ impl<R: Read> Scanner<R> {
         }
     }
 
-    /// Counts a key entry of the current database, with its expiry if it has one.
+    /// `SELECTDB`: the database of the entries that follow, refused past [`MAX_DATABASES`].
     fn select_db(&mut self) -> Result<(), RdbError> {
         let db = self.plain_len()?;
         self.db = u32::try_from(db).map_err(|_| self.malformed("database number"))?;
@@ -313,6 +313,8 @@ impl<R: Read> Scanner<R> {
         Ok(())
     }
 
+    /// `AUX`: a key and a value, kept when both are small and fewer than
+    /// [`MAX_AUX_FIELDS`] are kept already.
     fn aux(&mut self) -> Result<(), RdbError> {
         let key = self.small_string()?;
         let value = self.small_string()?;
@@ -325,6 +327,7 @@ impl<R: Read> Scanner<R> {
         Ok(())
     }
 
+    /// Counts a key entry of the current database, with its expiry if it has one.
     fn count_key(&mut self, expires: Option<u64>) {
         let db = self.info.databases.entry(self.db).or_default();
         db.keys += 1;

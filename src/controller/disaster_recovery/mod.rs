@@ -63,7 +63,7 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
         Err(message) => return reject_invalid(&ctx, &dr, &drs, &previous, &message).await,
     };
     let base = current_run(&ctx, &dr, &drs, &previous).await?;
-    if base == previous && ended(&previous) {
+    if base == previous && previous.has_ended() {
         // A finished run is final: its recorded outcome stands, with or without its Jobs.
         let status = DisasterRecoveryStatus {
             observed_generation: dr.metadata.generation,
@@ -93,8 +93,6 @@ pub async fn reconcile(dr: Arc<DisasterRecovery>, ctx: Arc<Context>) -> Result<A
     Ok(next.map_or_else(Action::await_change, Action::requeue))
 }
 
-/// Whether the run in `status` has ended (an invalid spec fails a run without ending it: it
-/// goes on once the spec is valid again).
 /// The run metrics from the status just written: a run that ends is counted once, on the
 /// reconcile that records its end; the newest success is set again from any ended run's
 /// status, so the gauges survive an operator restart.
@@ -123,15 +121,10 @@ fn run_metrics(
     if let (Some(RunPhase::Succeeded), Some(start), Some(end)) =
         (after.phase, &after.started_at, &after.finished_at)
     {
-        let rto = Duration::try_from(end.0.duration_since(start.0)).unwrap_or_default();
+        let rto = status::elapsed(start, end);
         let at = end.0.as_millisecond() as f64 / 1000.0;
         ctx.metrics.run_succeeded(&run, at, rto, dr.rto_objective());
     }
-}
-
-fn ended(status: &DisasterRecoveryStatus) -> bool {
-    status.finished_at.is_some()
-        && matches!(status.phase, Some(RunPhase::Succeeded | RunPhase::Failed))
 }
 
 fn namespace(dr: &DisasterRecovery) -> String {
@@ -176,7 +169,7 @@ async fn current_run(
     if previous.run_id.is_some() && (started_it || refused) {
         return Ok(previous.clone());
     }
-    if previous.run_id.is_some() && !ended(previous) {
+    if previous.run_id.is_some() && !previous.has_ended() {
         return refuse_run(ctx, dr, drs, previous, trigger).await;
     }
     // A runId that is not a number (edited by hand) counts as none: the next run is 1.
