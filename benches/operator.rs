@@ -47,7 +47,7 @@ fn chain(name: &str, steps: usize, command: &str) -> DisasterRecovery {
         .map(|i| format!("    - {{name: s{i:03}, command: '{command}'}}\n"))
         .collect();
     serde_yaml::from_str(&format!(
-        "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {{name: {name}}}\nspec:\n  scenario: bench\n  template: {{image: {toolbox}}}\n  steps:\n{steps}",
+        "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {{name: {name}}}\nspec:\n  runOnCreate: true\n  scenario: bench\n  template: {{image: {toolbox}}}\n  steps:\n{steps}",
         toolbox = support::TOOLBOX
     ))
     .unwrap()
@@ -91,7 +91,7 @@ async fn watch_jobs(client: Client, ns: String, seen: Arc<Mutex<Seen>>) {
 async fn wait_all_finished(api: &Api<DisasterRecovery>, names: &[String]) {
     for name in names {
         let done = |dr: Option<&DisasterRecovery>| {
-            let phase = dr.and_then(|d| d.status.as_ref()).and_then(|s| s.phase);
+            let phase = dr.and_then(|d| d.status.as_ref()).and_then(|s| s.run.phase);
             matches!(phase, Some(RunPhase::Succeeded | RunPhase::Failed))
         };
         support::wait_for(

@@ -14,8 +14,8 @@ use k8s_openapi::api::core::v1::{
     SecretKeySelector, SecretVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume,
     VolumeMount, VolumeProjection,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::{Resource, ResourceExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::ResourceExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -29,8 +29,8 @@ use crate::plan::StepKind;
 use crate::probe::Probe;
 
 pub use crate::names::{
-    ATTEMPT_ENV, LABEL_ATTEMPT, LABEL_KIND, LABEL_OWNER_UID, LABEL_RECOVERY, LABEL_RUN, LABEL_STEP,
-    SAFE_TO_EVICT, TARGET_NAMESPACE_ENV,
+    ATTEMPT_ENV, LABEL_ATTEMPT, LABEL_KIND, LABEL_OWNER_UID, LABEL_RECOVERY, LABEL_RUN,
+    LABEL_RUN_NAME, LABEL_STEP, SAFE_TO_EVICT, TARGET_NAMESPACE_ENV,
 };
 
 /// The emptyDir through which the init container hands titan-step to the step's container.
@@ -419,6 +419,14 @@ where
     serde_json::from_value(merged).unwrap_or(base)
 }
 
+/// The run a Job belongs to: its ID (in the Job's name and the `dr.titan.io/run` label) and its
+/// RecoveryRun, the Job's owner (whose UID and name the Job's labels carry).
+#[derive(Debug, Clone)]
+pub struct JobRun {
+    pub id: String,
+    pub owner: OwnerReference,
+}
+
 /// The Job for one attempt (numbered from 1) of a step of the given run.
 ///
 /// No shell is needed in the step's image: an init container copies titan-step from the
@@ -426,7 +434,7 @@ where
 /// which keeps the output's tail as the termination message and the program's exit code.
 pub fn build_job(
     dr: &DisasterRecovery,
-    run: &str,
+    run: &JobRun,
     kind: StepKind,
     step: &Step,
     attempt: u32,
@@ -434,8 +442,9 @@ pub fn build_job(
 ) -> Job {
     let recovery = dr.name_any();
     let index = attempt.saturating_sub(1);
-    let uid = dr.uid().unwrap_or_default();
-    let labels = job_labels(&recovery, &uid, run, kind, step, index);
+    let uid = &run.owner.uid;
+    let mut labels = job_labels(&recovery, uid, &run.id, kind, step, index);
+    labels.insert(LABEL_RUN_NAME.into(), run.owner.name.clone());
     let template = dr.spec.template.clone().unwrap_or_default();
     let target_namespace = dr.target_namespace();
     let mut program = step_program(step, &template, setup, &target_namespace);
@@ -449,10 +458,10 @@ pub fn build_job(
     program.parts.env = env;
     Job {
         metadata: ObjectMeta {
-            name: Some(job_name(&recovery, &uid, run, &step.name, index)),
+            name: Some(job_name(&recovery, uid, &run.id, &step.name, index)),
             namespace: dr.namespace(),
             labels: Some(labels.clone()),
-            owner_references: dr.controller_owner_ref(&()).map(|r| vec![r]),
+            owner_references: Some(vec![run.owner.clone()]),
             ..Default::default()
         },
         spec: Some(JobSpec {
@@ -738,6 +747,21 @@ mod tests {
         assert_eq!(order, ["replacement", "between", "evicted"]);
     }
 
+    /// The first run of [`recovery`].
+    fn run_one() -> JobRun {
+        JobRun {
+            id: "1".into(),
+            owner: OwnerReference {
+                api_version: "dr.titan.io/v1alpha1".into(),
+                kind: "RecoveryRun".into(),
+                name: "complete-system-failure-1".into(),
+                uid: "0000-1111".into(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            },
+        }
+    }
+
     fn recovery() -> DisasterRecovery {
         let mut dr: DisasterRecovery = serde_yaml::from_str(
             r#"
@@ -809,16 +833,28 @@ spec:
         job.spec.unwrap().template.spec.unwrap()
     }
 
+    /// The Job of attempt `attempt` of the first step of run 1, with [`setup`].
+    fn first_step_job(dr: &DisasterRecovery, attempt: u32) -> Job {
+        build_job(
+            dr,
+            &run_one(),
+            StepKind::Step,
+            &dr.spec.steps[0],
+            attempt,
+            &setup(),
+        )
+    }
+
     /// The pod of the first attempt of `dr.spec.steps[index]`, with [`setup`].
     fn step_pod(dr: &DisasterRecovery, index: usize) -> PodSpec {
         let step = &dr.spec.steps[index];
-        pod_of(build_job(dr, "1", StepKind::Step, step, 1, &setup()))
+        pod_of(build_job(dr, &run_one(), StepKind::Step, step, 1, &setup()))
     }
 
     #[test]
     fn a_refused_job_keeps_its_identity_and_only_says_why() {
         let dr = recovery();
-        let job = build_job(&dr, "1", StepKind::Step, &dr.spec.steps[0], 1, &setup());
+        let job = first_step_job(&dr, 1);
         let refused = refused_job(&job, "runAsUser: Invalid value: -1", &setup());
         assert_eq!(
             refused.metadata, job.metadata,
@@ -843,7 +879,7 @@ spec:
     #[test]
     fn a_job_carries_labels_owner_deadline_and_the_step_command() {
         let dr = recovery();
-        let job = build_job(&dr, "1", StepKind::Step, &dr.spec.steps[0], 2, &setup());
+        let job = first_step_job(&dr, 2);
         let name = job.metadata.name.clone().unwrap();
         assert!(
             name.starts_with("complete-system-failure-1-start-redis-1-"),
@@ -857,7 +893,7 @@ spec:
         let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(
             (owner.kind.as_str(), owner.controller),
-            ("DisasterRecovery", Some(true))
+            ("RecoveryRun", Some(true))
         );
         let spec = job.spec.unwrap();
         assert_eq!(spec.backoff_limit, Some(0));
@@ -902,9 +938,13 @@ spec:
     #[test]
     fn args_run_without_a_shell_and_the_step_image_wins() {
         let dr = recovery();
+        let run = JobRun {
+            id: "3".into(),
+            ..run_one()
+        };
         let job = build_job(
             &dr,
-            "3",
+            &run,
             StepKind::Validation,
             &dr.spec.steps[1],
             1,
@@ -973,13 +1013,13 @@ spec:
         let mut dr = recovery();
         dr.spec.steps[0].timeout = None;
         let step = &dr.spec.steps[0];
-        let job = build_job(&dr, "1", StepKind::Step, step, 1, &setup());
+        let job = build_job(&dr, &run_one(), StepKind::Step, step, 1, &setup());
         assert_eq!(job.spec.unwrap().active_deadline_seconds, Some(1800));
         let none = JobSetup {
             default_timeout: Duration::ZERO,
             ..setup()
         };
-        let job = build_job(&dr, "1", StepKind::Step, step, 1, &none);
+        let job = build_job(&dr, &run_one(), StepKind::Step, step, 1, &none);
         assert_eq!(job.spec.unwrap().active_deadline_seconds, None);
     }
 
@@ -999,7 +1039,14 @@ spec:
             }),
             ..setup()
         };
-        let pod = pod_of(build_job(&dr, "1", StepKind::Step, step, 1, &with_restore));
+        let pod = pod_of(build_job(
+            &dr,
+            &run_one(),
+            StepKind::Step,
+            step,
+            1,
+            &with_restore,
+        ));
         let container = &pod.containers[0];
         // The operator's image, which has no shell.
         assert_eq!(container.image.as_deref(), Some("titan-dr:0.1.0"));
@@ -1113,7 +1160,14 @@ spec:
             }),
             ..setup()
         };
-        build_job(dr, "1", StepKind::Step, &dr.spec.steps[0], 1, &with_restore)
+        build_job(
+            dr,
+            &run_one(),
+            StepKind::Step,
+            &dr.spec.steps[0],
+            1,
+            &with_restore,
+        )
     }
 
     const DATA: &str = "dataVolume: {persistentVolumeClaim: {claimName: redis-data}}";

@@ -30,6 +30,10 @@ enum Command {
     /// Write the markdown report and SVG timeline of a DisasterRecovery's ended run in the
     /// cluster, as `run --report` does for a local one.
     Report(cli::ReportArgs),
+    /// Start a run of a DisasterRecovery in the cluster: creates a RecoveryRun requested by
+    /// the user the API server authenticates, and prints its name. Also `kubectl titan
+    /// trigger`.
+    Trigger(cli::TriggerArgs),
     /// Convert between markdown runbooks and DisasterRecovery resources.
     #[command(subcommand)]
     Runbook(cli::RunbookCommand),
@@ -59,6 +63,7 @@ async fn main() -> ExitCode {
         Command::Run(args) => cli::run::run(&args).await.into(),
         Command::Status(args) => cli::status::status(&args).await.into(),
         Command::Report(args) => cli::status::report(&args).await.into(),
+        Command::Trigger(args) => cli::trigger::trigger(&args).await.into(),
         Command::Runbook(command) => cli::runbook::runbook(&command).into(),
         Command::Probe(args) => cli::probe::run(&args).await.into(),
         Command::Backup(command) => cli::backup::run(*command).await.into(),

@@ -8,6 +8,8 @@ pub const GROUP: &str = "dr.titan.io";
 // Labels of every Job a run creates.
 pub const LABEL_RECOVERY: &str = "dr.titan.io/recovery";
 pub const LABEL_RUN: &str = "dr.titan.io/run";
+/// The RecoveryRun a Job (and its pod) belongs to.
+pub const LABEL_RUN_NAME: &str = "dr.titan.io/run-name";
 pub const LABEL_STEP: &str = "dr.titan.io/step";
 pub const LABEL_KIND: &str = "dr.titan.io/kind";
 pub const LABEL_ATTEMPT: &str = "dr.titan.io/attempt";

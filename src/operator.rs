@@ -16,11 +16,11 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 
 use crate::api::duration::{DurationError, GoDuration};
-use crate::api::{Backup, DisasterRecovery};
-use crate::controller::{CachesReady, Context, backup, disaster_recovery, measured};
+use crate::api::{Backup, DisasterRecovery, RecoveryRun};
+use crate::controller::{CachesReady, Context, backup, disaster_recovery, measured, recovery_run};
 use crate::job::{JobSetup, LABEL_RECOVERY};
 use crate::leader;
-use crate::names::LABEL_BACKUP;
+use crate::names::{LABEL_BACKUP, LABEL_RUN_NAME};
 use crate::snapshot_server::SnapshotServer;
 use crate::telemetry::{self, Metrics};
 
@@ -30,10 +30,6 @@ pub struct Config {
     /// How long to wait for the CRDs to be Established before giving up.
     #[arg(long, env = "TITAN_CRD_WAIT_SECONDS", default_value_t = 60)]
     pub crd_wait_seconds: u64,
-    /// How many runs of a DisasterRecovery keep their Jobs; older runs' Jobs are deleted
-    /// when a new run starts.
-    #[arg(long, env = "TITAN_KEEP_RUNS", default_value_t = 3)]
-    pub keep_runs: u32,
     /// The backup volume: every Backup's `destination.path` is a folder in it.
     #[arg(long, env = "TITAN_BACKUP_DIR", default_value = "/backups")]
     pub backup_dir: std::path::PathBuf,
@@ -142,6 +138,7 @@ type Cached<K> = (
 /// The watches of the Jobs this operator made, their Pods (only those: they carry its
 /// labels), and the Backups.
 struct Watched {
+    runs: Cached<RecoveryRun>,
     jobs: Cached<Job>,
     snapshot_jobs: Cached<Job>,
     pods: Cached<Pod>,
@@ -152,6 +149,7 @@ impl Watched {
     fn start(client: &Client, scope: &Scope) -> Self {
         let owned = watcher::Config::default().labels(LABEL_RECOVERY);
         Watched {
+            runs: cached(scope.api(client), watcher::Config::default()),
             jobs: cached(scope.api(client), owned.clone()),
             snapshot_jobs: cached(
                 scope.api(client),
@@ -184,6 +182,7 @@ where
 
 /// The operator's watches, each feeding a cache that reconciles read instead of listing.
 struct Caches {
+    runs: reflector::Store<RecoveryRun>,
     jobs: reflector::Store<Job>,
     snapshot_jobs: reflector::Store<Job>,
     pods: reflector::Store<Pod>,
@@ -250,6 +249,7 @@ async fn lead_term(
     let scope = Scope::of(config);
     let watched = Watched::start(&client, &scope);
     let caches = Caches {
+        runs: watched.runs.0,
         jobs: watched.jobs.0,
         snapshot_jobs: watched.snapshot_jobs.0,
         pods: watched.pods.0,
@@ -258,21 +258,16 @@ async fn lead_term(
     let (job_events, pod_events, backup_events) =
         (watched.jobs.1, watched.pods.1, watched.backups.1);
     let snapshot_job_events = watched.snapshot_jobs.1;
+    let run_events = watched.runs.1;
     // Guarded: an object that does not decode fails alone, and the watch goes on.
     let recoveries: Api<DeserializeGuard<DisasterRecovery>> = scope.api(&client);
     let backups: Api<DeserializeGuard<Backup>> = scope.api(&client);
     let ctx = Arc::new(context(client.clone(), config, metrics, caches));
 
-    let recovery_controller = Controller::new(recoveries, watcher::Config::default());
-    let recovery_cache = recovery_controller.store();
-    let recovery_controller = recovery_controller
-        .owns_stream(job_events)
-        // A pod that cannot start changes itself, not its Job: its changes wake the run too.
-        .watches_stream(pod_events, recovery_of_pod)
-        // A Backup's new snapshot changes RPOMet and what a restore step restores.
-        .watches_stream(backup_events, move |backup: Backup| {
-            recoveries_listing(&recovery_cache, &backup)
-        })
+    let runs: Api<DeserializeGuard<RecoveryRun>> = scope.api(&client);
+    let recovery_controller = Controller::new(recoveries, watcher::Config::default())
+        // A run's changes change the status of its recovery, which mirrors the newest.
+        .owns_stream(run_events)
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .shutdown_on_signal()
         .run(
@@ -288,6 +283,24 @@ async fn lead_term(
             ctx.clone(),
         )
         .for_each(log_result);
+    let run_controller = Controller::new(runs, watcher::Config::default());
+    let run_cache = run_controller.store();
+    let run_controller = run_controller
+        .owns_stream(job_events)
+        // A pod that cannot start changes itself, not its Job: its changes wake the run too.
+        .watches_stream(pod_events, run_of_pod)
+        // A Backup's new snapshot changes RPOMet and what a restore step restores.
+        .watches_stream(backup_events, move |backup: Backup| {
+            runs_using(&run_cache, &backup)
+        })
+        .with_config(controller::Config::default().concurrency(config.concurrency))
+        .shutdown_on_signal()
+        .run(
+            |run, ctx| measured("recovery_run", run, ctx, recovery_run::reconcile_guarded),
+            recovery_run::error_policy,
+            ctx.clone(),
+        )
+        .for_each(log_result);
     let backup_controller = Controller::new(backups, watcher::Config::default())
         .owns_stream(snapshot_job_events)
         .with_config(controller::Config::default().concurrency(config.concurrency))
@@ -298,7 +311,8 @@ async fn lead_term(
             ctx,
         )
         .for_each(log_result);
-    let controllers = futures::future::join(recovery_controller, backup_controller);
+    let controllers =
+        futures::future::join3(recovery_controller, run_controller, backup_controller);
     while_leading(controllers, leadership, &config.lease_name).await
 }
 
@@ -361,27 +375,28 @@ fn election(client: &Client, config: &Config) -> leader::Election {
     }
 }
 
-/// The DisasterRecoveries that list `backup` in `spec.backups` or restore it in a step.
-fn recoveries_listing(
-    recoveries: &reflector::Store<DeserializeGuard<DisasterRecovery>>,
+/// The runs in flight whose scenario lists `backup` in `backups` or restores it in a step.
+fn runs_using(
+    runs: &reflector::Store<DeserializeGuard<RecoveryRun>>,
     backup: &Backup,
-) -> Vec<ObjectRef<DeserializeGuard<DisasterRecovery>>> {
+) -> Vec<ObjectRef<DeserializeGuard<RecoveryRun>>> {
     let (ns, name) = (backup.namespace(), backup.name_any());
-    recoveries
-        .state()
+    runs.state()
         .into_iter()
         .filter_map(|guard| guard.0.clone().ok())
-        .filter(|dr| dr.namespace() == ns)
-        .filter(|dr| {
-            let restores = dr
-                .spec
+        .filter(|run| run.namespace() == ns && !run.run_status().has_ended())
+        .filter(|run| {
+            let Some(scenario) = run.status.as_ref().and_then(|s| s.scenario.as_deref()) else {
+                return false;
+            };
+            let restores = scenario
                 .steps
                 .iter()
                 .filter_map(|s| s.restore.as_ref())
                 .any(|r| r.backup == name);
-            restores || dr.spec.backups.contains(&name)
+            restores || scenario.backups.contains(&name)
         })
-        .map(|dr| ObjectRef::new(&dr.name_any()).within(&dr.namespace().unwrap_or_default()))
+        .map(|run| ObjectRef::new(&run.name_any()).within(&run.namespace().unwrap_or_default()))
         .collect()
 }
 
@@ -390,7 +405,6 @@ fn context(client: Client, config: &Config, metrics: Arc<Metrics>, caches: Cache
     Context {
         recorder: Context::recorder(&client),
         client,
-        keep_runs: config.keep_runs,
         pod_start_grace: config.pod_start_grace,
         backup_dir: config.backup_dir.clone(),
         job_setup: JobSetup {
@@ -403,11 +417,13 @@ fn context(client: Client, config: &Config, metrics: Arc<Metrics>, caches: Cache
         snapshot_url: config.snapshot_url.clone(),
         verify_redis_image: config.verify_redis_image.clone(),
         caches_ready: CachesReady::of(
+            &caches.runs,
             &caches.jobs,
             &caches.snapshot_jobs,
             &caches.pods,
             &caches.backups,
         ),
+        runs: caches.runs,
         jobs: caches.jobs,
         snapshot_jobs: caches.snapshot_jobs,
         pods: caches.pods,
@@ -417,10 +433,10 @@ fn context(client: Client, config: &Config, metrics: Arc<Metrics>, caches: Cache
     }
 }
 
-/// The DisasterRecovery a step's Pod belongs to, from its labels.
-fn recovery_of_pod(pod: Pod) -> Option<ObjectRef<DeserializeGuard<DisasterRecovery>>> {
-    let recovery = pod.labels().get(LABEL_RECOVERY)?;
-    Some(ObjectRef::new(recovery).within(&pod.namespace()?))
+/// The RecoveryRun a step's Pod belongs to, from its labels.
+fn run_of_pod(pod: Pod) -> Option<ObjectRef<DeserializeGuard<RecoveryRun>>> {
+    let run = pod.labels().get(LABEL_RUN_NAME)?;
+    Some(ObjectRef::new(run).within(&pod.namespace()?))
 }
 
 async fn log_result<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, E>) {
@@ -440,10 +456,11 @@ async fn wait_for_crds(client: &Client, scope: &Scope, limit: Duration) -> anyho
                 .api::<DisasterRecovery>(client)
                 .list_metadata(&one)
                 .await;
+            let runs = scope.api::<RecoveryRun>(client).list_metadata(&one).await;
             let backups = scope.api::<Backup>(client).list_metadata(&one).await;
-            match (recoveries, backups) {
-                (Ok(_), Ok(_)) => return,
-                (Err(error), _) | (_, Err(error)) => {
+            match (recoveries, runs, backups) {
+                (Ok(_), Ok(_), Ok(_)) => return,
+                (Err(error), ..) | (_, Err(error), _) | (.., Err(error)) => {
                     tracing::info!(%error, "waiting for the CRDs to be served");
                 }
             }
@@ -451,7 +468,12 @@ async fn wait_for_crds(client: &Client, scope: &Scope, limit: Duration) -> anyho
         }
     };
     tokio::time::timeout(limit, served).await.map_err(|_| {
-        let names = [DisasterRecovery::crd_name(), Backup::crd_name()].join(" and ");
+        let names = [
+            DisasterRecovery::crd_name(),
+            RecoveryRun::crd_name(),
+            Backup::crd_name(),
+        ]
+        .join(", ");
         anyhow::anyhow!("{names} not served after {limit:?}; apply crds/ first")
     })
 }

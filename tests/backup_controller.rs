@@ -76,8 +76,8 @@ fn attempt_time(b: Option<&Backup>) -> Option<String> {
 fn run_ended(run: &'static str) -> impl Fn(Option<&DisasterRecovery>) -> bool {
     move |d| {
         d.and_then(|d| d.status.as_ref()).is_some_and(|s| {
-            s.run_id.as_deref() == Some(run)
-                && matches!(s.phase, Some(RunPhase::Succeeded | RunPhase::Failed))
+            s.run.run_id.as_deref() == Some(run)
+                && matches!(s.run.phase, Some(RunPhase::Succeeded | RunPhase::Failed))
         })
     }
 }
@@ -705,12 +705,12 @@ async fn configuration_snapshots_and_rpo_of_a_recovery() {
         maps.patch("shared-config", &PatchParams::default(), &Patch::Merge(&corrupt)).await.unwrap();
         let drs: Api<DisasterRecovery> = Api::namespaced(client.clone(), &ns);
         let restore: DisasterRecovery = serde_yaml::from_str(
-            "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {name: configuration-corruption}\nspec:\n  scenario: configuration-corruption\n  template: {serviceAccountName: config-restorer}\n  steps: [{name: restore-config, timeout: 2m, restore: {backup: config, configuration: {}}}]\n",
+            "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {name: configuration-corruption}\nspec:\n  runOnCreate: true\n  scenario: configuration-corruption\n  template: {serviceAccountName: config-restorer}\n  steps: [{name: restore-config, timeout: 2m, restore: {backup: config, configuration: {}}}]\n",
         )
         .unwrap();
         drs.create(&PostParams::default(), &restore).await.unwrap();
         let done = support::wait_for(&drs, "configuration-corruption", "the restore", LIMIT, run_ended("1")).await;
-        let step = &done.status.unwrap().steps[0];
+        let step = &done.status.unwrap().run.steps[0];
         assert_eq!(step.phase, StepPhase::Succeeded, "{step:#?}");
         assert!(step.output.as_deref().unwrap_or("").contains("applied 2 objects"), "{step:#?}");
         for name in ["brain-config", "shared-config"] {
@@ -722,18 +722,18 @@ async fn configuration_snapshots_and_rpo_of_a_recovery() {
         for (name, rpo, expected) in [("within", "5m", "True"), ("missed", "1s", "False")] {
             tokio::time::sleep(Duration::from_millis(1100)).await;
             let dr: DisasterRecovery = serde_yaml::from_str(&format!(
-                "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {{name: {name}}}\nspec:\n  scenario: rpo\n  objectives: {{rpo: {rpo}}}\n  backups: [config]\n  template: {{image: {toolbox}}}\n  steps: [{{name: noop, command: 'true'}}]\n",
+                "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {{name: {name}}}\nspec:\n  runOnCreate: true\n  scenario: rpo\n  objectives: {{rpo: {rpo}}}\n  backups: [config]\n  template: {{image: {toolbox}}}\n  steps: [{{name: noop, command: 'true'}}]\n",
                 toolbox = support::TOOLBOX
             ))
             .unwrap();
             drs.create(&PostParams::default(), &dr).await.unwrap();
             let finished = support::wait_for(&drs, name, "RPOMet", LIMIT, |d: Option<&DisasterRecovery>| {
                 d.and_then(|d| d.status.as_ref())
-                    .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "RPOMet" && c.status != "Unknown"))
+                    .is_some_and(|s| s.run.conditions.iter().any(|c| c.type_ == "RPOMet" && c.status != "Unknown"))
             })
             .await;
             let status = finished.status.unwrap();
-            let rpo_met = status.conditions.iter().find(|c| c.type_ == "RPOMet").unwrap();
+            let rpo_met = status.run.conditions.iter().find(|c| c.type_ == "RPOMet").unwrap();
             assert_eq!(rpo_met.status, expected, "{}", rpo_met.message);
             assert!(rpo_met.message.contains("config: "), "{}", rpo_met.message);
         }
@@ -810,6 +810,7 @@ apiVersion: dr.titan.io/v1alpha1
 kind: DisasterRecovery
 metadata: {{name: database-corruption}}
 spec:
+  runOnCreate: true
   scenario: database-corruption
   objectives: {{rto: 10m, rpo: 5m}}
   backups: [redis]
@@ -838,7 +839,7 @@ spec:
         let done =
             support::wait_for(&drs, "database-corruption", "run 1", LIMIT, run_ended("1")).await;
         let status = done.status.unwrap();
-        let step = &status.steps[0];
+        let step = &status.run.steps[0];
         assert_eq!(step.phase, StepPhase::Succeeded, "{step:#?}");
         let output = step.output.as_deref().unwrap_or("");
         assert!(output.contains("sent SHUTDOWN NOSAVE to Redis at redis:6379"), "{step:#?}");
@@ -848,7 +849,7 @@ spec:
             "{step:#?}"
         );
         let ready = status
-            .conditions
+            .run.conditions
             .iter()
             .find(|c| c.type_ == "Ready")
             .unwrap();
@@ -915,7 +916,7 @@ spec:
         let done =
             support::wait_for(&drs, "database-corruption", "run 2", LIMIT, run_ended("2")).await;
         let status = done.status.unwrap();
-        let step = &status.steps[0];
+        let step = &status.run.steps[0];
         assert_eq!(step.phase, StepPhase::Failed, "{step:#?}");
         let output = step.output.clone().unwrap_or_default();
         assert!(
@@ -925,7 +926,7 @@ spec:
         assert!(output.contains("no snapshot verified"), "{output}");
         assert!(!output.contains("SHUTDOWN"), "{output}");
         let ready = status
-            .conditions
+            .run.conditions
             .iter()
             .find(|c| c.type_ == "Ready")
             .unwrap();

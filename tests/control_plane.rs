@@ -42,6 +42,7 @@ apiVersion: dr.titan.io/v1alpha1
 kind: DisasterRecovery
 metadata: {name: NAME}
 spec:
+  runOnCreate: true
   scenario: complete-system-failure
   severity: Critical
   objectives: {rto: 15m, rpo: 5m}

@@ -52,15 +52,26 @@ const OPERATOR_USES: &[(&str, &str, &str)] = &[
     ("dr.titan.io", "backups/status", "get"),
     ("dr.titan.io", "backups/status", "patch"),
     ("dr.titan.io", "backups/status", "update"),
-    // One Job per attempt, watched through `.owns()`; old runs deleted by label; an attempt
-    // whose pod cannot start recorded on its Job and stopped (patch).
+    // Runs: watched, started (run-now, runOnCreate, schedule), adopted and aborted (patch),
+    // deleted past the history limits; their status by server-side apply.
+    ("dr.titan.io", "recoveryruns", "get"),
+    ("dr.titan.io", "recoveryruns", "list"),
+    ("dr.titan.io", "recoveryruns", "watch"),
+    ("dr.titan.io", "recoveryruns", "create"),
+    ("dr.titan.io", "recoveryruns", "patch"),
+    ("dr.titan.io", "recoveryruns", "delete"),
+    ("dr.titan.io", "recoveryruns/status", "get"),
+    ("dr.titan.io", "recoveryruns/status", "patch"),
+    ("dr.titan.io", "recoveryruns/status", "update"),
+    // One Job per attempt, watched through `.owns()`, deleted with its run (by owner); an
+    // attempt whose pod cannot start, or of an aborted run, recorded on its Job and stopped
+    // (patch); a Backup's finished snapshot Jobs deleted.
     ("batch", "jobs", "get"),
     ("batch", "jobs", "list"),
     ("batch", "jobs", "watch"),
     ("batch", "jobs", "create"),
     ("batch", "jobs", "patch"),
     ("batch", "jobs", "delete"),
-    ("batch", "jobs", "deletecollection"),
     // Termination messages of finished attempts; watched for pods that cannot start.
     ("", "pods", "get"),
     ("", "pods", "list"),
@@ -464,7 +475,7 @@ fn the_dockerfile_and_the_chart_follow_the_crate() {
 #[test]
 fn the_chart_refuses_a_wrong_value_naming_it() {
     for (value, named) in [
-        ("operator.keepRuns=three", "/operator/keepRuns"),
+        ("operator.concurrency=many", "/operator/concurrency"),
         ("operator.keepRun=3", "keepRun"),
         ("operator.podStartGrace=soon", "/operator/podStartGrace"),
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
@@ -568,7 +579,7 @@ fn the_chart_renders_the_manifests_by_default() {
 fn the_chart_values_change_what_they_say() {
     let objects = render_chart(&[
         "--set",
-        "operator.watchNamespace=titan,operator.keepRuns=5,backups.persistence.enabled=false",
+        "operator.watchNamespace=titan,backups.persistence.enabled=false",
         "--set",
         "serviceAccount.name=dr-operator,fullnameOverride=dr,image.tag=9.9.9",
     ]);
@@ -599,7 +610,6 @@ fn the_chart_values_change_what_they_say() {
         env["TITAN_OPERATOR_IMAGE"],
         Some("ghcr.io/titan-dr/titan-dr:9.9.9")
     );
-    assert_eq!(env["TITAN_KEEP_RUNS"], Some("5"));
     let backups = pod.volumes.iter().flatten().find(|v| v.name == "backups");
     assert!(backups.unwrap().empty_dir.is_some());
     let binding: ClusterRoleBinding =
@@ -908,6 +918,8 @@ apiVersion: dr.titan.io/v1alpha1
 kind: DisasterRecovery
 metadata: {name: as-service-account}
 spec:
+  runOnCreate: true
+  successfulRunsHistoryLimit: 1
   scenario: as-service-account
   objectives: {rto: 10m, rpo: 5m}
   backups: [redis]
@@ -926,9 +938,9 @@ spec:
 fn run_finished(run: &'static str) -> impl Fn(Option<&DisasterRecovery>) -> bool {
     move |dr| {
         let status = dr.and_then(|d| d.status.as_ref());
-        status.and_then(|s| s.run_id.as_deref()) == Some(run)
+        status.and_then(|s| s.run.run_id.as_deref()) == Some(run)
             && matches!(
-                status.and_then(|s| s.phase),
+                status.and_then(|s| s.run.phase),
                 Some(RunPhase::Succeeded | RunPhase::Failed)
             )
     }
@@ -963,19 +975,21 @@ async fn first_run(
 #[tokio::test]
 async fn the_operator_works_as_its_service_account() {
     support::with_namespace(|client, ns| async move {
-        // One run of history, so the second run prunes the first's Jobs.
-        let operator = support::Operator::install_with(&ns, &["operator.keepRuns=1"]).await;
+        // One run of history (successfulRunsHistoryLimit), so the second run's end deletes the
+        // first run and, by owner, its Jobs.
+        let operator = support::Operator::install(&ns).await;
         let (drs, status) = first_run(&client, &ns).await;
-        assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:#?}");
+        assert_eq!(status.run.phase, Some(RunPhase::Succeeded), "{status:#?}");
         // The Backup lookup was allowed: a missing Backup, not an error.
         let rpo = status
+            .run
             .conditions
             .iter()
             .find(|c| c.type_ == "RPOMet")
             .expect("RPOMet");
         assert_eq!(rpo.reason, "BackupNotFound", "{rpo:?}");
 
-        // A second run deletes the first's Jobs (deletecollection).
+        // A second run deletes the first.
         let now = serde_json::json!({"metadata": {"annotations": {
             titan_dr::controller::disaster_recovery::RUN_NOW: "2"
         }}});
@@ -994,14 +1008,30 @@ async fn the_operator_works_as_its_service_account() {
             run_finished("2"),
         )
         .await;
-        assert_eq!(done.status.unwrap().phase, Some(RunPhase::Succeeded));
+        assert_eq!(done.status.unwrap().run.phase, Some(RunPhase::Succeeded));
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
         let first_run = ListParams::default().labels(&format!(
             "{LABEL_RECOVERY}=as-service-account,{LABEL_RUN}=1"
         ));
+        // The run goes at once; its Jobs go by owner, with the garbage collector.
+        let runs: Api<titan_dr::api::RecoveryRun> = Api::namespaced(client.clone(), &ns);
+        let mut pruned = false;
+        for _ in 0..120 {
+            let run = runs.get_opt("as-service-account-1").await.unwrap();
+            let left = jobs.list(&first_run).await.unwrap().items;
+            if run.is_none() && left.is_empty() {
+                pruned = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        assert!(pruned, "run 1 and its Jobs are pruned within 60 s");
         assert!(
-            jobs.list(&first_run).await.unwrap().items.is_empty(),
-            "run 1's Jobs are pruned"
+            runs.get_opt("as-service-account-2")
+                .await
+                .unwrap()
+                .is_some(),
+            "the newest run stays"
         );
 
         let events: Api<Event> = Api::namespaced(client.clone(), &ns);
@@ -1161,7 +1191,7 @@ async fn the_operator_works_with_roles_only() {
     support::with_namespace(|client, ns| async move {
         let operator = support::Operator::install_with(&ns, &["rbac.namespaced=true"]).await;
         let (_, status) = first_run(&client, &ns).await;
-        assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:#?}");
+        assert_eq!(status.run.phase, Some(RunPhase::Succeeded), "{status:#?}");
 
         let settings = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, labels: {app: titan}}\ndata: {mode: live}\n";
         support::create_yaml::<k8s_openapi::api::core::v1::ConfigMap>(&client, &ns, settings)

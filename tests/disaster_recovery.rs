@@ -28,6 +28,7 @@ apiVersion: dr.titan.io/v1alpha1
 kind: DisasterRecovery
 metadata: {{name: {name}}}
 spec:
+  runOnCreate: true
   scenario: {name}
   objectives: {{rto: 10m}}
   template: {{image: {toolbox}}}
@@ -51,7 +52,7 @@ async fn create(client: &Client, ns: &str, dr: &DisasterRecovery) -> Api<Disaste
 }
 
 fn finished(dr: Option<&DisasterRecovery>) -> bool {
-    let phase = dr.and_then(|d| d.status.as_ref()).and_then(|s| s.phase);
+    let phase = dr.and_then(|d| d.status.as_ref()).and_then(|s| s.run.phase);
     matches!(phase, Some(RunPhase::Succeeded | RunPhase::Failed))
 }
 
@@ -60,7 +61,7 @@ fn run_finished(run: &'static str) -> impl Fn(Option<&DisasterRecovery>) -> bool
         finished(dr)
             && dr
                 .and_then(|d| d.status.as_ref())
-                .and_then(|s| s.run_id.as_deref())
+                .and_then(|s| s.run.run_id.as_deref())
                 == Some(run)
     }
 }
@@ -72,10 +73,11 @@ async fn wait_finished(api: &Api<DisasterRecovery>, name: &str) -> DisasterRecov
 
 fn condition<'s>(status: &'s DisasterRecoveryStatus, type_: &str) -> (&'s str, &'s str, &'s str) {
     let c = status
+        .run
         .conditions
         .iter()
         .find(|c| c.type_ == type_)
-        .unwrap_or_else(|| panic!("condition {type_} missing: {:#?}", status.conditions));
+        .unwrap_or_else(|| panic!("condition {type_} missing: {:#?}", status.run.conditions));
     (c.status.as_str(), c.reason.as_str(), c.message.as_str())
 }
 
@@ -116,14 +118,14 @@ async fn a_failing_non_critical_step_degrades_but_the_run_succeeds() {
         );
         let api = create(&client, &ns, &dr).await;
         let status = wait_finished(&api, "non-critical").await;
-        assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:#?}");
+        assert_eq!(status.run.phase, Some(RunPhase::Succeeded), "{status:#?}");
         assert_eq!(condition(&status, "Degraded").0, "True");
         assert_eq!(condition(&status, "Ready").0, "True");
-        let flaky = step(&status.steps, "flaky");
+        let flaky = step(&status.run.steps, "flaky");
         assert_eq!((flaky.phase, flaky.exit_code), (StepPhase::Failed, Some(4)));
         assert_eq!(flaky.output.as_deref(), Some("broken\n"));
-        assert_eq!(step(&status.steps, "last").phase, StepPhase::Succeeded);
-        assert_eq!(step(&status.rollback, "undo").phase, StepPhase::Pending);
+        assert_eq!(step(&status.run.steps, "last").phase, StepPhase::Succeeded);
+        assert_eq!(step(&status.run.rollback, "undo").phase, StepPhase::Pending);
 
         // Seen from outside: the operator is ready and has counted its reconciles.
         let pod = operator.pod_ip();
@@ -153,15 +155,15 @@ async fn a_failing_critical_step_skips_the_rest_and_rolls_back() {
         );
         let api = create(&client, &ns, &dr).await;
         let status = wait_finished(&api, "critical").await;
-        assert_eq!(status.phase, Some(RunPhase::Failed), "{status:#?}");
+        assert_eq!(status.run.phase, Some(RunPhase::Failed), "{status:#?}");
         let (ready, reason, message) = condition(&status, "Ready");
         assert_eq!((ready, reason), ("False", "Failed"));
         assert!(message.contains("broken"), "{message}");
-        assert_eq!(step(&status.steps, "broken").exit_code, Some(2));
-        assert_eq!(step(&status.steps, "after").phase, StepPhase::Skipped);
-        assert_eq!(step(&status.validations, "check").phase, StepPhase::Skipped);
-        assert_eq!(step(&status.rollback, "undo-a").phase, StepPhase::Succeeded);
-        assert_eq!(step(&status.rollback, "undo-b").phase, StepPhase::Succeeded);
+        assert_eq!(step(&status.run.steps, "broken").exit_code, Some(2));
+        assert_eq!(step(&status.run.steps, "after").phase, StepPhase::Skipped);
+        assert_eq!(step(&status.run.validations, "check").phase, StepPhase::Skipped);
+        assert_eq!(step(&status.run.rollback, "undo-a").phase, StepPhase::Succeeded);
+        assert_eq!(step(&status.run.rollback, "undo-b").phase, StepPhase::Succeeded);
         assert_eq!(condition(&status, "RTOMet").0, "False");
         let jobs = jobs_of(&client, &ns, "critical").await;
         let steps: Vec<String> = jobs.iter().map(|j| j.labels()[LABEL_STEP].clone()).collect();
@@ -187,15 +189,15 @@ async fn expectations_timeouts_and_retries() {
         );
         let api = create(&client, &ns, &dr).await;
         let status = wait_finished(&api, "expectations").await;
-        let wrong = step(&status.steps, "wrong-output");
+        let wrong = step(&status.run.steps, "wrong-output");
         assert_eq!((wrong.phase, wrong.exit_code), (StepPhase::Failed, Some(0)));
         assert_eq!(
             wrong.message.as_deref(),
             Some(r#"expected output to contain "PONG", got "Could not connect""#)
         );
-        let slow = step(&status.steps, "too-slow");
+        let slow = step(&status.run.steps, "too-slow");
         assert_eq!(slow.phase, StepPhase::TimedOut, "{slow:#?}");
-        let retried = step(&status.steps, "retried");
+        let retried = step(&status.run.steps, "retried");
         assert_eq!((retried.phase, retried.attempts), (StepPhase::Failed, 3));
         let jobs = jobs_of(&client, &ns, "expectations").await;
         let mut retried_jobs: Vec<String> =
@@ -205,7 +207,7 @@ async fn expectations_timeouts_and_retries() {
             retried_jobs,
             ["expectations-1-retried-0", "expectations-1-retried-1", "expectations-1-retried-2"]
         );
-        assert_eq!(status.phase, Some(RunPhase::Succeeded));
+        assert_eq!(status.run.phase, Some(RunPhase::Succeeded));
         assert_eq!(condition(&status, "Degraded").0, "True");
     })
     .await;
@@ -235,7 +237,8 @@ async fn an_invalid_graph_creates_no_job_and_names_the_problem() {
             let api = create(&client, &ns, &dr).await;
             let invalid = |d: Option<&DisasterRecovery>| {
                 d.and_then(|d| d.status.as_ref()).is_some_and(|s| {
-                    s.conditions
+                    s.run
+                        .conditions
                         .iter()
                         .any(|c| c.type_ == "Ready" && c.reason == "InvalidSpec")
                 })
@@ -261,10 +264,11 @@ type StepOutcome = (String, StepPhase, u32, Option<i32>, Option<String>);
 /// What a run's status says, without times: comparable between runs.
 fn outcome(status: &DisasterRecoveryStatus) -> Vec<StepOutcome> {
     status
+        .run
         .steps
         .iter()
-        .chain(&status.validations)
-        .chain(&status.rollback)
+        .chain(&status.run.validations)
+        .chain(&status.run.rollback)
         .map(|s| {
             (
                 s.name.clone(),
@@ -279,6 +283,7 @@ fn outcome(status: &DisasterRecoveryStatus) -> Vec<StepOutcome> {
 
 fn conditions_summary(status: &DisasterRecoveryStatus) -> BTreeMap<String, (String, String)> {
     let summary = status
+        .run
         .conditions
         .iter()
         .map(|c| (c.type_.clone(), (c.status.clone(), c.reason.clone())));
@@ -372,8 +377,11 @@ async fn changing_run_now_starts_a_new_run_with_fresh_jobs() {
         // The history rule keeps the Jobs of the last 3 runs.
         assert_eq!(runs, ["3", "4", "5"]);
         let status = api.get("drill").await.unwrap().status.unwrap();
-        assert_eq!(status.run_id.as_deref(), Some("5"));
-        let job = step(&status.steps, "only").job.clone().unwrap_or_default();
+        assert_eq!(status.run.run_id.as_deref(), Some("5"));
+        let job = step(&status.run.steps, "only")
+            .job
+            .clone()
+            .unwrap_or_default();
         assert!(job.starts_with("drill-5-only-0-"), "{job}");
     })
     .await;
@@ -433,10 +441,11 @@ async fn the_operator_and_a_local_run_give_the_same_step_outcomes() {
         let api = create(&client, &ns, &cluster_dr).await;
         let status = wait_finished(&api, "parity").await;
         let mut cluster: Vec<(String, StepPhase, u32, Option<i32>)> = status
+            .run
             .steps
             .iter()
-            .chain(&status.validations)
-            .chain(&status.rollback)
+            .chain(&status.run.validations)
+            .chain(&status.run.rollback)
             .map(|s| (s.name.clone(), s.phase, s.attempts, s.exit_code))
             .collect();
         let mut local = local;
@@ -451,7 +460,7 @@ async fn the_operator_and_a_local_run_give_the_same_step_outcomes() {
         assert_eq!(phase_of("fatal"), StepPhase::Failed);
         assert_eq!(phase_of("never"), StepPhase::Skipped);
         assert_eq!(phase_of("undo-fails"), StepPhase::Failed);
-        assert_eq!(status.phase, Some(RunPhase::Failed));
+        assert_eq!(status.run.phase, Some(RunPhase::Failed));
         terminal_views_agree(&ns, &parity_yaml).await;
     })
     .await;
@@ -605,8 +614,8 @@ async fn failed_to_start(
     dr: &str,
 ) -> StepStatus {
     let status = wait_finished(api, dr).await;
-    assert_eq!(status.phase, Some(RunPhase::Failed), "{status:#?}");
-    let only = status.steps[0].clone();
+    assert_eq!(status.run.phase, Some(RunPhase::Failed), "{status:#?}");
+    let only = status.run.steps[0].clone();
     assert_eq!(
         (only.phase, only.attempts),
         (StepPhase::Failed, 1),
@@ -689,7 +698,7 @@ async fn pod_of_a_root_image_under_run_as_non_root_fails_at_once() {
             hard,
             &["container has runAsNonRoot and image will run as root"],
         );
-        let took = titan_dr::controller::disaster_recovery::status::elapsed(
+        let took = titan_dr::controller::recovery_run::status::elapsed(
             step.started_at.as_ref().unwrap(),
             step.finished_at.as_ref().unwrap(),
         );
@@ -748,8 +757,8 @@ async fn a_step_whose_job_the_api_server_refuses_fails_saying_why() {
         let bad_step = "{name: bad, command: 'true', securityContext: {runAsUser: -1}}";
         let api = create(&client, &ns, &single_step("refused-job", bad_step)).await;
         let status = wait_finished(&api, "refused-job").await;
-        assert_eq!(status.phase, Some(RunPhase::Failed), "{status:#?}");
-        let bad = step(&status.steps, "bad");
+        assert_eq!(status.run.phase, Some(RunPhase::Failed), "{status:#?}");
+        let bad = step(&status.run.steps, "bad");
         assert_eq!(
             (bad.phase, bad.attempts),
             (StepPhase::Failed, 1),
@@ -800,7 +809,7 @@ async fn a_reconcile_of_a_finished_unchanged_recovery_writes_and_lists_nothing()
         let dr = scenario("quiet", "    - {name: only, command: 'echo done'}", "", "");
         let api = create(&client, &ns, &dr).await;
         let status = wait_finished(&api, "quiet").await;
-        assert_eq!(status.phase, Some(RunPhase::Succeeded));
+        assert_eq!(status.run.phase, Some(RunPhase::Succeeded));
         // Let the operator's own status write come back through its watch.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let status = api.get("quiet").await.unwrap().status.unwrap();
@@ -858,7 +867,7 @@ async fn a_reconcile_of_a_finished_unchanged_recovery_writes_and_lists_nothing()
             Some("1"),
             "{series:?}"
         );
-        let ended = status.finished_at.as_ref().unwrap().0.as_second();
+        let ended = status.run.finished_at.as_ref().unwrap().0.as_second();
         let last = |series: &BTreeMap<String, String>| -> f64 {
             series["titan_dr_run_last_success_timestamp_seconds"]
                 .parse()
@@ -928,7 +937,7 @@ async fn edit_and_wait_observed(api: &Api<DisasterRecovery>, name: &str, descrip
         LIMIT,
         |dr: Option<&DisasterRecovery>| {
             dr.and_then(|d| d.status.as_ref())
-                .is_some_and(|s| s.observed_generation == generation)
+                .is_some_and(|s| s.run.observed_generation == generation)
         },
     )
     .await;
@@ -946,7 +955,7 @@ async fn a_finished_run_stands_when_its_jobs_are_deleted() {
         );
         let api = create(&client, &ns, &dr).await;
         let before = wait_finished(&api, "final").await;
-        assert_eq!(before.phase, Some(RunPhase::Succeeded));
+        assert_eq!(before.run.phase, Some(RunPhase::Succeeded));
         // A TTL policy or a clean-up removes the finished run's Jobs.
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
         jobs.delete_collection(
@@ -963,7 +972,7 @@ async fn a_finished_run_stands_when_its_jobs_are_deleted() {
         );
         let after = api.get("final").await.unwrap().status.unwrap();
         assert_eq!(outcome(&after), outcome(&before));
-        assert_eq!(after.finished_at, before.finished_at);
+        assert_eq!(after.run.finished_at, before.run.finished_at);
     })
     .await;
 }
@@ -995,8 +1004,8 @@ async fn an_evicted_step_pod_is_replaced_and_fails_no_step() {
             .await
             .expect("evicting the step's pod");
         let status = wait_finished(&api, "drained").await;
-        assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:#?}");
-        let slow = step(&status.steps, "slow");
+        assert_eq!(status.run.phase, Some(RunPhase::Succeeded), "{status:#?}");
+        let slow = step(&status.run.steps, "slow");
         assert_eq!((slow.phase, slow.attempts), (StepPhase::Succeeded, 1));
         assert_eq!(slow.output.as_deref().map(str::trim), Some("done"));
         let jobs = jobs_of(&client, &ns, "drained").await;
@@ -1037,7 +1046,7 @@ async fn jobs_belong_to_their_owner_by_uid_whatever_the_names_spell() {
         create(&client, &ns, &x1).await;
         for (name, step_name, said) in [("x", "1-zz", "x"), ("x-1", "zz", "x-1")] {
             let status = wait_finished(&api, name).await;
-            let done = step(&status.steps, step_name);
+            let done = step(&status.run.steps, step_name);
             assert_eq!(done.phase, StepPhase::Succeeded, "{name}: {done:#?}");
             assert_eq!(
                 done.output.as_deref().map(str::trim),
@@ -1047,7 +1056,10 @@ async fn jobs_belong_to_their_owner_by_uid_whatever_the_names_spell() {
         }
         // Deleted leaving its Jobs behind, and made again under its name: the new `x` runs
         // its step in a Job of its own instead of adopting the old one's outcome.
-        let old_job = wait_finished(&api, "x").await.steps[0].job.clone().unwrap();
+        let old_job = wait_finished(&api, "x").await.run.steps[0]
+            .job
+            .clone()
+            .unwrap();
         api.delete("x", &kube::api::DeleteParams::orphan())
             .await
             .unwrap();
@@ -1060,7 +1072,7 @@ async fn jobs_belong_to_their_owner_by_uid_whatever_the_names_spell() {
         );
         create(&client, &ns, &again).await;
         let status = wait_finished(&api, "x").await;
-        let done = step(&status.steps, "1-zz");
+        let done = step(&status.run.steps, "1-zz");
         assert_ne!(
             done.job.as_deref(),
             Some(old_job.as_str()),
@@ -1089,7 +1101,7 @@ async fn run_now_during_an_active_run_is_refused_and_never_runs_later() {
             LIMIT,
             |dr: Option<&DisasterRecovery>| {
                 dr.and_then(|d| d.status.as_ref())
-                    .is_some_and(|s| s.steps.iter().any(|st| st.phase == StepPhase::Running))
+                    .is_some_and(|s| s.run.steps.iter().any(|st| st.phase == StepPhase::Running))
             },
         )
         .await;
@@ -1109,13 +1121,13 @@ async fn run_now_during_an_active_run_is_refused_and_never_runs_later() {
             },
         )
         .await;
-        assert_eq!(refused.status.unwrap().run_id.as_deref(), Some("1"));
+        assert_eq!(refused.status.unwrap().run.run_id.as_deref(), Some("1"));
         let status = wait_finished(&api, "busy").await;
-        assert_eq!(status.phase, Some(RunPhase::Succeeded));
+        assert_eq!(status.run.phase, Some(RunPhase::Succeeded));
         // Once the active run ended, the refused request still starts nothing.
         edit_and_wait_observed(&api, "busy", "after the run").await;
         let status = api.get("busy").await.unwrap().status.unwrap();
-        assert_eq!(status.run_id.as_deref(), Some("1"));
+        assert_eq!(status.run.run_id.as_deref(), Some("1"));
         let runs: Vec<String> = jobs_of(&client, &ns, "busy")
             .await
             .iter()
@@ -1129,7 +1141,7 @@ async fn run_now_during_an_active_run_is_refused_and_never_runs_later() {
             .unwrap_or_else(|| panic!("no RunRefused Event: {events:#?}"));
         let note = refusal.note.clone().unwrap_or_default();
         assert!(
-            note.contains("run 1 is active") && note.contains("Forbid"),
+            note.contains("run busy-1 is active") && note.contains("Forbid"),
             "{note}"
         );
     })
@@ -1148,7 +1160,7 @@ async fn a_restore_of_a_backup_that_does_not_exist_fails_naming_it() {
         );
         let api = create(&client, &ns, &dr).await;
         let status = wait_finished(&api, "missing").await;
-        let restore = step(&status.steps, "restore-redis");
+        let restore = step(&status.run.steps, "restore-redis");
         assert_eq!(restore.phase, StepPhase::Failed);
         assert_eq!(
             restore.message.as_deref(),
@@ -1193,7 +1205,7 @@ async fn two_replicas_one_leader_and_a_killed_leader_is_replaced_without_duplica
         let api = create(&client, &ns, &dr).await;
         support::wait_for(&api, "failover", "the first step to run", LIMIT, |dr: Option<&DisasterRecovery>| {
             dr.and_then(|d| d.status.as_ref())
-                .is_some_and(|s| s.steps.iter().any(|st| st.phase == StepPhase::Running))
+                .is_some_and(|s| s.run.steps.iter().any(|st| st.phase == StepPhase::Running))
         })
         .await;
         // The leader dies without a chance to give the Lease up.
@@ -1213,7 +1225,7 @@ async fn two_replicas_one_leader_and_a_killed_leader_is_replaced_without_duplica
         // A figure for the note and RELIABILITY.md, not an assertion on time.
         println!("failover: {successor} holds the Lease {:?} after {leader} was killed", killed.elapsed());
         let status = wait_finished(&api, "failover").await;
-        assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:#?}");
+        assert_eq!(status.run.phase, Some(RunPhase::Succeeded), "{status:#?}");
         let mut names: Vec<String> = jobs_of(&client, &ns, "failover").await.iter().map(readable).collect();
         names.sort();
         assert_eq!(names, ["failover-1-first-0", "failover-1-second-0"], "one Job per step");

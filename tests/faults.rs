@@ -37,7 +37,7 @@ const STEPS: &str = concat!(
 
 fn scenario(name: &str, steps: &str) -> DisasterRecovery {
     serde_yaml::from_str(&format!(
-        "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {{name: {name}}}\nspec:\n  scenario: {name}\n  template: {{image: {}}}\n  steps:\n{steps}\n  validations:\n    - {{name: check, command: 'echo ok', expect: {{outputContains: ok}}}}\n",
+        "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {{name: {name}}}\nspec:\n  runOnCreate: true\n  scenario: {name}\n  template: {{image: {}}}\n  steps:\n{steps}\n  validations:\n    - {{name: check, command: 'echo ok', expect: {{outputContains: ok}}}}\n",
         support::TOOLBOX
     ))
     .unwrap()
@@ -47,7 +47,7 @@ fn scenario(name: &str, steps: &str) -> DisasterRecovery {
 type Outcome = Vec<(String, StepPhase, u32, Option<i32>, Option<String>)>;
 
 fn outcome(status: &DisasterRecoveryStatus) -> Outcome {
-    let all = status.steps.iter().chain(&status.validations);
+    let all = status.run.steps.iter().chain(&status.run.validations);
     all.map(|s| {
         let output = s.output.clone();
         (s.name.clone(), s.phase, s.attempts, s.exit_code, output)
@@ -56,7 +56,7 @@ fn outcome(status: &DisasterRecoveryStatus) -> Outcome {
 }
 
 fn finished(dr: Option<&DisasterRecovery>) -> bool {
-    let phase = dr.and_then(|d| d.status.as_ref()).and_then(|s| s.phase);
+    let phase = dr.and_then(|d| d.status.as_ref()).and_then(|s| s.run.phase);
     matches!(phase, Some(RunPhase::Succeeded | RunPhase::Failed))
 }
 
@@ -247,7 +247,7 @@ async fn leading(ip: &str) -> Option<bool> {
 
 fn step_phase(dr: Option<&DisasterRecovery>, name: &str) -> Option<StepPhase> {
     let status = dr?.status.as_ref()?;
-    Some(status.steps.iter().find(|s| s.name == name)?.phase)
+    Some(status.run.steps.iter().find(|s| s.name == name)?.phase)
 }
 
 const OUTAGE_STEPS: &str = concat!(

@@ -90,8 +90,16 @@ async fn create(
     ns: &str,
     case: &Case,
 ) -> Result<(Api<DynamicObject>, String), String> {
-    let object: DynamicObject = serde_yaml::from_str(&case.yaml)
+    let mut object: DynamicObject = serde_yaml::from_str(&case.yaml)
         .unwrap_or_else(|e| panic!("{}: not YAML of an object: {e}", case.file));
+    // Asked to run on creation: an invalid spec that slipped through would create a Job.
+    let is_recovery = object
+        .types
+        .as_ref()
+        .is_some_and(|t| t.kind == "DisasterRecovery");
+    if let (true, Some(spec)) = (is_recovery, object.data["spec"].as_object_mut()) {
+        spec.insert("runOnCreate".into(), true.into());
+    }
     let api = Api::namespaced_with(client.clone(), ns, &resource_of(&object));
     // As `kubectl apply --server-side` sends it: strict field validation.
     let apply = PatchParams::apply("hostile-corpus").validation_strict();

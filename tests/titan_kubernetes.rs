@@ -91,8 +91,8 @@ fn dataset(con: &mut redis::Connection) -> BTreeMap<String, (Vec<u8>, i64)> {
 fn run_ended(run: &'static str) -> impl Fn(Option<&DisasterRecovery>) -> bool {
     move |dr| {
         dr.and_then(|d| d.status.as_ref()).is_some_and(|s| {
-            s.run_id.as_deref() == Some(run)
-                && matches!(s.phase, Some(RunPhase::Succeeded | RunPhase::Failed))
+            s.run.run_id.as_deref() == Some(run)
+                && matches!(s.run.phase, Some(RunPhase::Succeeded | RunPhase::Failed))
         })
     }
 }
@@ -100,7 +100,7 @@ fn run_ended(run: &'static str) -> impl Fn(Option<&DisasterRecovery>) -> bool {
 /// A DisasterRecovery in the recovery namespace of one restore step of the Redis Backup.
 fn restore_only(name: &str, account: &str) -> DisasterRecovery {
     serde_yaml::from_str(&format!(
-        "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {{name: {name}}}\nspec:\n  scenario: database-corruption\n  targetNamespace: titan\n  template: {{serviceAccountName: {account}}}\n  steps:\n    - name: restore-redis\n      timeout: 3m\n      restore: {{backup: redis, redis: {{address: 'titan-redis.titan.svc:6379', wait: 60s}}}}\n"
+        "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {{name: {name}}}\nspec:\n  runOnCreate: true\n  scenario: database-corruption\n  targetNamespace: titan\n  template: {{serviceAccountName: {account}}}\n  steps:\n    - name: restore-redis\n      timeout: 3m\n      restore: {{backup: redis, redis: {{address: 'titan-redis.titan.svc:6379', wait: 60s}}}}\n"
     ))
     .unwrap()
 }
@@ -213,15 +213,21 @@ async fn a_deleted_titan_namespace_comes_back_from_its_snapshots_with_its_data()
         let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let recorder = tokio::spawn(record_job_events(client.clone(), RECOVERY.into(), events.clone()));
         kubectl(&["-n", RECOVERY, "apply", "-f", &format!("{KIT}/recovery/recovery.yaml")]);
+        let created = kubectl(&["-n", RECOVERY, "create", "-o", "name", "-f", &format!("{KIT}/recovery/run.yaml")]);
+        let run = created.trim().rsplit('/').next().unwrap().to_owned();
         let drs: Api<DisasterRecovery> = Api::namespaced(client.clone(), RECOVERY);
-        let done = support::wait_for(&drs, "complete-system-failure", "the recovery", LIMIT, run_ended("1")).await;
+        let ended = |dr: Option<&DisasterRecovery>| {
+            let status = dr.and_then(|d| d.status.as_ref());
+            status.is_some_and(|s| s.last_run.as_deref() == Some(run.as_str()) && s.run.has_ended())
+        };
+        let done = support::wait_for(&drs, "complete-system-failure", "the recovery", LIMIT, ended).await;
         recorder.abort();
         let status = done.status.unwrap();
-        let failed: Vec<_> = status.steps.iter().filter(|s| s.phase != StepPhase::Succeeded).collect();
+        let failed: Vec<_> = status.run.steps.iter().filter(|s| s.phase != StepPhase::Succeeded).collect();
         assert!(failed.is_empty(), "{failed:#?}");
-        assert_eq!(status.phase, Some(RunPhase::Succeeded));
+        assert_eq!(status.run.phase, Some(RunPhase::Succeeded));
         let condition = |kind: &str| {
-            let c = status.conditions.iter().find(|c| c.type_ == kind).unwrap_or_else(|| panic!("no {kind}"));
+            let c = status.run.conditions.iter().find(|c| c.type_ == kind).unwrap_or_else(|| panic!("no {kind}"));
             (c.status.clone(), c.reason.clone(), c.message.clone())
         };
         for kind in ["Ready", "Validated", "RTOMet", "RPOMet"] {
@@ -231,7 +237,7 @@ async fn a_deleted_titan_namespace_comes_back_from_its_snapshots_with_its_data()
             let (state, reason, message) = condition(&format!("validation.dr.titan.io/{validation}"));
             assert_eq!((state.as_str(), reason.as_str()), ("True", "Passed"), "{validation}: {message}");
         }
-        let restore = status.steps.iter().find(|s| s.name == "restore-redis").unwrap();
+        let restore = status.run.steps.iter().find(|s| s.name == "restore-redis").unwrap();
         let output = restore.output.clone().unwrap_or_default();
         // The newest snapshot taken before the run started (the schedule may have added one).
         let restored = output
@@ -239,7 +245,7 @@ async fn a_deleted_titan_namespace_comes_back_from_its_snapshots_with_its_data()
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("no verified snapshot named: {output}"));
-        let started = titan_dr::backup::manifest::snapshot_id(status.started_at.clone().unwrap().0);
+        let started = titan_dr::backup::manifest::snapshot_id(status.run.started_at.clone().unwrap().0);
         let taken = backups.get("redis").await.unwrap().status.unwrap().snapshots;
         let newest_before = taken.iter().map(|s| s.id.as_str()).filter(|id| *id <= started.as_str()).max();
         assert_eq!(Some(restored), newest_before, "{output}");
@@ -317,7 +323,7 @@ async fn a_deleted_titan_namespace_comes_back_from_its_snapshots_with_its_data()
         flip_a_byte(&store_dir.join(&newest.file));
         let _: () = redis::cmd("SET").arg("written-after-the-recovery").arg(1).query(&mut con).unwrap();
         let again = run_once(&drs, &restore_only("restore-redis", "titan-recovery")).await;
-        let step = &again.status.unwrap().steps[0];
+        let step = &again.status.unwrap().run.steps[0];
         assert_eq!(step.phase, StepPhase::Succeeded, "{step:#?}");
         let output = step.output.clone().unwrap_or_default();
         assert!(output.contains(&format!("refusing snapshot {}", newest.id)), "{output}");
@@ -334,24 +340,24 @@ async fn a_deleted_titan_namespace_comes_back_from_its_snapshots_with_its_data()
         let untouched = dataset(&mut con);
         let refused = run_once(&drs, &restore_only("restore-redis", "titan-recovery")).await;
         let status = refused.status.unwrap();
-        assert_eq!(status.phase, Some(RunPhase::Failed));
-        let output = status.steps[0].output.clone().unwrap_or_default();
+        assert_eq!(status.run.phase, Some(RunPhase::Failed));
+        let output = status.run.steps[0].output.clone().unwrap_or_default();
         assert!(output.contains("no snapshot verified"), "{output}");
         assert_eq!(dataset(&mut redis(&client).await), untouched, "Redis is untouched");
 
         // Another account of the namespace may not read the snapshots; the recovery's own
         // account may not write outside `titan`.
         let foreign = run_once(&drs, &restore_only("restore-as-default", "default")).await;
-        let output = foreign.status.unwrap().steps[0].output.clone().unwrap_or_default();
+        let output = foreign.status.unwrap().run.steps[0].output.clone().unwrap_or_default();
         assert!(output.contains("403"), "{output}");
         assert!(output.contains("may not get backups/snapshots of titan-recovery/redis"), "{output}");
         let escape: DisasterRecovery = serde_yaml::from_str(&format!(
-            "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {{name: escape}}\nspec:\n  scenario: escape\n  template: {{image: {}, serviceAccountName: titan-recovery}}\n  steps: [{{name: write-elsewhere, command: 'kubectl -n titan-recovery create configmap escape --from-literal=a=b'}}]\n",
+            "apiVersion: dr.titan.io/v1alpha1\nkind: DisasterRecovery\nmetadata: {{name: escape}}\nspec:\n  runOnCreate: true\n  scenario: escape\n  template: {{image: {}, serviceAccountName: titan-recovery}}\n  steps: [{{name: write-elsewhere, command: 'kubectl -n titan-recovery create configmap escape --from-literal=a=b'}}]\n",
             support::TOOLBOX
         ))
         .unwrap();
         let escaped = run_once(&drs, &escape).await;
-        let output = escaped.status.unwrap().steps[0].output.clone().unwrap_or_default();
+        let output = escaped.status.unwrap().run.steps[0].output.clone().unwrap_or_default();
         assert!(output.contains("writes only to the namespace titan"), "{output}");
 
         delete_namespace(&client, TITAN).await;

@@ -65,15 +65,17 @@ say "5. The disaster: kubectl delete namespace titan"
 kubectl delete namespace titan --wait=true
 kubectl get namespace titan 2>&1 | sed 's/^/   /' || true
 
-say "6. kubectl apply -f $kit/recovery/recovery.yaml"
+say "6. kubectl apply -f $kit/recovery/recovery.yaml (runs nothing), then create a RecoveryRun"
 kubectl -n titan-recovery apply -f "$kit/recovery/recovery.yaml"
+run=$(kubectl -n titan-recovery create -f "$kit/recovery/run.yaml" -o name)
+echo "   $run"
 steps='{range .status.steps[*]}{.name}={.phase} {end}{range .status.validations[*]}{.name}={.phase} {end}'
 last=""
 start=$SECONDS
 deadline=$((SECONDS + 600))
 while :; do
-  phase=$(kubectl -n titan-recovery get dr complete-system-failure -o jsonpath='{.status.phase}')
-  now=$(kubectl -n titan-recovery get dr complete-system-failure -o jsonpath="$steps")
+  phase=$(kubectl -n titan-recovery get "$run" -o jsonpath='{.status.phase}')
+  now=$(kubectl -n titan-recovery get "$run" -o jsonpath="$steps")
   if [ "$now" != "$last" ]; then
     printf '[%3ss] %-10s' "$((SECONDS - start))" "${phase:-Pending}"
     for s in $now; do
@@ -91,7 +93,7 @@ while :; do
 done
 
 say "7. The result"
-kubectl -n titan-recovery get dr
+kubectl -n titan-recovery get dr,rrun
 kubectl -n titan-recovery get dr complete-system-failure \
   -o jsonpath='{range .status.conditions[*]}  {.type}={.status} ({.reason}) {.message}{"\n"}{end}'
 echo

@@ -2,13 +2,15 @@
 //! its steps, validations and rollback, and the status of its current run.
 
 use k8s_openapi::api::core::v1::{EnvVar, PodSecurityContext, SecurityContext};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
 use kube::{CustomResource, KubeSchema, ResourceExt};
 use serde::{Deserialize, Serialize};
 
 use super::backup::SecretKeyRef;
 use super::duration::GoDuration;
 use super::probe::Probe;
+pub use super::recovery_run::RunStatus;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// A DNS-1123 label, as Kubernetes requires for names that end up in Job names and labels.
 pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
@@ -17,10 +19,12 @@ pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 pub const MAX_STEPS: usize = 100;
 pub const MAX_COMPONENTS: usize = 64;
 
-/// A disaster-recovery scenario that the operator executes as ordered Kubernetes Jobs.
+/// A disaster-recovery scenario that the operator executes as ordered Kubernetes Jobs, once per
+/// RecoveryRun.
 ///
-/// Creating the resource starts a run; changing the `dr.titan.io/run-now` annotation starts
-/// another. The status tells where the current run stands and whether it met its objectives.
+/// A RecoveryRun starts a run; so do changing the `dr.titan.io/run-now` annotation and, with
+/// `runOnCreate`, creating the resource. The status tells where the newest run stands and
+/// whether it met its objectives.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(
     group = "dr.titan.io",
@@ -82,10 +86,51 @@ pub struct DisasterRecoverySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<JobTemplate>,
 
-    /// What a run requested while another is active does: `Forbid` (the only policy yet)
-    /// refuses it with a reason, and it never runs beside the active one nor later.
+    /// What a run requested while another is active does: `Forbid` refuses it with a reason,
+    /// and it never runs beside the active one nor later; `Replace` aborts the active one
+    /// (its rollback runs), then starts.
     #[serde(default)]
     pub concurrency_policy: ConcurrencyPolicy,
+
+    /// Whether creating this resource starts a run (default false: a Git sync, a restore of
+    /// the cluster's objects or a copy to a new cluster never executes a runbook).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run_on_create: bool,
+
+    /// When runs start by themselves: a cron schedule (`0 3 1 * *`, `@monthly`), read in
+    /// `timeZone`. Only the latest tick since the last runs, never a burst of missed ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub schedule: Option<String>,
+
+    /// The IANA time zone of `schedule` (default UTC), e.g. `Europe/Berlin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub time_zone: Option<String>,
+
+    /// Holds the schedule: no scheduled run starts while true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+
+    /// How late a tick may start; a tick found later than this is recorded as missed
+    /// (`status.lastMissedScheduleTime`, a Warning Event) and does not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0), extend("format" = "int64"))]
+    pub starting_deadline_seconds: Option<i64>,
+
+    /// The mode of scheduled runs: `Drill` (default) or `Recovery`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_mode: Option<super::recovery_run::RunMode>,
+
+    /// How many succeeded RecoveryRuns are kept, with their Jobs (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100), extend("format" = "int32"))]
+    pub successful_runs_history_limit: Option<u32>,
+
+    /// How many failed RecoveryRuns are kept, with their Jobs (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100), extend("format" = "int32"))]
+    pub failed_runs_history_limit: Option<u32>,
 
     /// The recovery steps, in runbook order.
     #[schemars(length(min = 1, max = MAX_STEPS))]
@@ -129,9 +174,11 @@ impl DisasterRecovery {
     schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
 )]
 pub enum ConcurrencyPolicy {
-    /// Refused with a reason (an Event and `status.refusedRunTrigger`).
+    /// Refused with a reason (an Event, and the refused run ends Failed, reason Refused).
     #[default]
     Forbid,
+    /// The active run is aborted (its rollback runs), then the new one starts.
+    Replace,
 }
 
 /// Severity of the failure a scenario recovers from.
@@ -432,6 +479,8 @@ pub enum RunPhase {
     #[default]
     Pending,
     Running,
+    /// `spec.action: Pause`: no attempt starts; those running go on.
+    Paused,
     Validating,
     RollingBack,
     Succeeded,
@@ -452,67 +501,41 @@ pub enum StepPhase {
     Skipped,
 }
 
-/// The observed state of a DisasterRecovery's current run.
+/// The observed state of a DisasterRecovery: its newest run (every field of the first stage,
+/// copied from that RecoveryRun) and its history.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct DisasterRecoveryStatus {
-    /// The generation of the spec this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// Phase of the current run.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<RunPhase>,
-    /// ID of the current run; part of every Job name and the `dr.titan.io/run` label.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub run_id: Option<String>,
-    /// The `dr.titan.io/run-now` annotation value that started the current run.
+    /// The newest run, as its RecoveryRun's status has it; `observedGeneration` and the
+    /// InvalidSpec condition are this resource's own.
+    #[serde(flatten)]
+    pub run: RunStatus,
+    /// The `dr.titan.io/run-now` annotation value last acted on (started or refused a run, or
+    /// was there when the resource was created): a run starts when it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_trigger: Option<String>,
     /// The latest `dr.titan.io/run-now` value refused because a run was active: it starts
     /// nothing, then or later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused_run_trigger: Option<String>,
-    /// When the current run started.
+    /// The newest RecoveryRun.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<Time>,
-    /// When the current run ended.
+    pub last_run: Option<String>,
+    /// The newest RecoveryRun that succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<Time>,
-    /// Time from start to the end of a successful run, e.g. `4m12s`.
-    #[serde(
-        default,
-        rename = "achievedRTO",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub achieved_rto: Option<String>,
-    /// State of every recovery step.
+    pub last_successful_run: Option<String>,
+    /// The RecoveryRuns started and not ended.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub steps: Vec<StepStatus>,
-    /// State of every validation.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub validations: Vec<StepStatus>,
-    /// State of every rollback step.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub rollback: Vec<StepStatus>,
-    /// Ready, Progressing, Degraded, Validated, RTOMet, RPOMet and one
-    /// `validation.dr.titan.io/<name>` per validation.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
-}
-
-impl DisasterRecoveryStatus {
-    /// The number of the current run. `runId` is a string in the API (`"1"`), so that it may
-    /// stop being a counter some day; the controller counts, and reads it here only.
-    pub fn run_number(&self) -> Option<u64> {
-        self.run_id.as_deref()?.parse().ok()
-    }
-
-    /// Whether the run has ended (an invalid spec fails a run without ending it: it goes on
-    /// once the spec is valid again).
-    pub fn has_ended(&self) -> bool {
-        self.finished_at.is_some()
-            && matches!(self.phase, Some(RunPhase::Succeeded | RunPhase::Failed))
-    }
+    pub active: Vec<String>,
+    /// The latest tick of `schedule` dealt with (run, refused or missed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+    /// The next tick of `schedule` (absent while suspended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<Time>,
+    /// The latest tick that was past `startingDeadlineSeconds` when seen, and so did not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_missed_schedule_time: Option<Time>,
 }
 
 /// The observed state of one step.
@@ -545,22 +568,4 @@ pub struct StepStatus {
     /// Why the step ended the way it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_run_number_is_read_from_the_run_id_string() {
-        let status = |run_id: Option<&str>| DisasterRecoveryStatus {
-            run_id: run_id.map(str::to_owned),
-            ..Default::default()
-        };
-        assert_eq!(status(Some("12")).run_number(), Some(12));
-        assert_eq!(status(Some("run-12")).run_number(), None);
-        assert_eq!(status(None).run_number(), None);
-        let json = serde_json::to_value(status(Some("1"))).unwrap();
-        assert_eq!(json["runId"], "1", "a string, as the API says");
-    }
 }

@@ -4,9 +4,11 @@ pub mod backup;
 pub mod disaster_recovery;
 pub mod duration;
 pub mod probe;
+pub mod recovery_run;
 
 pub use backup::{Backup, BackupSpec, BackupStatus};
 pub use disaster_recovery::{DisasterRecovery, DisasterRecoverySpec, DisasterRecoveryStatus};
+pub use recovery_run::{RecoveryRun, RecoveryRunSpec, RecoveryRunStatus, RunStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -15,7 +17,7 @@ pub use crate::names::GROUP;
 
 /// Every CRD the operator serves.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![DisasterRecovery::crd(), Backup::crd()]
+    vec![DisasterRecovery::crd(), RecoveryRun::crd(), Backup::crd()]
 }
 
 /// The CRDs as one multi-document YAML stream, the content of `crds/crds.yaml`.

@@ -11,6 +11,7 @@ pub mod probe;
 pub mod run;
 pub mod runbook;
 pub mod status;
+pub mod trigger;
 
 pub use backup::BackupCommand;
 pub use plan::PlanArgs;
@@ -18,6 +19,7 @@ pub use probe::ProbeArgs;
 pub use run::RunArgs;
 pub use runbook::RunbookCommand;
 pub use status::{ReportArgs, StatusArgs};
+pub use trigger::TriggerArgs;
 
 /// How a command ended, as its process exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

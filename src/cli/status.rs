@@ -15,9 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
 use super::Exit;
-use crate::api::disaster_recovery::{
-    DisasterRecovery, DisasterRecoveryStatus, RunPhase, StepPhase, StepStatus,
-};
+use crate::api::disaster_recovery::{DisasterRecovery, RunPhase, RunStatus, StepPhase, StepStatus};
 use crate::local::display::Display;
 use crate::local::executor::{AttemptRecord, Logs, Observer, StepRecord};
 use crate::local::{RunOutcome, RunRecord, report};
@@ -79,7 +77,7 @@ pub async fn status(args: &StatusArgs) -> Exit {
     show(&mut display, &mut shown, &latest, &plan);
     let record = record(&latest, &plan, Timestamp::now());
     if !ended(&latest) {
-        let phase = latest.status.as_ref().and_then(|s| s.phase);
+        let phase = latest.status.as_ref().and_then(|s| s.run.phase);
         display.line(&format!("Run is {phase:?}; --watch follows it to its end"));
         return Exit::Succeeded;
     }
@@ -152,9 +150,7 @@ async fn fetch(
 }
 
 fn ended(dr: &DisasterRecovery) -> bool {
-    dr.status
-        .as_ref()
-        .is_some_and(DisasterRecoveryStatus::has_ended)
+    dr.status.as_ref().is_some_and(|s| s.run.has_ended())
 }
 
 fn exit_of(record: &RunRecord) -> Exit {
@@ -173,7 +169,7 @@ struct Shown {
 
 /// Prints what happened since the last call, in the order it happened.
 fn show(display: &mut Display, shown: &mut Shown, dr: &DisasterRecovery, plan: &Plan) {
-    let status = dr.status.clone().unwrap_or_default();
+    let status = dr.status.clone().unwrap_or_default().run;
     if shown.run != status.run_id {
         shown.run = status.run_id.clone();
         shown.events.clear();
@@ -226,7 +222,7 @@ fn show(display: &mut Display, shown: &mut Shown, dr: &DisasterRecovery, plan: &
 
 /// The run in `dr`'s status as a local run's record; `now` ends a run still going.
 pub fn record(dr: &DisasterRecovery, plan: &Plan, now: Timestamp) -> RunRecord {
-    let status = dr.status.clone().unwrap_or_default();
+    let status = dr.status.clone().unwrap_or_default().run;
     let start = status.started_at.as_ref().map_or(now, |t| t.0);
     let end = status.finished_at.as_ref().map_or(now, |t| t.0);
     let lists = [
@@ -263,7 +259,7 @@ pub fn record(dr: &DisasterRecovery, plan: &Plan, now: Timestamp) -> RunRecord {
     }
 }
 
-fn outcome(status: &DisasterRecoveryStatus) -> RunOutcome {
+fn outcome(status: &RunStatus) -> RunOutcome {
     match status.phase {
         Some(RunPhase::Succeeded) => RunOutcome::Succeeded,
         Some(RunPhase::Failed) => RunOutcome::Failed,

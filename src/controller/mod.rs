@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod conditions;
 pub mod disaster_recovery;
+pub mod recovery_run;
 
 use std::path::PathBuf;
 
@@ -26,7 +27,7 @@ use kube::runtime::reflector::Store;
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 
-use crate::api::Backup;
+use crate::api::{Backup, RecoveryRun};
 use crate::job::JobSetup;
 use crate::names::LABEL_OWNER_UID;
 use crate::telemetry::Metrics;
@@ -37,8 +38,6 @@ pub use crate::names::OPERATOR_MANAGER as MANAGER;
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
-    /// How many runs of a DisasterRecovery keep their Jobs for history.
-    pub keep_runs: u32,
     /// How long a pod may fail to pull its image, or find no node, before its
     /// attempt fails.
     pub pod_start_grace: Duration,
@@ -49,6 +48,8 @@ pub struct Context {
     /// The operator's caches of the Jobs it made, their Pods, and the Backups: reconciles read
     /// these instead of listing.
     pub jobs: Store<Job>,
+    /// The RecoveryRuns: a recovery's history, and the runs a new run must not run beside.
+    pub runs: Store<RecoveryRun>,
     /// The Backups' snapshot Jobs (label `dr.titan.io/backup`).
     pub snapshot_jobs: Store<Job>,
     pub pods: Store<Pod>,
@@ -76,6 +77,7 @@ pub struct CachesReady(Shared<BoxFuture<'static, Result<(), &'static str>>>);
 
 impl CachesReady {
     pub fn of(
+        runs: &Store<RecoveryRun>,
         jobs: &Store<Job>,
         snapshot_jobs: &Store<Job>,
         pods: &Store<Pod>,
@@ -83,7 +85,9 @@ impl CachesReady {
     ) -> Self {
         let (jobs, pods, backups) = (jobs.clone(), pods.clone(), backups.clone());
         let snapshot_jobs = snapshot_jobs.clone();
+        let runs = runs.clone();
         let ready = async move {
+            runs.wait_until_ready().await.map_err(|_| "RecoveryRuns")?;
             jobs.wait_until_ready().await.map_err(|_| "Jobs")?;
             let snapshot_jobs = snapshot_jobs.wait_until_ready();
             snapshot_jobs.await.map_err(|_| "snapshot Jobs")?;
@@ -275,6 +279,32 @@ pub async fn create_owned(jobs: &Api<Job>, job: &Job) -> Result<Result<(), Taken
     }
 }
 
+/// Writes an object's status with server-side apply, as the operator, unless nothing changed.
+pub async fn apply_status<K, S>(
+    api: &Api<K>,
+    name: &str,
+    previous: &S,
+    status: &S,
+) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: serde::Serialize + PartialEq,
+{
+    if status == previous {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    let params = kube::api::PatchParams::apply(MANAGER).force();
+    api.patch_status(name, &params, &kube::api::Patch::Apply(&patch))
+        .await
+        .map_err(Error::WriteStatus)?;
+    Ok(())
+}
+
 /// Why a reconcile failed. The category names the stage; it is the metric
 /// label and the Warning Event's reason.
 #[derive(Debug, thiserror::Error)]
@@ -301,6 +331,12 @@ pub enum Error {
     },
     #[error("writing status: {0}")]
     WriteStatus(#[source] kube::Error),
+    #[error("creating or changing RecoveryRun {run}: {source}")]
+    WriteRun {
+        run: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("pruning old runs: {0}")]
     Prune(#[source] kube::Error),
     #[error("reading the backup store: {0}")]
@@ -319,6 +355,7 @@ impl Error {
             Error::StopJob { .. } => "StopJobFailed",
             Error::DeleteJob { .. } => "DeleteJobFailed",
             Error::WriteStatus(_) => "WriteStatusFailed",
+            Error::WriteRun { .. } => "WriteRunFailed",
             Error::Prune(_) => "PruneFailed",
             Error::Backup(_) => "BackupStoreFailed",
             Error::CacheClosed(_) => "CacheClosed",
@@ -386,11 +423,12 @@ mod tests {
 
     #[test]
     fn every_waiter_on_the_caches_is_woken_when_all_are_filled() {
+        let (runs, mut run_writer) = reflector::store::<RecoveryRun>();
         let (jobs, mut job_writer) = reflector::store::<Job>();
         let (snapshot_jobs, mut snapshot_job_writer) = reflector::store::<Job>();
         let (pods, mut pod_writer) = reflector::store::<Pod>();
         let (backups, mut backup_writer) = reflector::store::<Backup>();
-        let ready = CachesReady::of(&jobs, &snapshot_jobs, &pods, &backups);
+        let ready = CachesReady::of(&runs, &jobs, &snapshot_jobs, &pods, &backups);
         let flags: Vec<Arc<Flag>> = (0..3).map(|_| Arc::new(Flag::default())).collect();
         let mut waiting: Vec<_> = flags.iter().map(|_| ready.0.clone()).collect();
         for (future, flag) in waiting.iter_mut().zip(&flags) {
@@ -398,6 +436,7 @@ mod tests {
             let pending = future.poll_unpin(&mut TaskContext::from_waker(&waker));
             assert!(pending.is_pending(), "nothing is filled yet");
         }
+        init(&mut run_writer);
         init(&mut job_writer);
         init(&mut snapshot_job_writer);
         init(&mut pod_writer);
@@ -419,11 +458,13 @@ mod tests {
 
     #[test]
     fn caches_whose_watch_ended_unfilled_name_the_cache() {
+        let (runs, mut run_writer) = reflector::store::<RecoveryRun>();
         let (jobs, mut job_writer) = reflector::store::<Job>();
         let (snapshot_jobs, mut snapshot_job_writer) = reflector::store::<Job>();
         let (pods, pod_writer) = reflector::store::<Pod>();
         let (backups, _backup_writer) = reflector::store::<Backup>();
-        let ready = CachesReady::of(&jobs, &snapshot_jobs, &pods, &backups);
+        let ready = CachesReady::of(&runs, &jobs, &snapshot_jobs, &pods, &backups);
+        init(&mut run_writer);
         init(&mut job_writer);
         init(&mut snapshot_job_writer);
         drop(pod_writer);

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::{Plan, PlannedStep};
-use crate::api::disaster_recovery::{DisasterRecoveryStatus, RunPhase, StepPhase};
+use crate::api::disaster_recovery::{RunPhase, RunStatus, StepPhase};
 
 /// Where one step, validation or rollback step stands.
 ///
@@ -26,7 +26,7 @@ pub struct RunState(BTreeMap<String, StepState>);
 
 impl RunState {
     /// The state recorded in a resource's status: its steps, validations and rollback steps.
-    pub fn from_status(status: &DisasterRecoveryStatus) -> Self {
+    pub fn from_status(status: &RunStatus) -> Self {
         let recorded = status
             .steps
             .iter()
@@ -179,15 +179,7 @@ impl Plan {
         };
 
         if has_failed(&self.steps, true) {
-            let skip = self.not_started(state);
-            let steps_running = self.steps.iter().any(|s| standing(s) == Standing::Running);
-            if steps_running {
-                return decision(RunPhase::RollingBack, Vec::new(), skip, None);
-            }
-            return match self.next_rollback_step(state) {
-                Some(attempt) => decision(RunPhase::RollingBack, attempt, skip, None),
-                None => decision(RunPhase::Failed, Vec::new(), skip, Some(Outcome::Failed)),
-            };
+            return self.rolling_back(state, degraded);
         }
 
         if !self.steps.iter().all(|s| standing(s).has_ended()) {
@@ -204,6 +196,41 @@ impl Plan {
         }
         let due = attempts(StepKind::Validation, &self.validations, state, |_| true);
         decision(RunPhase::Validating, due, Vec::new(), None)
+    }
+
+    /// What an aborted run does next: what it does after a critical failure. Nothing else
+    /// starts (no retry either), steps and validations not yet started are skipped, those
+    /// still running (which the controller stops) are waited for, then the rollback runs.
+    pub fn next_aborted(&self, state: &RunState) -> Decision {
+        // A failure due a retry gets none: it is as failed as one past its retries.
+        let failed = |step: &PlannedStep| {
+            let standing = Standing::of(step, state.get(&step.name));
+            !step.critical && matches!(standing, Standing::Failed | Standing::RetryDue)
+        };
+        let degraded = self.steps.iter().chain(&self.validations).any(failed);
+        self.rolling_back(state, degraded)
+    }
+
+    /// Rolling back: skip what never started, wait for what runs, then the rollback steps.
+    fn rolling_back(&self, state: &RunState, degraded: bool) -> Decision {
+        let skip = self.not_started(state);
+        let running = self
+            .steps
+            .iter()
+            .chain(&self.validations)
+            .any(|s| Standing::of(s, state.get(&s.name)) == Standing::Running);
+        let (phase, start, outcome) = match self.next_rollback_step(state) {
+            _ if running => (RunPhase::RollingBack, Vec::new(), None),
+            Some(attempt) => (RunPhase::RollingBack, attempt, None),
+            None => (RunPhase::Failed, Vec::new(), Some(Outcome::Failed)),
+        };
+        Decision {
+            phase,
+            start,
+            skip,
+            outcome,
+            degraded,
+        }
     }
 
     /// Steps not started or due a retry whose needs have all ended.

@@ -175,7 +175,7 @@ fn titan_status_midrun_retries_the_failed_phase() {
     let plan = titan();
     let status: DisasterRecoveryStatus =
         serde_yaml::from_str(fixture!("titan-midrun-status.yaml")).expect("fixture is a status");
-    let mut state = RunState::from_status(&status);
+    let mut state = RunState::from_status(&status.run);
 
     let decision = plan.next(&state);
     assert_eq!(decision.phase, RunPhase::Running);
@@ -417,6 +417,37 @@ fn rollback_waits_for_steps_still_running() {
     // While a rollback step runs, the next one waits.
     state.set("undo-1", StepPhase::Running, 1);
     assert!(plan.next(&state).start.is_empty());
+}
+
+#[test]
+fn an_aborted_run_skips_the_rest_waits_for_running_steps_then_rolls_back() {
+    let plan = plan(fixture!("failures.yaml"));
+    let mut state = RunState::default();
+    state
+        .set("prepare", StepPhase::Succeeded, 1)
+        .set("left-optional", StepPhase::Running, 1)
+        .set("right-critical", Failed, 1);
+    // Unaborted, right-critical is due its retry.
+    assert!(!plan.next(&state).start.is_empty());
+
+    let decision = plan.next_aborted(&state);
+    assert_eq!(decision.phase, RunPhase::RollingBack);
+    assert!(decision.start.is_empty(), "no retry and nothing new");
+    assert_eq!(
+        decision.skip,
+        ["after-left", "finish", "check-a", "check-b"]
+    );
+    // The running step, stopped by the controller, ends failed: the rollback starts.
+    state.set("left-optional", Failed, 1);
+    let decision = plan.next_aborted(&state);
+    let started: Vec<_> = decision.start.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(started, ["undo-1"]);
+    for undo in ["undo-1", "undo-2", "undo-3"] {
+        state.set(undo, StepPhase::Succeeded, 1);
+    }
+    let decision = plan.next_aborted(&state);
+    assert_eq!(decision.outcome, Some(Outcome::Failed));
+    assert!(decision.degraded, "left-optional failed");
 }
 
 #[test]

@@ -100,7 +100,7 @@ fn keep_start(text: &mut String, max: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::disaster_recovery::DisasterRecoveryStatus;
+    use crate::api::RunStatus;
 
     fn step(name: &str, output: &str) -> StepStatus {
         StepStatus {
@@ -162,7 +162,7 @@ mod tests {
         let (mut steps, mut validations, mut rollback) = (many(), many(), many());
         let before = serde_json::to_vec(&steps).unwrap().len() * 3;
         bound([&mut steps, &mut validations, &mut rollback]);
-        let status = DisasterRecoveryStatus {
+        let status = RunStatus {
             steps,
             validations,
             rollback,

@@ -258,6 +258,7 @@ fn phase_name(phase: RunPhase) -> &'static str {
     match phase {
         RunPhase::Pending => "Pending",
         RunPhase::Running => "Running",
+        RunPhase::Paused => "Paused",
         RunPhase::Validating => "Validating",
         RunPhase::RollingBack => "RollingBack",
         RunPhase::Succeeded => "Succeeded",

@@ -1,0 +1,536 @@
+//! Runs as objects on the real cluster: a DisasterRecovery is a scenario that runs nothing by
+//! itself; each RecoveryRun is one execution of it, with its own copy of the scenario, its own
+//! Jobs, the concurrency policy between runs, and Pause, Resume and Abort.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use titan_dr::api::disaster_recovery::{RunPhase, StepPhase, StepStatus};
+use titan_dr::api::{DisasterRecovery, RecoveryRun, RunStatus};
+use titan_dr::job::{LABEL_RECOVERY, LABEL_RUN_NAME};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// A scenario with the given steps and rollback, and `extra` spec lines.
+fn scenario(name: &str, extra: &str, steps: &str, rollback: &str) -> DisasterRecovery {
+    serde_yaml::from_str(&format!(
+        r#"
+apiVersion: dr.titan.io/v1alpha1
+kind: DisasterRecovery
+metadata: {{name: {name}}}
+spec:
+  scenario: {name}
+  objectives: {{rto: 10m}}
+  template: {{image: {toolbox}}}
+{extra}
+  steps:
+{steps}
+  rollback:
+{rollback}
+"#,
+        toolbox = support::TOOLBOX
+    ))
+    .expect("test scenario parses")
+}
+
+async fn create_recovery(
+    client: &Client,
+    ns: &str,
+    dr: &DisasterRecovery,
+) -> Api<DisasterRecovery> {
+    let api: Api<DisasterRecovery> = Api::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), dr)
+        .await
+        .expect("creating the DisasterRecovery");
+    api
+}
+
+/// Creates RecoveryRun `name` of `recovery`, as a person would with `kubectl apply`.
+async fn create_run(client: &Client, ns: &str, name: &str, recovery: &str) -> Api<RecoveryRun> {
+    let runs: Api<RecoveryRun> = Api::namespaced(client.clone(), ns);
+    let run: RecoveryRun = serde_yaml::from_str(&format!(
+        "apiVersion: dr.titan.io/v1alpha1\nkind: RecoveryRun\nmetadata: {{name: {name}}}\nspec:\n  recovery: {recovery}\n  requestedBy: alice@example.com\n  reason: 'INC-1234: primary host lost'\n"
+    ))
+    .unwrap();
+    runs.create(&PostParams::default(), &run)
+        .await
+        .expect("creating the RecoveryRun");
+    runs
+}
+
+fn ended(run: Option<&RecoveryRun>) -> bool {
+    run.is_some_and(|r| r.run_status().has_ended())
+}
+
+async fn wait_ended(runs: &Api<RecoveryRun>, name: &str) -> RecoveryRun {
+    support::wait_for(runs, name, "the run to end", LIMIT, ended).await
+}
+
+/// Waits until step `step` of run `name` is Running.
+async fn wait_running(runs: &Api<RecoveryRun>, name: &str, step: &'static str) -> RecoveryRun {
+    support::wait_for(
+        runs,
+        name,
+        "the step to run",
+        LIMIT,
+        move |r: Option<&RecoveryRun>| {
+            r.is_some_and(|r| {
+                r.run_status()
+                    .steps
+                    .iter()
+                    .any(|s| s.name == step && s.phase == StepPhase::Running)
+            })
+        },
+    )
+    .await
+}
+
+fn step<'s>(status: &'s RunStatus, name: &str) -> &'s StepStatus {
+    status
+        .steps
+        .iter()
+        .chain(&status.rollback)
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no step {name}: {status:#?}"))
+}
+
+fn ready(status: &RunStatus) -> (String, String, String) {
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready");
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+async fn jobs_of_run(client: &Client, ns: &str, run: &str) -> Vec<Job> {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let selector = format!("{LABEL_RUN_NAME}={run}");
+    jobs.list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap()
+        .items
+}
+
+#[tokio::test]
+async fn applying_a_recovery_runs_nothing_and_applying_a_run_recovers() {
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::install(&ns).await;
+        let dr = scenario(
+            "quiet",
+            "",
+            "    - {name: a, command: 'echo recovered'}",
+            "    []",
+        );
+        let drs = create_recovery(&client, &ns, &dr).await;
+        // Looked at (the status says so), and nothing started.
+        let looked = support::wait_for(
+            &drs,
+            "quiet",
+            "the first status",
+            LIMIT,
+            |d: Option<&DisasterRecovery>| {
+                d.and_then(|d| d.status.as_ref())
+                    .is_some_and(|s| s.run_trigger.is_some())
+            },
+        )
+        .await;
+        let status = looked.status.unwrap();
+        assert_eq!(ready(&status.run).1, "NoRunYet", "{status:#?}");
+        assert!(status.last_run.is_none() && status.run.run_id.is_none());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let runs: Api<RecoveryRun> = Api::namespaced(client.clone(), &ns);
+        assert!(
+            runs.list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .is_empty(),
+            "no RecoveryRun"
+        );
+        let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+        assert!(
+            jobs.list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .is_empty(),
+            "no Job"
+        );
+
+        let runs = create_run(&client, &ns, "quiet-by-hand", "quiet").await;
+        let run = wait_ended(&runs, "quiet-by-hand").await;
+        let status = run.run_status();
+        assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:#?}");
+        assert_eq!(status.run_id.as_deref(), Some("quiet-by-hand"));
+        assert_eq!(
+            step(&status, "a").output.as_deref().map(str::trim),
+            Some("recovered")
+        );
+        // Adopted by its recovery, and its Jobs are its own.
+        let owner = &run.owner_references()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str()),
+            ("DisasterRecovery", "quiet")
+        );
+        assert_eq!(run.labels()[LABEL_RECOVERY], "quiet");
+        let jobs = jobs_of_run(&client, &ns, "quiet-by-hand").await;
+        assert_eq!(jobs.len(), 1);
+        let job_owner = &jobs[0].owner_references()[0];
+        assert_eq!(
+            (job_owner.kind.as_str(), job_owner.uid.as_str()),
+            ("RecoveryRun", run.uid().unwrap().as_str())
+        );
+
+        // The recovery mirrors its newest run and names it.
+        let mirrored = support::wait_for(
+            &drs,
+            "quiet",
+            "the mirrored run",
+            LIMIT,
+            |d: Option<&DisasterRecovery>| {
+                d.and_then(|d| d.status.as_ref())
+                    .is_some_and(|s| s.last_successful_run.as_deref() == Some("quiet-by-hand"))
+            },
+        )
+        .await;
+        let status = mirrored.status.unwrap();
+        assert_eq!(status.last_run.as_deref(), Some("quiet-by-hand"));
+        assert!(status.active.is_empty());
+        assert_eq!(status.run.phase, Some(RunPhase::Succeeded));
+        assert_eq!(ready(&status.run).0, "True");
+
+        // A run of a recovery that does not exist ends at once, saying so, with no Job.
+        create_run(&client, &ns, "nowhere-1", "nowhere").await;
+        let lost = wait_ended(&runs, "nowhere-1").await.run_status();
+        let (state, reason, message) = ready(&lost);
+        assert_eq!(
+            (state.as_str(), reason.as_str()),
+            ("False", "RecoveryNotFound")
+        );
+        assert!(message.contains("nowhere"), "{message}");
+        assert!(jobs_of_run(&client, &ns, "nowhere-1").await.is_empty());
+
+        // From the terminal: titan-dr trigger, requested by whom the API server says.
+        let printed = support::run(
+            std::process::Command::new(env!("CARGO_BIN_EXE_titan-dr"))
+                .args(["trigger", "quiet", "-n", &ns, "--reason", "INC-7"])
+                .env("KUBECONFIG", support::kubeconfig()),
+        );
+        let name = printed.trim();
+        assert!(name.starts_with("quiet-"), "{printed}");
+        let run = wait_ended(&runs, name).await;
+        assert_eq!(run.run_status().phase, Some(RunPhase::Succeeded));
+        assert_eq!(run.spec.reason.as_deref(), Some("INC-7"));
+        let reviews: Api<SelfSubjectReview> = Api::all(client.clone());
+        let me = reviews
+            .create(&PostParams::default(), &SelfSubjectReview::default())
+            .await
+            .unwrap();
+        let user = me.status.and_then(|s| s.user_info).and_then(|u| u.username);
+        assert!(user.is_some());
+        assert_eq!(run.spec.requested_by, user);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_edit_during_a_run_does_not_change_it() {
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::install(&ns).await;
+        let steps = "    - {name: a, command: 'sleep 4; echo first'}\n    - {name: b, after: [a], command: 'echo first'}";
+        let drs = create_recovery(&client, &ns, &scenario("edited", "", steps, "    []")).await;
+        let runs = create_run(&client, &ns, "edited-1", "edited").await;
+        wait_running(&runs, "edited-1", "a").await;
+        let edit = serde_json::json!({"spec": {"steps": [
+            {"name": "a", "command": "echo second"},
+            {"name": "b", "after": ["a"], "command": "echo second"},
+        ]}});
+        drs.patch("edited", &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap();
+        let run = wait_ended(&runs, "edited-1").await;
+        let status = run.run_status();
+        assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:#?}");
+        for name in ["a", "b"] {
+            assert_eq!(step(&status, name).output.as_deref().map(str::trim), Some("first"), "{name}");
+        }
+        assert_eq!(run.status.as_ref().unwrap().scenario_generation, Some(1));
+        assert_eq!(drs.get("edited").await.unwrap().metadata.generation, Some(2));
+
+        // The next run takes the edit.
+        create_run(&client, &ns, "edited-2", "edited").await;
+        let status = wait_ended(&runs, "edited-2").await.run_status();
+        assert_eq!(step(&status, "b").output.as_deref().map(str::trim), Some("second"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn forbid_refuses_a_second_run_while_one_is_active() {
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::install(&ns).await;
+        let dr = scenario(
+            "single",
+            "",
+            "    - {name: a, command: 'sleep 5; echo done'}",
+            "    []",
+        );
+        create_recovery(&client, &ns, &dr).await;
+        let runs = create_run(&client, &ns, "single-a", "single").await;
+        wait_running(&runs, "single-a", "a").await;
+        create_run(&client, &ns, "single-b", "single").await;
+        let refused = wait_ended(&runs, "single-b").await.run_status();
+        let (state, reason, message) = ready(&refused);
+        assert_eq!((state.as_str(), reason.as_str()), ("False", "Refused"));
+        assert!(
+            message.contains("single-a") && message.contains("Forbid"),
+            "{message}"
+        );
+        assert!(
+            jobs_of_run(&client, &ns, "single-b").await.is_empty(),
+            "no Job for a refused run"
+        );
+        let first = wait_ended(&runs, "single-a").await.run_status();
+        assert_eq!(
+            first.phase,
+            Some(RunPhase::Succeeded),
+            "the active run goes on: {first:#?}"
+        );
+        let events = support::events_of(&client, &ns, "single-b").await;
+        assert!(
+            events
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("RunRefused")),
+            "{events:#?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn replace_aborts_the_active_run_runs_its_rollback_then_starts() {
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::install(&ns).await;
+        let dr = scenario(
+            "replaced",
+            "  concurrencyPolicy: Replace",
+            "    - {name: slow, command: 'sleep 300'}",
+            "    - {name: undo, command: 'echo undone'}",
+        );
+        create_recovery(&client, &ns, &dr).await;
+        let runs = create_run(&client, &ns, "replaced-1", "replaced").await;
+        wait_running(&runs, "replaced-1", "slow").await;
+        create_run(&client, &ns, "replaced-2", "replaced").await;
+        let first = wait_ended(&runs, "replaced-1").await;
+        assert_eq!(
+            first.spec.action,
+            Some(titan_dr::api::recovery_run::RunAction::Abort)
+        );
+        let status = first.run_status();
+        assert_eq!(status.phase, Some(RunPhase::Failed), "{status:#?}");
+        assert_eq!(ready(&status).1, "Aborted");
+        let slow = step(&status, "slow");
+        assert_eq!(slow.phase, StepPhase::Failed);
+        assert!(
+            slow.message
+                .as_deref()
+                .unwrap_or_default()
+                .contains("aborted"),
+            "{slow:#?}"
+        );
+        assert_eq!(
+            step(&status, "undo").phase,
+            StepPhase::Succeeded,
+            "the rollback ran"
+        );
+        // Then the new run starts: it is running its own slow step.
+        let second = wait_running(&runs, "replaced-2", "slow").await;
+        let began = second.run_status().started_at.unwrap().0;
+        assert!(
+            began >= status.finished_at.unwrap().0,
+            "the new run began after the old ended"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pause_holds_the_next_step_and_abort_stops_the_run_and_rolls_back() {
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::install(&ns).await;
+        let steps = "    - {name: a, command: 'sleep 3; echo a'}\n    - {name: b, after: [a], command: 'echo b'}\n    - {name: c, after: [b], command: 'sleep 300'}";
+        let dr = scenario("steered", "", steps, "    - {name: undo, command: 'echo undone'}");
+        create_recovery(&client, &ns, &dr).await;
+        let runs = create_run(&client, &ns, "steered-1", "steered").await;
+        wait_running(&runs, "steered-1", "a").await;
+        let action = |a: &str| serde_json::json!({"spec": {"action": a}});
+        let params = PatchParams::default();
+        runs.patch("steered-1", &params, &Patch::Merge(&action("Pause"))).await.unwrap();
+        // a ends, and b does not start while paused.
+        let paused = support::wait_for(&runs, "steered-1", "a paused run with a done", LIMIT, |r: Option<&RecoveryRun>| {
+            r.is_some_and(|r| {
+                let s = r.run_status();
+                s.phase == Some(RunPhase::Paused) && s.steps.iter().any(|s| s.name == "a" && s.phase == StepPhase::Succeeded)
+            })
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let still = runs.get("steered-1").await.unwrap().run_status();
+        assert_eq!(step(&still, "b").phase, StepPhase::Pending, "{still:#?}");
+        assert_eq!(still.phase, Some(RunPhase::Paused));
+        drop(paused);
+
+        runs.patch("steered-1", &params, &Patch::Merge(&action("Resume"))).await.unwrap();
+        wait_running(&runs, "steered-1", "c").await;
+        runs.patch("steered-1", &params, &Patch::Merge(&action("Abort"))).await.unwrap();
+        let status = wait_ended(&runs, "steered-1").await.run_status();
+        assert_eq!(status.phase, Some(RunPhase::Failed));
+        let (_, reason, message) = ready(&status);
+        assert_eq!(reason, "Aborted", "{message}");
+        assert!(message.contains("alice@example.com"), "{message}");
+        assert_eq!(step(&status, "b").phase, StepPhase::Succeeded);
+        assert_eq!(step(&status, "c").phase, StepPhase::Failed);
+        assert_eq!(step(&status, "undo").phase, StepPhase::Succeeded, "the rollback ran");
+        // The stopped Job is gone from the node: it failed, and no pod of it runs.
+        let jobs = jobs_of_run(&client, &ns, "steered-1").await;
+        let c = jobs.iter().find(|j| j.labels()["dr.titan.io/step"] == "c").unwrap();
+        let active = c.status.as_ref().and_then(|s| s.active).unwrap_or(0);
+        assert_eq!(active, 0, "{:#?}", c.status);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn run_now_starts_numbered_runs_and_the_history_limit_deletes_the_oldest() {
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::install(&ns).await;
+        let dr = scenario("history", "  successfulRunsHistoryLimit: 2", "    - {name: a, command: 'echo ok'}", "    []");
+        let drs = create_recovery(&client, &ns, &dr).await;
+        let runs: Api<RecoveryRun> = Api::namespaced(client.clone(), &ns);
+        for n in 1..=3 {
+            let now = serde_json::json!({"metadata": {"annotations": {titan_dr::names::RUN_NOW: n.to_string()}}});
+            drs.patch("history", &PatchParams::default(), &Patch::Merge(&now)).await.unwrap();
+            let name = format!("history-{n}");
+            let run = wait_ended(&runs, &name).await;
+            assert_eq!(run.spec.trigger, titan_dr::api::recovery_run::RunTrigger::RunNow);
+            assert_eq!(run.run_status().run_id, Some(n.to_string()));
+            assert_eq!(run.run_status().phase, Some(RunPhase::Succeeded));
+        }
+        support::wait_gone(&runs, "history-1", LIMIT).await;
+        let left: Vec<String> = runs.list(&ListParams::default()).await.unwrap().items.iter().map(|r| r.name_any()).collect();
+        assert_eq!(left, ["history-2", "history-3"]);
+        let status = drs.get("history").await.unwrap().status.unwrap();
+        assert_eq!(status.run.run_id.as_deref(), Some("3"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_schedule_starts_one_run_per_tick_and_suspend_holds_it() {
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::install(&ns).await;
+        let every_minute = "  schedule: '* * * * *'\n  timeZone: Europe/Berlin";
+        let recovery = format!("{every_minute}\n  scheduleMode: Recovery");
+        let steps = "    - {name: a, command: 'echo scheduled'}";
+        let drs = create_recovery(
+            &client,
+            &ns,
+            &scenario("nightly", &recovery, steps, "    []"),
+        )
+        .await;
+        // Scheduled runs are drills unless said otherwise, and drills are refused for now.
+        create_recovery(
+            &client,
+            &ns,
+            &scenario("drilled", every_minute, steps, "    []"),
+        )
+        .await;
+        let runs: Api<RecoveryRun> = Api::namespaced(client.clone(), &ns);
+        let first = support::wait_for_list(
+            &runs,
+            "",
+            "the first scheduled runs",
+            Duration::from_secs(90),
+            |all: &[RecoveryRun]| {
+                ["nightly", "drilled"].iter().all(|r| {
+                    all.iter()
+                        .any(|run| run.spec.recovery == *r && ended(Some(run)))
+                })
+            },
+        )
+        .await;
+        let run = first.iter().find(|r| r.spec.recovery == "nightly").unwrap();
+        assert_eq!(
+            run.spec.trigger,
+            titan_dr::api::recovery_run::RunTrigger::Schedule
+        );
+        assert_eq!(
+            run.run_status().phase,
+            Some(RunPhase::Succeeded),
+            "{:#?}",
+            run.status
+        );
+        let drill = first.iter().find(|r| r.spec.recovery == "drilled").unwrap();
+        assert_eq!(drill.spec.mode, titan_dr::api::recovery_run::RunMode::Drill);
+        assert_eq!(ready(&drill.run_status()).1, "DrillNotSupported");
+        assert!(
+            jobs_of_run(&client, &ns, &drill.name_any())
+                .await
+                .is_empty(),
+            "a refused drill runs nothing"
+        );
+
+        let status = drs.get("nightly").await.unwrap().status.unwrap();
+        let last = status
+            .last_schedule_time
+            .clone()
+            .expect("lastScheduleTime")
+            .0;
+        let next = status
+            .next_schedule_time
+            .clone()
+            .expect("nextScheduleTime")
+            .0;
+        assert_eq!(next.as_second() - last.as_second(), 60, "{status:#?}");
+        assert_eq!(last.as_second() % 60, 0);
+        assert_eq!(
+            run.annotations()["dr.titan.io/scheduled-at"],
+            last.to_string()
+        );
+
+        let suspend = serde_json::json!({"spec": {"suspend": true}});
+        drs.patch("nightly", &PatchParams::default(), &Patch::Merge(&suspend))
+            .await
+            .unwrap();
+        support::wait_for(
+            &drs,
+            "nightly",
+            "no next tick",
+            LIMIT,
+            |d: Option<&DisasterRecovery>| {
+                d.and_then(|d| d.status.as_ref())
+                    .is_some_and(|s| s.next_schedule_time.is_none())
+            },
+        )
+        .await;
+        // Past the tick that would have come: still one run of nightly.
+        let wait =
+            (next.as_second() - k8s_openapi::jiff::Timestamp::now().as_second()).max(0) as u64 + 5;
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        let nightly: Vec<String> = runs
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|r| r.spec.recovery == "nightly")
+            .map(|r| r.name_any())
+            .collect();
+        assert_eq!(nightly, [run.name_any()], "no run while suspended");
+    })
+    .await;
+}
