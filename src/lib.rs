@@ -5,6 +5,7 @@ pub mod api;
 pub mod backup;
 pub mod cli;
 pub mod controller;
+pub mod evidence;
 pub mod expect;
 pub mod job;
 pub mod leader;

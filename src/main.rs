@@ -34,6 +34,9 @@ enum Command {
     /// the user the API server authenticates, and prints its name. Also `kubectl titan
     /// trigger`.
     Trigger(cli::TriggerArgs),
+    /// Print an ended RecoveryRun's evidence and verify it against the run the cluster
+    /// records: exits 0 when its seal and every step's output digest hold, 1 when not.
+    Evidence(cli::EvidenceArgs),
     /// Convert between markdown runbooks and DisasterRecovery resources.
     #[command(subcommand)]
     Runbook(cli::RunbookCommand),
@@ -64,6 +67,7 @@ async fn main() -> ExitCode {
         Command::Status(args) => cli::status::status(&args).await.into(),
         Command::Report(args) => cli::status::report(&args).await.into(),
         Command::Trigger(args) => cli::trigger::trigger(&args).await.into(),
+        Command::Evidence(args) => cli::evidence::show(&args).await.into(),
         Command::Runbook(command) => cli::runbook::runbook(&command).into(),
         Command::Probe(args) => cli::probe::run(&args).await.into(),
         Command::Backup(command) => cli::backup::run(*command).await.into(),

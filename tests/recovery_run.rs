@@ -534,3 +534,54 @@ async fn a_schedule_starts_one_run_per_tick_and_suspend_holds_it() {
     })
     .await;
 }
+
+/// Runs `titan-dr evidence RUN -n NS`: its exit code, stdout and stderr.
+fn evidence_of(ns: &str, run: &str) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_titan-dr"))
+        .args(["evidence", run, "-n", ns])
+        .env("KUBECONFIG", support::kubeconfig())
+        .output()
+        .expect("running titan-dr evidence");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (
+        output.status.code().unwrap_or(-1),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+#[tokio::test]
+async fn the_evidence_of_a_run_verifies_and_a_changed_byte_is_found() {
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::install(&ns).await;
+        let steps = "    - {name: a, command: 'echo first output', timeout: 1m}\n    - {name: b, after: [a], command: 'echo second', timeout: 2m, retries: 1}";
+        let dr = scenario("proven", "", steps, "    - {name: undo, command: 'true'}");
+        create_recovery(&client, &ns, &dr).await;
+        let runs = create_run(&client, &ns, "proven-1", "proven").await;
+        let run = wait_ended(&runs, "proven-1").await;
+        let evidence = run.status.as_ref().unwrap().evidence.clone().expect("evidence");
+        assert_eq!(evidence.requested_by.as_deref(), Some("alice@example.com"));
+        assert_eq!(evidence.reason.as_deref(), Some("INC-1234: primary host lost"));
+        assert_eq!(evidence.scenario_generation, Some(1));
+        assert_eq!(evidence.outcome, RunPhase::Succeeded);
+        assert_eq!(evidence.rto.objective.as_deref(), Some("10m"));
+        assert_eq!(evidence.rto.met, "True");
+        // a (1m) then b (2m, two attempts).
+        assert_eq!(evidence.predicted_worst_case, "5m0s");
+        let names: Vec<(&str, &str)> = evidence.steps.iter().map(|s| (s.name.as_str(), s.kind.as_str())).collect();
+        assert_eq!(names, [("a", "step"), ("b", "step"), ("undo", "rollback")]);
+        let (code, out, err) = evidence_of(&ns, "proven-1");
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("verified: the seal"), "{out}");
+
+        // One byte of a recorded output changed: the evidence no longer verifies.
+        let mut steps = run.run_status().steps;
+        steps[0].output = steps[0].output.take().map(|o| o.replacen("first", "firsT", 1));
+        let patch = serde_json::json!({"status": {"steps": steps}});
+        runs.patch_status("proven-1", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+        let (code, _, err) = evidence_of(&ns, "proven-1");
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("the output of step a is not the one the evidence digested"), "{err}");
+    })
+    .await;
+}

@@ -5,6 +5,7 @@
 //! and from an interruption.
 
 pub mod backup;
+pub mod evidence;
 pub mod input;
 pub mod plan;
 pub mod probe;
@@ -14,6 +15,7 @@ pub mod status;
 pub mod trigger;
 
 pub use backup::BackupCommand;
+pub use evidence::EvidenceArgs;
 pub use plan::PlanArgs;
 pub use probe::ProbeArgs;
 pub use run::RunArgs;

@@ -43,6 +43,7 @@ use crate::controller::conditions::{Conditions, FALSE, TRUE, UNKNOWN};
 use crate::controller::{
     Context, Error, MANAGER, TakenBy, after_failure, apply_status, create_owned, decoded,
 };
+use crate::evidence;
 use crate::job::{
     JobRun, LABEL_OWNER_UID, LABEL_RECOVERY, LABEL_RUN, RestoreSetup, build_job, refused_job,
 };
@@ -60,7 +61,11 @@ pub async fn reconcile(run: Arc<RecoveryRun>, ctx: Arc<Context>) -> Result<Actio
     ctx.caches_ready().await?;
     let previous = run.status.clone().unwrap_or_default();
     if previous.run.has_ended() {
-        // An ended run is final: its recorded outcome stands, with or without its Jobs.
+        // An ended run is final: its recorded outcome stands, with or without its Jobs. Only
+        // an edit after its end (an Abort too late, say) is acknowledged, for kstatus.
+        let mut seen = previous.clone();
+        seen.run.observed_generation = run.metadata.generation;
+        write_status(&ctx, &run, &previous, &seen).await?;
         return Ok(Action::await_change());
     }
     let Some(scenario) = previous.scenario.as_deref() else {
@@ -83,8 +88,13 @@ pub async fn reconcile(run: Arc<RecoveryRun>, ctx: Arc<Context>) -> Result<Actio
     let decision = steer(&ctx, &run, &plan, &state, &mut observed).await?;
     start_attempts(&ctx, &run, &dr, &base, &decision, &mut observed).await?;
     let status = run_status(&ctx, &run, &dr, base, &decision, &observed).await?;
+    let evidence = status.has_ended().then(|| {
+        let generation = previous.scenario_generation;
+        evidence::record(&run, scenario, generation, &plan, &status)
+    });
     let status = RecoveryRunStatus {
         run: status,
+        evidence,
         ..previous.clone()
     };
     write_status(&ctx, &run, &previous, &status).await?;
@@ -253,6 +263,7 @@ async fn begin(
         },
         scenario: Some(Box::new(dr.spec.clone())),
         scenario_generation: dr.metadata.generation,
+        evidence: None,
     };
     write_status(ctx, run, previous, &status).await?;
     let message = format!(

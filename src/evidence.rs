@@ -1,0 +1,264 @@
+//! The evidence of an ended run: who or what started it and why, what it executed (the
+//! scenario's generation), every step's outcome with a SHA-256 of its recorded output, and the
+//! achieved RTO and RPO against the objectives and the plan's predicted worst case — sealed
+//! by a SHA-256 over all of it, so that a changed byte of the record or of a step's output is
+//! found by [`verify`].
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::api::disaster_recovery::{DisasterRecoverySpec, RunPhase, StepPhase, StepStatus};
+use crate::api::duration::format_duration;
+use crate::api::recovery_run::{RunMode, RunTrigger};
+use crate::api::{RecoveryRun, RunStatus};
+use crate::plan::Plan;
+
+/// The record of one ended run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Evidence {
+    /// The RecoveryRun and its DisasterRecovery.
+    pub run: String,
+    pub recovery: String,
+    pub scenario: String,
+    pub mode: RunMode,
+    pub trigger: RunTrigger,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Who approved the steps that needed it (none yet: approvals are not built).
+    #[serde(default)]
+    pub approvals: Vec<String>,
+    /// The DisasterRecovery's generation the run executed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// `Succeeded` or `Failed`, and why (the Ready condition's reason).
+    pub outcome: RunPhase,
+    pub outcome_reason: String,
+    /// Every step, validation and rollback step, in that order.
+    pub steps: Vec<StepEvidence>,
+    pub rto: Objective,
+    pub rpo: Objective,
+    /// The plan's worst case along its critical path: how long the run could have taken.
+    pub predicted_worst_case: String,
+    /// SHA-256 (hex) of this record serialized as JSON with this field empty.
+    #[serde(default)]
+    pub seal_sha256: String,
+}
+
+/// One step's outcome.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StepEvidence {
+    pub name: String,
+    /// `step`, `validation` or `rollback`.
+    pub kind: String,
+    pub phase: StepPhase,
+    #[schemars(extend("format" = "int32"))]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// SHA-256 (hex) of the output the run recorded (the last 4000 bytes of the latest
+    /// attempt, the text `expect` judged); absent when there was none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_sha256: Option<String>,
+}
+
+/// An objective and what the run achieved.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Objective {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objective: Option<String>,
+    /// What was achieved, in words (a duration, or the snapshot ages of RPOMet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub achieved: Option<String>,
+    /// `True`, `False` or `Unknown`, as the RTOMet or RPOMet condition says.
+    pub met: String,
+}
+
+/// The evidence of `run`, ended with `status`, which executed `scenario` (planned as `plan`).
+pub fn record(
+    run: &RecoveryRun,
+    scenario: &DisasterRecoverySpec,
+    generation: Option<i64>,
+    plan: &Plan,
+    status: &RunStatus,
+) -> Evidence {
+    let condition = |type_: &str| status.conditions.iter().find(|c| c.type_ == type_);
+    let met = |c: Option<&Condition>| c.map_or("Unknown".to_owned(), |c| c.status.clone());
+    let objectives = scenario.objectives.as_ref();
+    let kinds = [
+        ("step", &status.steps),
+        ("validation", &status.validations),
+        ("rollback", &status.rollback),
+    ];
+    let mut evidence = Evidence {
+        run: run.metadata.name.clone().unwrap_or_default(),
+        recovery: run.spec.recovery.clone(),
+        scenario: scenario.scenario.clone(),
+        mode: run.spec.mode,
+        trigger: run.spec.trigger,
+        requested_by: run.spec.requested_by.clone(),
+        reason: run.spec.reason.clone(),
+        approvals: Vec::new(),
+        scenario_generation: generation,
+        started_at: status.started_at.clone(),
+        finished_at: status.finished_at.clone(),
+        outcome: status.phase.unwrap_or_default(),
+        outcome_reason: condition("Ready")
+            .map(|c| c.reason.clone())
+            .unwrap_or_default(),
+        steps: kinds
+            .iter()
+            .flat_map(|(kind, list)| list.iter().map(move |s| step(kind, s)))
+            .collect(),
+        rto: Objective {
+            objective: objectives
+                .and_then(|o| o.rto.as_ref())
+                .map(|d| d.to_string()),
+            achieved: status.achieved_rto.clone(),
+            met: met(condition("RTOMet")),
+        },
+        rpo: Objective {
+            objective: objectives
+                .and_then(|o| o.rpo.as_ref())
+                .map(|d| d.to_string()),
+            achieved: condition("RPOMet").map(|c| c.message.clone()),
+            met: met(condition("RPOMet")),
+        },
+        predicted_worst_case: format_duration(plan.critical_path().worst_case),
+        seal_sha256: String::new(),
+    };
+    evidence.seal_sha256 = seal(&evidence);
+    evidence
+}
+
+fn step(kind: &str, status: &StepStatus) -> StepEvidence {
+    StepEvidence {
+        name: status.name.clone(),
+        kind: kind.to_owned(),
+        phase: status.phase,
+        attempts: status.attempts,
+        started_at: status.started_at.clone(),
+        finished_at: status.finished_at.clone(),
+        exit_code: status.exit_code,
+        output_sha256: status.output.as_deref().map(sha256),
+    }
+}
+
+fn sha256(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// The seal of `evidence`: SHA-256 of its JSON with the seal itself empty.
+fn seal(evidence: &Evidence) -> String {
+    let unsealed = Evidence {
+        seal_sha256: String::new(),
+        ..evidence.clone()
+    };
+    let json = serde_json::to_vec(&unsealed).expect("evidence always serializes");
+    hex::encode(Sha256::digest(&json))
+}
+
+/// What does not hold between `evidence` and the run's recorded `status`: an empty list when
+/// the record is sealed as it is and every step's output is the one it digested.
+pub fn verify(evidence: &Evidence, status: &RunStatus) -> Vec<String> {
+    let mut problems = Vec::new();
+    if seal(evidence) != evidence.seal_sha256 {
+        problems.push("the record does not match its seal: it was changed".to_owned());
+    }
+    let recorded = status
+        .steps
+        .iter()
+        .chain(&status.validations)
+        .chain(&status.rollback);
+    for step in recorded {
+        let digest = step.output.as_deref().map(sha256);
+        match evidence.steps.iter().find(|e| e.name == step.name) {
+            None => problems.push(format!("step {} is not in the evidence", step.name)),
+            Some(e) if e.output_sha256 != digest => problems.push(format!(
+                "the output of step {} is not the one the evidence digested",
+                step.name
+            )),
+            Some(e) if e.phase != step.phase || e.attempts != step.attempts => {
+                problems.push(format!(
+                    "the outcome of step {} differs from the evidence",
+                    step.name
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended() -> (RecoveryRun, DisasterRecoverySpec, RunStatus) {
+        let run: RecoveryRun = serde_yaml::from_str(
+            "apiVersion: dr.titan.io/v1alpha1\nkind: RecoveryRun\nmetadata: {name: titan-3, namespace: ns}\nspec: {recovery: titan, requestedBy: alice, reason: INC-9}\n",
+        )
+        .unwrap();
+        let spec: DisasterRecoverySpec = serde_yaml::from_str(
+            "scenario: complete-system-failure\nobjectives: {rto: 15m, rpo: 5m}\nsteps:\n  - {name: a, command: 'echo a', timeout: 2m}\n  - {name: b, after: [a], command: 'echo b', timeout: 3m, retries: 1}\nvalidations:\n  - {name: v, command: 'true', timeout: 1m}\n",
+        )
+        .unwrap();
+        let status: RunStatus = serde_yaml::from_str(
+            "phase: Succeeded\nachievedRTO: 41s\nsteps:\n  - {name: a, phase: Succeeded, attempts: 1, exitCode: 0, output: \"a\\n\"}\n  - {name: b, phase: Succeeded, attempts: 2, exitCode: 0, output: \"b\\n\"}\nvalidations:\n  - {name: v, phase: Succeeded, attempts: 1, exitCode: 0}\nconditions:\n  - {type: Ready, status: 'True', reason: Succeeded, message: ok, lastTransitionTime: '2026-12-03T10:00:00Z'}\n  - {type: RTOMet, status: 'True', reason: WithinObjective, message: ok, lastTransitionTime: '2026-12-03T10:00:00Z'}\n",
+        )
+        .unwrap();
+        (run, spec, status)
+    }
+
+    #[test]
+    fn the_evidence_names_everything_and_verifies_against_the_outputs() {
+        let (run, spec, status) = ended();
+        let plan = Plan::new(&spec).unwrap();
+        let evidence = record(&run, &spec, Some(4), &plan, &status);
+        assert_eq!(evidence.requested_by.as_deref(), Some("alice"));
+        assert_eq!(evidence.scenario_generation, Some(4));
+        assert_eq!(evidence.outcome, RunPhase::Succeeded);
+        assert_eq!(evidence.rto.met, "True");
+        assert_eq!(evidence.rpo.met, "Unknown");
+        // a (2m) then b (3m, twice) then v (1m).
+        assert_eq!(evidence.predicted_worst_case, "9m0s");
+        let a = &evidence.steps[0];
+        assert_eq!(a.output_sha256.as_deref(), Some(sha256("a\n").as_str()));
+        assert_eq!(evidence.steps[2].kind, "validation");
+        assert!(evidence.steps[2].output_sha256.is_none());
+        assert_eq!(verify(&evidence, &status), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_changed_byte_of_an_output_or_of_the_record_is_found() {
+        let (run, spec, status) = ended();
+        let plan = Plan::new(&spec).unwrap();
+        let evidence = record(&run, &spec, Some(4), &plan, &status);
+        let mut changed = status.clone();
+        changed.steps[1].output = Some("c\n".into());
+        assert_eq!(
+            verify(&evidence, &changed),
+            ["the output of step b is not the one the evidence digested"]
+        );
+        let mut forged = evidence.clone();
+        forged.requested_by = Some("mallory".into());
+        assert_eq!(
+            verify(&forged, &status),
+            ["the record does not match its seal: it was changed"]
+        );
+    }
+}
