@@ -218,6 +218,8 @@ fn every_manifest_parses_and_the_kustomization_lists_them_all() {
         "CustomResourceDefinition",
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
+        "MutatingAdmissionPolicy",
+        "MutatingAdmissionPolicyBinding",
     ];
     for file in &others {
         let docs = documents(&read(Path::new("manifests").join(file)), file);
@@ -1162,7 +1164,13 @@ fn the_admission_policy_follows_its_values() {
         "--set",
         "operator.watchNamespace=titan,admissionPolicy.serviceAccounts={restorer}",
     ]);
-    let find = |kind: &str| docs.iter().find(|d| d["kind"] == kind).unwrap();
+    let requests = |d: &&Value| d["metadata"]["name"] == "titan-dr-requests";
+    let find = |kind: &str| {
+        docs.iter()
+            .filter(requests)
+            .find(|d| d["kind"] == kind)
+            .unwrap()
+    };
     let binding = find("ValidatingAdmissionPolicyBinding");
     assert_eq!(
         binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
@@ -1178,9 +1186,35 @@ fn the_admission_policy_follows_its_values() {
         "--set",
         "admissionPolicy.enabled=false,networkPolicy.enabled=false",
     ]);
-    for kind in ["ValidatingAdmissionPolicy", "NetworkPolicy"] {
+    for kind in [
+        "ValidatingAdmissionPolicy",
+        "MutatingAdmissionPolicy",
+        "NetworkPolicy",
+    ] {
         assert!(!off.iter().any(|d| d["kind"] == kind), "{kind} rendered");
     }
+    // The requester policies: bound where the operator works, and the operator's own account
+    // (which names the recovery on the runs it starts) is the one exception.
+    let requester = docs
+        .iter()
+        .find(|d| d["kind"] == "MutatingAdmissionPolicyBinding")
+        .unwrap();
+    assert_eq!(
+        requester["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "titan"
+    );
+    let check = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "ValidatingAdmissionPolicy"
+                && d["metadata"]["name"] == "titan-dr-run-requester"
+        })
+        .unwrap();
+    let check = serde_json::to_string(check).unwrap();
+    assert!(
+        check.contains("system:serviceaccount:titan-dr-system:titan-dr"),
+        "{check}"
+    );
 }
 
 /// The operator with Roles only (rbac.namespaced): a recovery runs, and a configuration

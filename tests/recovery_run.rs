@@ -50,17 +50,33 @@ async fn create_recovery(
     api
 }
 
+/// RecoveryRun `name` of `recovery`, with `extra` spec lines, as a person writes it.
+fn run_manifest(name: &str, recovery: &str, extra: &str) -> RecoveryRun {
+    serde_yaml::from_str(&format!(
+        "apiVersion: dr.titan.io/v1alpha1\nkind: RecoveryRun\nmetadata: {{name: {name}}}\nspec:\n  recovery: {recovery}\n  reason: 'INC-1234: primary host lost'\n{extra}"
+    ))
+    .unwrap()
+}
+
 /// Creates RecoveryRun `name` of `recovery`, as a person would with `kubectl apply`.
 async fn create_run(client: &Client, ns: &str, name: &str, recovery: &str) -> Api<RecoveryRun> {
     let runs: Api<RecoveryRun> = Api::namespaced(client.clone(), ns);
-    let run: RecoveryRun = serde_yaml::from_str(&format!(
-        "apiVersion: dr.titan.io/v1alpha1\nkind: RecoveryRun\nmetadata: {{name: {name}}}\nspec:\n  recovery: {recovery}\n  requestedBy: alice@example.com\n  reason: 'INC-1234: primary host lost'\n"
-    ))
-    .unwrap();
+    let run = run_manifest(name, recovery, "");
     runs.create(&PostParams::default(), &run)
         .await
         .expect("creating the RecoveryRun");
     runs
+}
+
+/// The user the API server says this test is.
+async fn me(client: &Client) -> String {
+    let reviews: Api<SelfSubjectReview> = Api::all(client.clone());
+    let review = reviews
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .unwrap();
+    let user = review.status.and_then(|s| s.user_info);
+    user.and_then(|u| u.username).expect("a user name")
 }
 
 fn ended(run: Option<&RecoveryRun>) -> bool {
@@ -227,14 +243,46 @@ async fn applying_a_recovery_runs_nothing_and_applying_a_run_recovers() {
         let run = wait_ended(&runs, name).await;
         assert_eq!(run.run_status().phase, Some(RunPhase::Succeeded));
         assert_eq!(run.spec.reason.as_deref(), Some("INC-7"));
-        let reviews: Api<SelfSubjectReview> = Api::all(client.clone());
-        let me = reviews
-            .create(&PostParams::default(), &SelfSubjectReview::default())
+        let user = me(&client).await;
+        assert_eq!(run.spec.requested_by.as_deref(), Some(user.as_str()));
+
+        // The requester is who the API server says: filled in when absent (above), refused
+        // when it names somebody else, and fixed once set.
+        let forged = run_manifest(
+            "quiet-forged",
+            "quiet",
+            "  requestedBy: mallory@example.com\n",
+        );
+        let refused = runs
+            .create(&PostParams::default(), &forged)
             .await
-            .unwrap();
-        let user = me.status.and_then(|s| s.user_info).and_then(|u| u.username);
-        assert!(user.is_some());
-        assert_eq!(run.spec.requested_by, user);
+            .unwrap_err();
+        let message = refused.to_string();
+        assert!(
+            message
+                .contains("spec.requestedBy mallory@example.com is not the user creating the run")
+                && message.contains("run-requester"),
+            "{message}"
+        );
+        let own = run_manifest(
+            "quiet-own",
+            "quiet",
+            &format!("  requestedBy: {user}\n  action: Pause\n"),
+        );
+        runs.create(&PostParams::default(), &own)
+            .await
+            .expect("one's own name is accepted");
+        let change = serde_json::json!({"spec": {"requestedBy": "mallory@example.com"}});
+        let refused = runs
+            .patch("quiet-own", &PatchParams::default(), &Patch::Merge(&change))
+            .await
+            .unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("spec.requestedBy cannot change"),
+            "{refused}"
+        );
     })
     .await;
 }
@@ -391,7 +439,7 @@ async fn pause_holds_the_next_step_and_abort_stops_the_run_and_rolls_back() {
         assert_eq!(status.phase, Some(RunPhase::Failed));
         let (_, reason, message) = ready(&status);
         assert_eq!(reason, "Aborted", "{message}");
-        assert!(message.contains("alice@example.com"), "{message}");
+        assert!(message.contains(&me(&client).await), "{message}");
         assert_eq!(step(&status, "b").phase, StepPhase::Succeeded);
         assert_eq!(step(&status, "c").phase, StepPhase::Failed);
         assert_eq!(step(&status, "undo").phase, StepPhase::Succeeded, "the rollback ran");
@@ -560,7 +608,7 @@ async fn the_evidence_of_a_run_verifies_and_a_changed_byte_is_found() {
         let runs = create_run(&client, &ns, "proven-1", "proven").await;
         let run = wait_ended(&runs, "proven-1").await;
         let evidence = run.status.as_ref().unwrap().evidence.clone().expect("evidence");
-        assert_eq!(evidence.requested_by.as_deref(), Some("alice@example.com"));
+        assert_eq!(evidence.requested_by, Some(me(&client).await));
         assert_eq!(evidence.reason.as_deref(), Some("INC-1234: primary host lost"));
         assert_eq!(evidence.scenario_generation, Some(1));
         assert_eq!(evidence.outcome, RunPhase::Succeeded);
