@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
         "telemetry",
     ],
     &["plan"],
-    &["backup"],
+    &["backup", "evidence"],
     &["probe"],
     &["job", "local"],
     &["controller", "snapshot_server"],

@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod disaster_recovery;
 pub mod duration;
+pub mod evidence;
 pub mod probe;
 pub mod recovery_run;
 

@@ -165,7 +165,7 @@ pub struct RecoveryRunStatus {
     pub scenario_generation: Option<i64>,
     /// The record of the ended run, sealed (see `titan-dr evidence`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub evidence: Option<crate::evidence::Evidence>,
+    pub evidence: Option<super::evidence::Evidence>,
 }
 
 /// The copied scenario is kept as written: it was validated as the DisasterRecovery's spec,
