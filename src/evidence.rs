@@ -7,10 +7,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use sha2::{Digest, Sha256};
 
-use crate::api::disaster_recovery::{DisasterRecoverySpec, RunPhase, StepPhase, StepStatus};
+use crate::api::disaster_recovery::{DisasterRecoverySpec, StepStatus};
 use crate::api::duration::format_duration;
 pub use crate::api::evidence::{Evidence, Objective, StepEvidence};
-use crate::api::recovery_run::{RunMode, RunTrigger};
 use crate::api::{RecoveryRun, RunStatus};
 use crate::plan::Plan;
 
@@ -133,6 +132,7 @@ pub fn verify(evidence: &Evidence, status: &RunStatus) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::disaster_recovery::RunPhase;
 
     fn ended() -> (RecoveryRun, DisasterRecoverySpec, RunStatus) {
         let run: RecoveryRun = serde_yaml::from_str(
