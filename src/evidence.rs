@@ -33,6 +33,7 @@ pub fn record(
         run: run.metadata.name.clone().unwrap_or_default(),
         recovery: run.spec.recovery.clone(),
         scenario: scenario.scenario.clone(),
+        target_namespace: scenario.target_namespace.clone(),
         mode: run.spec.mode,
         trigger: run.spec.trigger,
         requested_by: run.spec.requested_by.clone(),

@@ -23,6 +23,11 @@ pub const LABEL_BACKUP: &str = "dr.titan.io/backup";
 pub const KIND_SNAPSHOT: &str = "snapshot";
 pub const KIND_VERIFY: &str = "verify";
 
+/// Label of a drill's namespace: its value is the real target namespace the drill stands
+/// in for.
+pub const LABEL_DRILL: &str = "dr.titan.io/drill";
+/// Finalizer of a drill's RecoveryRun, held until its namespace is gone.
+pub const DRILL_FINALIZER: &str = "dr.titan.io/drill-namespace";
 /// Changing this annotation's value starts a new run.
 pub const RUN_NOW: &str = "dr.titan.io/run-now";
 /// On a Job whose pod could not start: why. The attempt is Failed with this message, whatever

@@ -76,8 +76,11 @@ const OPERATOR_USES: &[(&str, &str, &str)] = &[
     ("", "pods", "get"),
     ("", "pods", "list"),
     ("", "pods", "watch"),
-    // A configuration Backup of another namespace: that namespace's consent annotation.
+    // A configuration Backup of another namespace: that namespace's consent annotation. A
+    // drill's throwaway namespace, created and deleted.
     ("", "namespaces", "get"),
+    ("", "namespaces", "create"),
+    ("", "namespaces", "delete"),
     // The snapshot endpoint: who a token is, and whether it may get a Backup's snapshots.
     ("authentication.k8s.io", "tokenreviews", "create"),
     ("authorization.k8s.io", "subjectaccessreviews", "create"),

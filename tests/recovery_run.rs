@@ -490,11 +490,12 @@ async fn a_schedule_starts_one_run_per_tick_and_suspend_holds_it() {
             &scenario("nightly", &recovery, steps, "    []"),
         )
         .await;
-        // Scheduled runs are drills unless said otherwise, and drills are refused for now.
+        // Scheduled runs are drills unless said otherwise: in a namespace of their own.
+        let drill_steps = "    - {name: a, command: 'echo \"drill in $TITAN_TARGET_NAMESPACE\"'}";
         create_recovery(
             &client,
             &ns,
-            &scenario("drilled", every_minute, steps, "    []"),
+            &scenario("drilled", every_minute, drill_steps, "    []"),
         )
         .await;
         let runs: Api<RecoveryRun> = Api::namespaced(client.clone(), &ns);
@@ -523,14 +524,7 @@ async fn a_schedule_starts_one_run_per_tick_and_suspend_holds_it() {
             run.status
         );
         let drill = first.iter().find(|r| r.spec.recovery == "drilled").unwrap();
-        assert_eq!(drill.spec.mode, titan_dr::api::recovery_run::RunMode::Drill);
-        assert_eq!(ready(&drill.run_status()).1, "DrillNotSupported");
-        assert!(
-            jobs_of_run(&client, &ns, &drill.name_any())
-                .await
-                .is_empty(),
-            "a refused drill runs nothing"
-        );
+        assert_drilled_in_a_namespace_it_deleted(&client, &runs, drill).await;
 
         let status = drs.get("nightly").await.unwrap().status.unwrap();
         let last = status
@@ -584,6 +578,82 @@ async fn a_schedule_starts_one_run_per_tick_and_suspend_holds_it() {
 }
 
 /// Runs `titan-dr evidence RUN -n NS`: its exit code, stdout and stderr.
+/// `drill` ran as a Drill in `<run>-drill`, which it deleted after its end.
+async fn assert_drilled_in_a_namespace_it_deleted(
+    client: &Client,
+    runs: &Api<RecoveryRun>,
+    drill: &RecoveryRun,
+) {
+    let name = drill.name_any();
+    assert_eq!(drill.spec.mode, titan_dr::api::recovery_run::RunMode::Drill);
+    assert_eq!(
+        drill.run_status().phase,
+        Some(RunPhase::Succeeded),
+        "{:#?}",
+        drill.status
+    );
+    let namespace = format!("{name}-drill");
+    let output = step(&drill.run_status(), "a")
+        .output
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        output.contains(&format!("drill in {namespace}")),
+        "{output}"
+    );
+    let deleted = |r: Option<&RecoveryRun>| {
+        r.and_then(|r| r.status.as_ref())
+            .and_then(|s| s.drill.as_ref())
+            .is_some_and(|d| d.deleted_at.is_some())
+    };
+    let done = support::wait_for(runs, &name, "the drill namespace deleted", LIMIT, deleted).await;
+    let status = done.status.clone().unwrap();
+    assert_eq!(status.drill.as_ref().unwrap().namespace, namespace);
+    let evidence = status.evidence.expect("evidence");
+    assert_eq!(
+        evidence.target_namespace.as_deref(),
+        Some(namespace.as_str())
+    );
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    assert!(
+        namespaces.get_opt(&namespace).await.unwrap().is_none(),
+        "{namespace} is gone"
+    );
+    assert!(
+        !done
+            .finalizers()
+            .iter()
+            .any(|f| f == titan_dr::names::DRILL_FINALIZER)
+    );
+}
+
+#[tokio::test]
+async fn a_drill_that_would_touch_the_real_target_is_refused_and_creates_nothing() {
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::install(&ns).await;
+        let steps = format!(
+            "    - {{name: load, restore: {{backup: redis, redis: {{address: 'redis.{ns}.svc:6379'}}}}}}\n    - {{name: check, after: [load], probe: {{redis: {{address: 'redis.$(TITAN_TARGET_NAMESPACE).svc:6379'}}}}}}"
+        );
+        create_recovery(&client, &ns, &scenario("unsafe", "", &steps, "    []")).await;
+        let runs: Api<RecoveryRun> = Api::namespaced(client.clone(), &ns);
+        let run = run_manifest("unsafe-drill", "unsafe", "  mode: Drill\n");
+        runs.create(&PostParams::default(), &run).await.unwrap();
+        let refused = wait_ended(&runs, "unsafe-drill").await;
+        let (state, reason, message) = ready(&refused.run_status());
+        assert_eq!((state.as_str(), reason.as_str()), ("False", "DrillRefused"), "{message}");
+        assert!(
+            message.contains(&format!("step load: restore.redis.address redis.{ns}.svc:6379 is not in the drill's namespace")),
+            "{message}"
+        );
+        assert!(!message.contains("step check"), "{message}");
+        assert!(jobs_of_run(&client, &ns, "unsafe-drill").await.is_empty(), "a refused drill runs nothing");
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        assert!(namespaces.get_opt("unsafe-drill-drill").await.unwrap().is_none());
+        assert!(refused.finalizers().is_empty(), "{:?}", refused.finalizers());
+    })
+    .await;
+}
+
 fn evidence_of(ns: &str, run: &str) -> (i32, String, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_titan-dr"))
         .args(["evidence", run, "-n", ns])

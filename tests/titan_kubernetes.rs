@@ -23,7 +23,8 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use titan_dr::api::disaster_recovery::{RunPhase, StepPhase};
-use titan_dr::api::{Backup, DisasterRecovery};
+use titan_dr::api::recovery_run::{RunMode, RunTrigger};
+use titan_dr::api::{Backup, DisasterRecovery, RecoveryRun};
 use titan_dr::backup::{BackupKey, Store};
 use titan_dr::job::LABEL_STEP;
 
@@ -55,6 +56,127 @@ async fn delete_namespace(client: &Client, name: &str) {
         .await
         .unwrap_or_else(|_| panic!("namespace {name} is deleted in time"))
         .unwrap();
+}
+
+/// Every object of the namespace `titan` (and the namespace itself) with its resourceVersion.
+fn titan_versions() -> String {
+    let kinds = "namespace/titan,pods,deployments,statefulsets,replicasets,services,configmaps,secrets,persistentvolumeclaims,serviceaccounts";
+    let columns = "custom-columns=KIND:.kind,NAME:.metadata.name,VERSION:.metadata.resourceVersion";
+    let listed = kubectl(&["-n", TITAN, "get", kinds, "-o", columns, "--no-headers"]);
+    assert!(listed.lines().count() > 20, "{listed}");
+    listed
+}
+
+/// Drills the scenario every minute (successfulRunsHistoryLimit 1) until two have succeeded,
+/// each in `<run>-drill`, which is gone after; then unschedules it.
+async fn drill_every_minute(client: &Client, drs: &Api<DisasterRecovery>) {
+    let scenario = "complete-system-failure";
+    let drills =
+        serde_json::json!({"spec": {"schedule": "* * * * *", "successfulRunsHistoryLimit": 1}});
+    drs.patch(scenario, &PatchParams::default(), &Patch::Merge(&drills))
+        .await
+        .unwrap();
+    let runs: Api<RecoveryRun> = Api::namespaced(client.clone(), RECOVERY);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut seen = Vec::new();
+    for n in 1..=2 {
+        let name = format!("{scenario}-{n}");
+        let deleted = |r: Option<&RecoveryRun>| {
+            r.and_then(|r| r.status.as_ref()?.drill.as_ref()?.deleted_at.as_ref())
+                .is_some()
+        };
+        let run = support::wait_for(
+            &runs,
+            &name,
+            "a drill and its namespace deleted",
+            LIMIT,
+            deleted,
+        )
+        .await;
+        let status = run.status.clone().unwrap();
+        assert_eq!(run.spec.mode, RunMode::Drill);
+        assert_eq!(run.spec.trigger, RunTrigger::Schedule);
+        assert_eq!(
+            status.run.phase,
+            Some(RunPhase::Succeeded),
+            "{:#?}",
+            status.run
+        );
+        let namespace = format!("{name}-drill");
+        assert_eq!(status.drill.as_ref().unwrap().namespace, namespace);
+        assert_eq!(status.drill.as_ref().unwrap().stands_in_for, TITAN);
+        let evidence = status.evidence.clone().unwrap();
+        assert_eq!(
+            evidence.target_namespace.as_deref(),
+            Some(namespace.as_str())
+        );
+        for validation in [
+            "processes-online",
+            "redis-connectivity",
+            "websocket-connections",
+            "trading-status",
+        ] {
+            let step = status
+                .run
+                .validations
+                .iter()
+                .find(|v| v.name == validation)
+                .unwrap();
+            assert_eq!(step.phase, StepPhase::Succeeded, "{step:#?}");
+        }
+        let restore = status
+            .run
+            .steps
+            .iter()
+            .find(|s| s.name == "restore-redis")
+            .unwrap();
+        let output = restore.output.clone().unwrap_or_default();
+        assert!(
+            output.contains(&format!("titan-redis.{namespace}.svc:6379")),
+            "{output}"
+        );
+        assert!(
+            namespaces.get_opt(&namespace).await.unwrap().is_none(),
+            "{namespace} is gone"
+        );
+        seen.push(namespace);
+    }
+    // The history: the newest succeeded run only.
+    support::wait_gone(&runs, &format!("{scenario}-1"), LIMIT).await;
+    let unscheduled =
+        serde_json::json!({"spec": {"schedule": null, "successfulRunsHistoryLimit": null}});
+    drs.patch(
+        scenario,
+        &PatchParams::default(),
+        &Patch::Merge(&unscheduled),
+    )
+    .await
+    .unwrap();
+    let idle = |dr: Option<&DisasterRecovery>| {
+        dr.and_then(|d| d.status.as_ref())
+            .is_some_and(|s| s.active.is_empty() && s.next_schedule_time.is_none())
+    };
+    support::wait_for(drs, scenario, "no active drill", LIMIT, idle).await;
+    let left: Vec<String> = runs
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|r| r.spec.recovery == scenario && r.run_status().succeeded())
+        .map(|r| r.name_any())
+        .collect();
+    assert_eq!(
+        left,
+        [format!("{scenario}-2")],
+        "exactly the configured history"
+    );
+    for namespace in &seen {
+        assert!(
+            namespaces.get_opt(namespace).await.unwrap().is_none(),
+            "{namespace} is gone"
+        );
+    }
 }
 
 /// A connection to Titan's Redis, at its pod's IP.
@@ -207,6 +329,19 @@ async fn a_deleted_titan_namespace_comes_back_from_its_snapshots_with_its_data()
             .filter(|(key, _)| !key.starts_with("quote:"))
             .collect();
         assert_eq!(before.len(), 3500);
+
+        // Drills every minute while the system runs: each in a namespace of its own, which it
+        // deletes; `titan` untouched; one succeeded run kept.
+        kubectl(&["-n", RECOVERY, "apply", "-f", &format!("{KIT}/recovery/recovery.yaml")]);
+        let drs: Api<DisasterRecovery> = Api::namespaced(client.clone(), RECOVERY);
+        let untouched = titan_versions();
+        drill_every_minute(&client, &drs).await;
+        assert_eq!(titan_versions(), untouched, "a drill changed nothing in titan");
+        let production: BTreeMap<_, _> = dataset(&mut con)
+            .into_iter()
+            .filter(|(key, _)| !key.starts_with("quote:"))
+            .collect();
+        assert_eq!(production, before, "a drill changed no data of titan's Redis");
 
         // The disaster, then the recovery.
         delete_namespace(&client, TITAN).await;

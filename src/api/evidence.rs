@@ -16,6 +16,9 @@ pub struct Evidence {
     pub run: String,
     pub recovery: String,
     pub scenario: String,
+    /// The namespace the run acted on (a drill's own namespace in a drill).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_namespace: Option<String>,
     pub mode: RunMode,
     pub trigger: RunTrigger,
     #[serde(default, skip_serializing_if = "Option::is_none")]

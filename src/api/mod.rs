@@ -6,6 +6,7 @@ pub mod duration;
 pub mod evidence;
 pub mod probe;
 pub mod recovery_run;
+pub mod target;
 
 pub use backup::{Backup, BackupSpec, BackupStatus};
 pub use disaster_recovery::{DisasterRecovery, DisasterRecoverySpec, DisasterRecoveryStatus};

@@ -166,6 +166,22 @@ pub struct RecoveryRunStatus {
     /// The record of the ended run, sealed (see `titan-dr evidence`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<super::evidence::Evidence>,
+    /// A drill's throwaway namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillStatus>,
+}
+
+/// The namespace a drill runs in (`<run>-drill`, labelled `dr.titan.io/drill`): created
+/// before its first step, deleted when the run has ended, whatever the outcome.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillStatus {
+    pub namespace: String,
+    /// The real target namespace, which the drill stands in for and never touches.
+    pub stands_in_for: String,
+    /// When the namespace was found gone after the run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<Time>,
 }
 
 /// The copied scenario is kept as written: it was validated as the DisasterRecovery's spec,

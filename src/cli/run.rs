@@ -35,13 +35,17 @@ pub struct RunArgs {
 
 /// Runs `titan-dr run`.
 pub async fn run(args: &RunArgs) -> Exit {
-    let (resource, plan) = match input::load(&args.file) {
+    let (mut resource, plan) = match input::load(&args.file) {
         Ok(loaded) => loaded,
         Err(error) => {
             eprintln!("error: {error}");
             return Exit::InvalidInput;
         }
     };
+    // Addresses may name the target as `$(TITAN_TARGET_NAMESPACE)`, as in the cluster.
+    if let Some(target) = resource.spec.target_namespace.clone() {
+        resource.spec = resource.spec.acting_on(&target);
+    }
     let options = match options(args, &resource) {
         Ok(options) => options,
         Err(message) => {

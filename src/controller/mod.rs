@@ -337,6 +337,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("creating or deleting drill namespace {namespace}: {source}")]
+    DrillNamespace {
+        namespace: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("pruning old runs: {0}")]
     Prune(#[source] kube::Error),
     #[error("reading the backup store: {0}")]
@@ -356,6 +362,7 @@ impl Error {
             Error::DeleteJob { .. } => "DeleteJobFailed",
             Error::WriteStatus(_) => "WriteStatusFailed",
             Error::WriteRun { .. } => "WriteRunFailed",
+            Error::DrillNamespace { .. } => "DrillNamespaceFailed",
             Error::Prune(_) => "PruneFailed",
             Error::Backup(_) => "BackupStoreFailed",
             Error::CacheClosed(_) => "CacheClosed",

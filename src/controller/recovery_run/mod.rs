@@ -9,6 +9,7 @@
 //! from memory, and Job names are deterministic, so a restarted operator neither duplicates
 //! nor re-runs work.
 
+mod drill;
 mod observe;
 pub mod pod_start;
 pub mod status;
@@ -55,18 +56,18 @@ use crate::telemetry::RunOf;
 const RECHECK: Duration = Duration::from_secs(60);
 /// The soonest a requeue comes back, also for a grace period about to end.
 const SOONEST: Duration = Duration::from_secs(1);
+/// How often a drill's namespace being deleted is looked at (nothing watches namespaces).
+const DRILL_RECHECK: Duration = Duration::from_secs(2);
 
 #[tracing::instrument(skip_all, fields(run = %run.name_any(), ns = run.namespace().unwrap_or_default()))]
 pub async fn reconcile(run: Arc<RecoveryRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.caches_ready().await?;
     let previous = run.status.clone().unwrap_or_default();
+    if run.metadata.deletion_timestamp.is_some() {
+        return deleted(&ctx, &run, &previous).await;
+    }
     if previous.run.has_ended() {
-        // An ended run is final: its recorded outcome stands, with or without its Jobs. Only
-        // an edit after its end (an Abort too late, say) is acknowledged, for kstatus.
-        let mut seen = previous.clone();
-        seen.run.observed_generation = run.metadata.generation;
-        write_status(&ctx, &run, &previous, &seen).await?;
-        return Ok(Action::await_change());
+        return ended(&ctx, &run, &previous).await;
     }
     let Some(scenario) = previous.scenario.as_deref() else {
         return begin(&ctx, &run, &previous).await;
@@ -90,7 +91,7 @@ pub async fn reconcile(run: Arc<RecoveryRun>, ctx: Arc<Context>) -> Result<Actio
     let status = run_status(&ctx, &run, &dr, base, &decision, &observed).await?;
     let evidence = status.has_ended().then(|| {
         let generation = previous.scenario_generation;
-        evidence::record(&run, scenario, generation, &plan, &status)
+        evidence::record(&run, &dr.spec, generation, &plan, &status)
     });
     let status = RecoveryRunStatus {
         run: status,
@@ -109,14 +110,85 @@ pub async fn reconcile(run: Arc<RecoveryRun>, ctx: Arc<Context>) -> Result<Actio
     Ok(next.map_or_else(Action::await_change, Action::requeue))
 }
 
+/// An ended run is final: its recorded outcome stands, with or without its Jobs. Only an
+/// edit after its end (an Abort too late, say) is acknowledged, for kstatus; and a drill's
+/// namespace is deleted, looked at again until it is gone.
+async fn ended(
+    ctx: &Context,
+    run: &RecoveryRun,
+    previous: &RecoveryRunStatus,
+) -> Result<Action, Error> {
+    let mut seen = previous.clone();
+    seen.run.observed_generation = run.metadata.generation;
+    let mut next = Action::await_change();
+    if let Some(drill) = seen.drill.as_mut().filter(|d| d.deleted_at.is_none()) {
+        match drill::clean_up(ctx, run, drill).await? {
+            Some(gone) => {
+                release_drill(ctx, run).await?;
+                drill.deleted_at = Some(gone);
+            }
+            None => next = Action::requeue(DRILL_RECHECK),
+        }
+    }
+    write_status(ctx, run, previous, &seen).await?;
+    Ok(next)
+}
+
+/// A run being deleted (a history limit, its recovery deleted, by hand) before its drill's
+/// namespace was found gone: the namespace goes first, then the finalizer.
+async fn deleted(
+    ctx: &Context,
+    run: &RecoveryRun,
+    previous: &RecoveryRunStatus,
+) -> Result<Action, Error> {
+    if !drill::holds(run) {
+        return Ok(Action::await_change());
+    }
+    let gone = match &previous.drill {
+        Some(drill) => drill::clean_up(ctx, run, drill).await?.is_some(),
+        // Deleted before its status named the namespace (between its creation and the
+        // status write): the name is the run's, so look there.
+        None => {
+            let drill = crate::api::recovery_run::DrillStatus {
+                namespace: drill::namespace_name(run),
+                ..Default::default()
+            };
+            drill::clean_up(ctx, run, &drill).await?.is_some()
+        }
+    };
+    if !gone {
+        return Ok(Action::requeue(DRILL_RECHECK));
+    }
+    release_drill(ctx, run).await?;
+    Ok(Action::await_change())
+}
+
+/// Lets the run go: the drill finalizer is removed (by the resourceVersion the reconcile read,
+/// so a stale view retries).
+async fn release_drill(ctx: &Context, run: &RecoveryRun) -> Result<(), Error> {
+    if !drill::holds(run) {
+        return Ok(());
+    }
+    let runs: Api<RecoveryRun> =
+        Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": run.resource_version(),
+            "finalizers": drill::finalizers(run, false),
+        }
+    });
+    patch_run(&runs, &run.name_any(), &patch).await.map(drop)
+}
+
 /// The scenario as this run executes it: the spec copied when the run began, under the
-/// recovery's name, with the run's UID, which its Jobs' names and `owner-uid` label carry.
+/// recovery's name, with the run's UID, which its Jobs' names and `owner-uid` label carry,
+/// acting on its target (a drill's namespace in a drill).
 pub fn scenario_view(
     run: &RecoveryRun,
     scenario: &DisasterRecoverySpec,
     generation: Option<i64>,
 ) -> DisasterRecovery {
-    DisasterRecovery {
+    let mut view = DisasterRecovery {
         metadata: ObjectMeta {
             name: Some(run.spec.recovery.clone()),
             namespace: run.namespace(),
@@ -126,7 +198,11 @@ pub fn scenario_view(
         },
         spec: scenario.clone(),
         status: None,
-    }
+    };
+    let drill = run.status.as_ref().and_then(|s| s.drill.as_ref());
+    let target = drill.map_or_else(|| view.target_namespace(), |d| d.namespace.clone());
+    view.spec = view.spec.acting_on(&target);
+    view
 }
 
 /// The decision for the run's state, as its `spec.action` bends it: Abort stops the running
@@ -201,7 +277,7 @@ fn requested(run: &RecoveryRun) -> String {
 /// Reasons of a run that ends before its first step.
 const REFUSED_INVALID: &str = status::REASON_INVALID_SPEC;
 const REFUSED_NO_RECOVERY: &str = "RecoveryNotFound";
-const REFUSED_DRILL: &str = "DrillNotSupported";
+const REFUSED_DRILL: &str = "DrillRefused";
 pub const REFUSED_CONCURRENT: &str = "Refused";
 
 /// A run's first reconcile: it copies its DisasterRecovery's spec, unless that is missing,
@@ -220,18 +296,8 @@ async fn begin(
         let message = format!("DisasterRecovery {recovery} does not exist in namespace {ns}");
         return end_unstarted(ctx, run, previous, REFUSED_NO_RECOVERY, &message).await;
     };
-    if let Err(message) = validate(&dr) {
-        return end_unstarted(ctx, run, previous, REFUSED_INVALID, &message).await;
-    }
-    if run.spec.mode == RunMode::Drill {
-        // A drill must never touch the real target, and the throwaway namespace it runs in
-        // is not built yet: refused rather than run as a recovery.
-        let message = format!(
-            "mode Drill is not supported yet: it would run against the real target namespace {}; \
-             use mode Recovery (scheduleMode: Recovery for scheduled runs)",
-            dr.target_namespace()
-        );
-        return end_unstarted(ctx, run, previous, REFUSED_DRILL, &message).await;
+    if let Some((reason, message)) = refusal(run, &dr) {
+        return end_unstarted(ctx, run, previous, reason, &message).await;
     }
     let active = others_active(ctx, run);
     if !active.is_empty() {
@@ -250,7 +316,18 @@ async fn begin(
         tracing::info!(active = %names, "waiting for the replaced runs to end");
         return Ok(Action::requeue(SOONEST));
     }
-    adopt(ctx, run, &dr).await?;
+    let claimed = adopt(ctx, run, &dr).await?;
+    let run = claimed.as_ref().unwrap_or(run);
+    let mut drill = None;
+    if run.spec.mode == RunMode::Drill {
+        match drill::prepare(ctx, run, &dr.target_namespace()).await? {
+            Ok(prepared) => drill = Some(prepared),
+            Err(message) => {
+                release_drill(ctx, run).await?;
+                return end_unstarted(ctx, run, previous, REFUSED_DRILL, &message).await;
+            }
+        }
+    }
     let status = RecoveryRunStatus {
         run: RunStatus {
             run_id: Some(run_id(recovery, &run.name_any())),
@@ -264,6 +341,7 @@ async fn begin(
         scenario: Some(Box::new(dr.spec.clone())),
         scenario_generation: dr.metadata.generation,
         evidence: None,
+        drill,
     };
     write_status(ctx, run, previous, &status).await?;
     let message = format!(
@@ -281,6 +359,27 @@ async fn begin(
     .await;
     // The status write wakes the run again, which then starts its first steps.
     Ok(Action::requeue(SOONEST))
+}
+
+/// Why `run` of `dr` may not begin, whatever else is running: an invalid spec, or a drill that
+/// would reach beyond its own namespace.
+fn refusal(run: &RecoveryRun, dr: &DisasterRecovery) -> Option<(&'static str, String)> {
+    if let Err(message) = validate(dr) {
+        return Some((REFUSED_INVALID, message));
+    }
+    if run.spec.mode != RunMode::Drill {
+        return None;
+    }
+    let hazards = drill::hazards(
+        &dr.spec,
+        &dr.target_namespace(),
+        &drill::namespace_name(run),
+    );
+    let message = format!(
+        "a drill must not touch the real target: {}",
+        hazards.join("; ")
+    );
+    (!hazards.is_empty()).then_some((REFUSED_DRILL, message))
 }
 
 /// The other runs of the same recovery that hold it: begun and not ended, or created before
@@ -321,25 +420,34 @@ async fn abort(ctx: &Context, run: &RecoveryRun, why: &str) -> Result<(), Error>
 }
 
 /// Makes a run created by hand its DisasterRecovery's: owned by it (so history limits and the
-/// recovery's deletion take it, and its changes wake the recovery) and labelled with it.
-async fn adopt(ctx: &Context, run: &RecoveryRun, dr: &DisasterRecovery) -> Result<(), Error> {
+/// recovery's deletion take it, and its changes wake the recovery) and labelled with it; a
+/// drill also holds the finalizer that keeps it until its namespace is gone. Returns the run
+/// as patched, if it was.
+async fn adopt(
+    ctx: &Context,
+    run: &RecoveryRun,
+    dr: &DisasterRecovery,
+) -> Result<Option<RecoveryRun>, Error> {
     let owned = run
         .owner_references()
         .iter()
         .any(|o| o.controller == Some(true) && Some(&o.uid) == dr.uid().as_ref());
-    if owned {
-        return Ok(());
+    let hold = run.spec.mode == RunMode::Drill && !drill::holds(run);
+    if owned && !hold {
+        return Ok(None);
     }
     let runs: Api<RecoveryRun> =
         Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
-    let patch = json!({
-        "metadata": {
-            "resourceVersion": run.resource_version(),
-            "ownerReferences": [dr.controller_owner_ref(&())],
-            "labels": {LABEL_RECOVERY: dr.name_any()},
-        }
-    });
-    patch_run(&runs, &run.name_any(), &patch).await
+    let mut metadata = json!({"resourceVersion": run.resource_version()});
+    if !owned {
+        metadata["ownerReferences"] = json!([dr.controller_owner_ref(&())]);
+        metadata["labels"] = json!({LABEL_RECOVERY: dr.name_any()});
+    }
+    if hold {
+        metadata["finalizers"] = json!(drill::finalizers(run, true));
+    }
+    let patch = json!({ "metadata": metadata });
+    patch_run(&runs, &run.name_any(), &patch).await.map(Some)
 }
 
 /// A merge patch of a RecoveryRun's spec or metadata, as the operator.
@@ -347,13 +455,13 @@ async fn patch_run(
     runs: &Api<RecoveryRun>,
     name: &str,
     patch: &serde_json::Value,
-) -> Result<(), Error> {
+) -> Result<RecoveryRun, Error> {
     let params = PatchParams {
         field_manager: Some(MANAGER.into()),
         ..Default::default()
     };
     match runs.patch(name, &params, &Patch::Merge(patch)).await {
-        Ok(_) => Ok(()),
+        Ok(patched) => Ok(patched),
         Err(source) => Err(Error::WriteRun {
             run: name.into(),
             source,
