@@ -5,12 +5,14 @@
 //! found by [`verify`].
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::api::disaster_recovery::{DisasterRecoverySpec, StepStatus};
 use crate::api::duration::format_duration;
 pub use crate::api::evidence::{Evidence, Objective, StepEvidence};
 use crate::api::{RecoveryRun, RunStatus};
+use crate::backup::BackupKey;
 use crate::plan::Plan;
 
 /// The evidence of `run`, ended with `status`, which executed `scenario` (planned as `plan`).
@@ -98,6 +100,49 @@ fn seal(evidence: &Evidence) -> String {
     hex::encode(Sha256::digest(&json))
 }
 
+/// The copy of a record kept beside a Backup's snapshots in object storage, where it outlives
+/// the cluster and the run's history limit: the record and its MAC under the Backup's key, as
+/// a snapshot's manifest is authenticated, so that only a holder of the key can make one.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct AuthenticatedCopy {
+    pub evidence: Evidence,
+    /// HMAC-SHA256 (hex) of the record's JSON under the Backup's key.
+    pub mac: String,
+}
+
+/// The object name of run `run`'s copy (with its UID, as a run may be made again under its
+/// name), under the Backup's folder.
+pub fn copy_name(run: &str, uid: &str) -> String {
+    format!("evidence/{run}-{uid}.json")
+}
+
+/// `evidence`, authenticated by `key`, as the JSON kept in object storage.
+pub fn authenticate(evidence: &Evidence, key: &BackupKey) -> Vec<u8> {
+    let json = serde_json::to_vec(evidence).expect("evidence always serializes");
+    let copy = AuthenticatedCopy {
+        evidence: evidence.clone(),
+        mac: key.mac(&json),
+    };
+    serde_json::to_vec_pretty(&copy).expect("evidence always serializes")
+}
+
+/// The record in a copy, when `key` authenticates it and its seal holds; else what is wrong.
+pub fn open_copy(bytes: &[u8], key: &BackupKey) -> Result<Evidence, String> {
+    let copy: AuthenticatedCopy =
+        serde_json::from_slice(bytes).map_err(|e| format!("not an evidence copy: {e}"))?;
+    let json = serde_json::to_vec(&copy.evidence).expect("evidence always serializes");
+    if !key.verifies_mac(&json, &copy.mac) {
+        return Err(
+            "the copy is not authenticated by this key: it was changed, or made with another key"
+                .to_owned(),
+        );
+    }
+    if seal(&copy.evidence) != copy.evidence.seal_sha256 {
+        return Err("the record does not match its seal: it was changed".to_owned());
+    }
+    Ok(copy.evidence)
+}
+
 /// What does not hold between `evidence` and the run's recorded `status`: an empty list when
 /// the record is sealed as it is and every step's output is the one it digested.
 pub fn verify(evidence: &Evidence, status: &RunStatus) -> Vec<String> {
@@ -168,6 +213,31 @@ mod tests {
         assert_eq!(evidence.steps[2].kind, "validation");
         assert!(evidence.steps[2].output_sha256.is_none());
         assert_eq!(verify(&evidence, &status), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_copy_opens_with_its_key_only_and_a_changed_byte_is_found() {
+        let (run, spec, status) = ended();
+        let plan = Plan::new(&spec).unwrap();
+        let evidence = record(&run, &spec, Some(4), &plan, &status);
+        let key = BackupKey::generate();
+        let copy = authenticate(&evidence, &key);
+        assert_eq!(open_copy(&copy, &key), Ok(evidence.clone()));
+        let other = BackupKey::generate();
+        assert!(
+            open_copy(&copy, &other)
+                .unwrap_err()
+                .contains("not authenticated by this key")
+        );
+        let text = String::from_utf8(copy).unwrap();
+        let forged = text.replace("alice", "mallo");
+        assert_ne!(forged, text);
+        assert!(
+            open_copy(forged.as_bytes(), &key)
+                .unwrap_err()
+                .contains("not authenticated")
+        );
+        assert_eq!(copy_name("titan-3", "u1"), "evidence/titan-3-u1.json");
     }
 
     #[test]

@@ -1129,6 +1129,9 @@ fn the_namespaced_install_grants_roles_only() {
     let role: Role = serde_json::from_value(role.clone()).unwrap();
     let cluster_scoped: BTreeSet<(String, String, String)> = [
         ("", "namespaces", "get"),
+        // A drill's namespace: a namespaced install runs no drills.
+        ("", "namespaces", "create"),
+        ("", "namespaces", "delete"),
         ("authentication.k8s.io", "tokenreviews", "create"),
         ("authorization.k8s.io", "subjectaccessreviews", "create"),
     ]

@@ -545,9 +545,11 @@ async fn a_schedule_starts_one_run_per_tick_and_suspend_holds_it() {
         );
 
         let suspend = serde_json::json!({"spec": {"suspend": true}});
-        drs.patch("nightly", &PatchParams::default(), &Patch::Merge(&suspend))
-            .await
-            .unwrap();
+        for recovery in ["nightly", "drilled"] {
+            drs.patch(recovery, &PatchParams::default(), &Patch::Merge(&suspend))
+                .await
+                .unwrap();
+        }
         support::wait_for(
             &drs,
             "nightly",
@@ -573,11 +575,24 @@ async fn a_schedule_starts_one_run_per_tick_and_suspend_holds_it() {
             .map(|r| r.name_any())
             .collect();
         assert_eq!(nightly, [run.name_any()], "no run while suspended");
+        // Every drill has let go of its run (its namespace is gone), so nothing holds this
+        // namespace's deletion.
+        support::wait_for_list(
+            &runs,
+            "",
+            "every drill released",
+            LIMIT,
+            |all: &[RecoveryRun]| {
+                all.iter()
+                    .filter(|r| r.spec.recovery == "drilled")
+                    .all(|r| ended(Some(r)) && r.finalizers().is_empty())
+            },
+        )
+        .await;
     })
     .await;
 }
 
-/// Runs `titan-dr evidence RUN -n NS`: its exit code, stdout and stderr.
 /// `drill` ran as a Drill in `<run>-drill`, which it deleted after its end.
 async fn assert_drilled_in_a_namespace_it_deleted(
     client: &Client,
@@ -654,6 +669,7 @@ async fn a_drill_that_would_touch_the_real_target_is_refused_and_creates_nothing
     .await;
 }
 
+/// Runs `titan-dr evidence RUN -n NS`: its exit code, stdout and stderr.
 fn evidence_of(ns: &str, run: &str) -> (i32, String, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_titan-dr"))
         .args(["evidence", run, "-n", ns])
@@ -700,6 +716,86 @@ async fn the_evidence_of_a_run_verifies_and_a_changed_byte_is_found() {
         let (code, _, err) = evidence_of(&ns, "proven-1");
         assert_eq!(code, 1, "{err}");
         assert!(err.contains("the output of step a is not the one the evidence digested"), "{err}");
+    })
+    .await;
+}
+
+/// The evidence outlives the cluster: copied beside the snapshots of the scenario's Backup in
+/// object storage, authenticated by the Backup's key; the CLI checks the copy with the key
+/// alone, and finds a changed byte or another key.
+#[tokio::test]
+async fn the_evidence_is_copied_beside_the_snapshots_and_a_changed_byte_is_found() {
+    use support::s3_pod::{ACCESS_KEY, BUCKET, PORT, SECRET_KEY, start_s3};
+    let key = titan_dr::backup::BackupKey::generate();
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::install(&ns).await;
+        support::create_key_secret(&client, &ns, "backup-key", &key).await;
+        let s3_ip = start_s3(&client, &ns).await;
+        let backup: titan_dr::api::Backup = serde_yaml::from_str(&format!(
+            "apiVersion: dr.titan.io/v1alpha1\nkind: Backup\nmetadata: {{name: config}}\nspec:\n  source: {{configMaps: {{selector: {{matchLabels: {{app: none}}}}}}}}\n  destination: {{path: config, s3: {{bucket: {BUCKET}, prefix: titan, endpoint: 'http://s3:{PORT}', credentialsSecretRef: {{name: s3-credentials}}}}}}\n  encryption: {{secretRef: {{name: backup-key}}}}\n"
+        ))
+        .unwrap();
+        let backups: Api<titan_dr::api::Backup> = Api::namespaced(client.clone(), &ns);
+        let backup = backups.create(&PostParams::default(), &backup).await.unwrap();
+        let dr = scenario("audited", "  backups: [config]", "    - {name: a, command: 'echo audited'}", "    []");
+        create_recovery(&client, &ns, &dr).await;
+        let runs = create_run(&client, &ns, "audited-1", "audited").await;
+        let copied = |r: Option<&RecoveryRun>| {
+            r.and_then(|r| r.status.as_ref()).is_some_and(|s| !s.evidence_copies.is_empty())
+        };
+        let run = support::wait_for(&runs, "audited-1", "the evidence copied", LIMIT, copied).await;
+        let status = run.status.clone().unwrap();
+        let url = format!(
+            "s3://{BUCKET}/titan/{ns}/{}/evidence/audited-1-{}.json",
+            backup.uid().unwrap(),
+            run.uid().unwrap()
+        );
+        assert_eq!(status.evidence_copies, std::slice::from_ref(&url));
+
+        let work = tempfile::tempdir().unwrap();
+        let check = |key: &titan_dr::backup::BackupKey| {
+            let key_file = work.path().join("key.txt");
+            std::fs::write(&key_file, key.to_key_file()).unwrap();
+            let output = std::process::Command::new(env!("CARGO_BIN_EXE_titan-dr"))
+                .args(["evidence", "--s3", &url, "--s3-endpoint", &format!("http://{s3_ip}:{PORT}")])
+                .arg("--key-file")
+                .arg(&key_file)
+                .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+                .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr);
+            (output.status.code(), text)
+        };
+        let (code, text) = check(&key);
+        assert_eq!(code, Some(0), "{text}");
+        let evidence = status.evidence.clone().unwrap();
+        assert!(text.contains(&format!("verified: authenticated by the key, and the seal {}", evidence.seal_sha256)), "{text}");
+        assert!(text.contains("reason: 'INC-1234: primary host lost'"), "{text}");
+        let (code, text) = check(&titan_dr::backup::BackupKey::generate());
+        assert_eq!(code, Some(1), "{text}");
+        assert!(text.contains("not authenticated by this key"), "{text}");
+
+        // One byte of the copy changed, by whoever can write the bucket but holds no key.
+        let location = titan_dr::backup::offsite::S3Location {
+            bucket: BUCKET.into(),
+            prefix: url.trim_start_matches(&format!("s3://{BUCKET}/")).rsplit_once('/').unwrap().0.into(),
+            endpoint: Some(format!("http://{s3_ip}:{PORT}")),
+            region: None,
+            force_path_style: true,
+            access_key_id: ACCESS_KEY.into(),
+            secret_access_key: SECRET_KEY.into(),
+        };
+        let file = url.rsplit('/').next().unwrap();
+        let offsite = titan_dr::backup::offsite::Offsite::new(location).unwrap();
+        let copy = String::from_utf8(offsite.get(file).await.unwrap()).unwrap();
+        let forged = copy.replacen("audited", "auditee", 1);
+        assert_ne!(forged, copy);
+        offsite.put(file, forged.into_bytes()).await.unwrap();
+        let (code, text) = check(&key);
+        assert_eq!(code, Some(1), "{text}");
+        assert!(text.contains("not verified"), "{text}");
     })
     .await;
 }

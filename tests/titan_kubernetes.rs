@@ -49,6 +49,7 @@ async fn delete_namespace(client: &Client, name: &str) {
     let Ok(Some(namespace)) = namespaces.get_opt(name).await else {
         return;
     };
+    support::release_drills(client, name).await;
     let _ = namespaces.delete(name, &DeleteParams::background()).await;
     let uid = namespace.uid().unwrap();
     let gone = await_condition(namespaces, name, conditions::is_deleted(&uid));
@@ -60,11 +61,11 @@ async fn delete_namespace(client: &Client, name: &str) {
 
 /// Every object of the namespace `titan` (and the namespace itself) with its resourceVersion.
 fn titan_versions() -> String {
-    let kinds = "namespace/titan,pods,deployments,statefulsets,replicasets,services,configmaps,secrets,persistentvolumeclaims,serviceaccounts";
+    let kinds = "pods,deployments,statefulsets,replicasets,services,configmaps,secrets,persistentvolumeclaims,serviceaccounts";
     let columns = "custom-columns=KIND:.kind,NAME:.metadata.name,VERSION:.metadata.resourceVersion";
     let listed = kubectl(&["-n", TITAN, "get", kinds, "-o", columns, "--no-headers"]);
     assert!(listed.lines().count() > 20, "{listed}");
-    listed
+    listed + &kubectl(&["get", "namespace", TITAN, "-o", columns, "--no-headers"])
 }
 
 /// Drills the scenario every minute (successfulRunsHistoryLimit 1) until two have succeeded,
@@ -141,10 +142,10 @@ async fn drill_every_minute(client: &Client, drs: &Api<DisasterRecovery>) {
         );
         seen.push(namespace);
     }
-    // The history: the newest succeeded run only.
+    // The history: the newest succeeded run only (a third drill may have started before the
+    // schedule was removed).
     support::wait_gone(&runs, &format!("{scenario}-1"), LIMIT).await;
-    let unscheduled =
-        serde_json::json!({"spec": {"schedule": null, "successfulRunsHistoryLimit": null}});
+    let unscheduled = serde_json::json!({"spec": {"schedule": null}});
     drs.patch(
         scenario,
         &PatchParams::default(),
@@ -157,20 +158,31 @@ async fn drill_every_minute(client: &Client, drs: &Api<DisasterRecovery>) {
             .is_some_and(|s| s.active.is_empty() && s.next_schedule_time.is_none())
     };
     support::wait_for(drs, scenario, "no active drill", LIMIT, idle).await;
-    let left: Vec<String> = runs
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
+    let released = |all: &[RecoveryRun]| {
+        all.iter()
+            .all(|r| r.run_status().has_ended() && r.finalizers().is_empty())
+    };
+    let all = support::wait_for_list(&runs, "", "every drill released", LIMIT, released).await;
+    let mut succeeded: Vec<&RecoveryRun> = all
         .iter()
         .filter(|r| r.spec.recovery == scenario && r.run_status().succeeded())
-        .map(|r| r.name_any())
         .collect();
+    succeeded.sort_by_key(|r| r.run_status().run_number());
     assert_eq!(
-        left,
-        [format!("{scenario}-2")],
-        "exactly the configured history"
+        succeeded.len(),
+        1,
+        "exactly the configured history: {:?}",
+        succeeded.iter().map(|r| r.name_any()).collect::<Vec<_>>()
     );
+    assert!(succeeded[0].run_status().run_number() >= Some(2));
+    for run in &all {
+        seen.extend(
+            run.status
+                .as_ref()
+                .and_then(|s| s.drill.as_ref())
+                .map(|d| d.namespace.clone()),
+        );
+    }
     for namespace in &seen {
         assert!(
             namespaces.get_opt(namespace).await.unwrap().is_none(),

@@ -166,6 +166,10 @@ pub struct RecoveryRunStatus {
     /// The record of the ended run, sealed (see `titan-dr evidence`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<super::evidence::Evidence>,
+    /// Where the evidence is kept off the cluster: beside the snapshots of each Backup of the
+    /// scenario with object storage, authenticated by its key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence_copies: Vec<String>,
     /// A drill's throwaway namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<DrillStatus>,

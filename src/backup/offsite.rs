@@ -143,6 +143,33 @@ impl Offsite {
         Ok(())
     }
 
+    /// Writes a small object, `<prefix>/<file>`, in one request; returns its URL.
+    ///
+    /// # Errors
+    ///
+    /// The server refuses or cannot be reached.
+    pub async fn put(&self, file: &str, bytes: Vec<u8>) -> anyhow::Result<String> {
+        let path = self.path(file);
+        self.objects
+            .put(&path, bytes.into())
+            .await
+            .with_context(|| format!("uploading {file} to {}", self.location))?;
+        Ok(format!("s3://{}/{path}", self.location.bucket))
+    }
+
+    /// Reads a small object, `<prefix>/<file>`.
+    ///
+    /// # Errors
+    ///
+    /// There is no such object, or the server refuses or cannot be reached.
+    pub async fn get(&self, file: &str) -> anyhow::Result<Vec<u8>> {
+        let path = self.path(file);
+        let bytes = self.objects.get(&path).await?.bytes().await;
+        Ok(bytes
+            .with_context(|| format!("downloading {file} from {}", self.location))?
+            .to_vec())
+    }
+
     /// The IDs of the snapshots here, newest first: those with a manifest (committed).
     ///
     /// # Errors

@@ -79,12 +79,60 @@ where
         .await
         .expect("creating a test namespace");
     let name = created.metadata.name.expect("a generated name");
-    let result = std::panic::AssertUnwindSafe(test(client, name.clone()))
+    let result = std::panic::AssertUnwindSafe(test(client.clone(), name.clone()))
         .catch_unwind()
         .await;
+    release_drills(&client, &name).await;
     let _ = namespaces.delete(&name, &DeleteParams::background()).await;
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
+    }
+}
+
+/// What a test's operator, gone with the test, left of its drills in namespace `ns`: the
+/// finalizers of runs whose namespace it did not delete in time (which would hold `ns`
+/// Terminating), and those namespaces.
+pub async fn release_drills(client: &Client, ns: &str) {
+    let runs: Api<titan_dr::api::RecoveryRun> = Api::namespaced(client.clone(), ns);
+    for run in runs
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        if run
+            .metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| !f.is_empty())
+        {
+            let release = serde_json::json!({"metadata": {"finalizers": null}});
+            let name = run.metadata.name.clone().unwrap_or_default();
+            let _ = runs
+                .patch(
+                    &name,
+                    &Default::default(),
+                    &kube::api::Patch::Merge(&release),
+                )
+                .await;
+        }
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let drills = kube::api::ListParams::default().labels(titan_dr::names::LABEL_DRILL);
+    for drill in namespaces
+        .list(&drills)
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let annotations = drill.metadata.annotations.clone().unwrap_or_default();
+        let of_ns = annotations
+            .get("dr.titan.io/run")
+            .is_some_and(|r| r.starts_with(&format!("{ns}/")));
+        if of_ns {
+            let name = drill.metadata.name.clone().unwrap_or_default();
+            let _ = namespaces.delete(&name, &DeleteParams::background()).await;
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 //! nor re-runs work.
 
 mod drill;
+mod evidence_copy;
 mod observe;
 pub mod pod_start;
 pub mod status;
@@ -58,6 +59,8 @@ const RECHECK: Duration = Duration::from_secs(60);
 const SOONEST: Duration = Duration::from_secs(1);
 /// How often a drill's namespace being deleted is looked at (nothing watches namespaces).
 const DRILL_RECHECK: Duration = Duration::from_secs(2);
+/// How soon a failed copy of the evidence to object storage is tried again.
+const EVIDENCE_RETRY: Duration = Duration::from_secs(30);
 
 #[tracing::instrument(skip_all, fields(run = %run.name_any(), ns = run.namespace().unwrap_or_default()))]
 pub async fn reconcile(run: Arc<RecoveryRun>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -121,6 +124,16 @@ async fn ended(
     let mut seen = previous.clone();
     seen.run.observed_generation = run.metadata.generation;
     let mut next = Action::await_change();
+    if let Err(why) = copy_evidence(ctx, run, &mut seen).await {
+        ctx.publish(
+            run.object_ref(&()),
+            EventType::Warning,
+            "EvidenceNotCopied",
+            &why,
+        )
+        .await;
+        next = Action::requeue(EVIDENCE_RETRY);
+    }
     if let Some(drill) = seen.drill.as_mut().filter(|d| d.deleted_at.is_none()) {
         match drill::clean_up(ctx, run, drill).await? {
             Some(gone) => {
@@ -132,6 +145,33 @@ async fn ended(
     }
     write_status(ctx, run, previous, &seen).await?;
     Ok(next)
+}
+
+/// Copies the evidence of an ended run off the cluster once, beside the snapshots of the
+/// scenario's Backups that keep copies in object storage (recorded in `evidenceCopies`).
+async fn copy_evidence(
+    ctx: &Context,
+    run: &RecoveryRun,
+    status: &mut RecoveryRunStatus,
+) -> Result<(), String> {
+    let (Some(evidence), Some(scenario)) = (&status.evidence, &status.scenario) else {
+        return Ok(());
+    };
+    if !status.evidence_copies.is_empty() {
+        return Ok(());
+    }
+    let ns = run.namespace().unwrap_or_default();
+    let backups: Vec<Backup> = scenario
+        .backups
+        .iter()
+        .filter_map(|name| cached_backup(ctx, &ns, name))
+        .filter(|b| b.spec.destination.s3.is_some())
+        .collect();
+    if backups.is_empty() {
+        return Ok(());
+    }
+    status.evidence_copies = evidence_copy::copy(ctx, run, &backups, evidence).await?;
+    Ok(())
 }
 
 /// A run being deleted (a history limit, its recovery deleted, by hand) before its drill's
@@ -341,6 +381,7 @@ async fn begin(
         scenario: Some(Box::new(dr.spec.clone())),
         scenario_generation: dr.metadata.generation,
         evidence: None,
+        evidence_copies: Vec::new(),
         drill,
     };
     write_status(ctx, run, previous, &status).await?;
