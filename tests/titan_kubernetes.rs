@@ -26,7 +26,7 @@ use titan_dr::api::disaster_recovery::{RunPhase, StepPhase};
 use titan_dr::api::recovery_run::{RunMode, RunTrigger};
 use titan_dr::api::{Backup, DisasterRecovery, RecoveryRun};
 use titan_dr::backup::{BackupKey, Store};
-use titan_dr::job::LABEL_STEP;
+use titan_dr::job::{LABEL_RUN_NAME, LABEL_STEP};
 
 const KIT: &str = "examples/titan/kubernetes";
 const TITAN: &str = "titan";
@@ -273,7 +273,9 @@ async fn record_job_events(
         .boxed();
     let mut known = std::collections::BTreeSet::new();
     while let Some(Ok(job)) = stream.next().await {
-        let name = job.labels().get(LABEL_STEP).cloned().unwrap_or_default();
+        // The run's too: the Jobs of earlier runs (the drills') are listed first.
+        let label = |key: &str| job.labels().get(key).cloned().unwrap_or_default();
+        let name = format!("{}/{}", label(LABEL_RUN_NAME), label(LABEL_STEP));
         if known.insert(name.clone()) {
             out.lock().unwrap().push((name.clone(), "appeared"));
         }
@@ -406,9 +408,10 @@ async fn a_deleted_titan_namespace_comes_back_from_its_snapshots_with_its_data()
         // In dependency order, the three phases side by side.
         let events = events.lock().unwrap().clone();
         let at = |step: &str, what: &str| {
+            let step = format!("{run}/{step}");
             events
                 .iter()
-                .position(|(s, w)| s == step && *w == what)
+                .position(|(s, w)| *s == step && *w == what)
                 .unwrap_or_else(|| panic!("no {what} event for {step}: {events:?}"))
         };
         let phases = [
