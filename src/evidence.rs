@@ -22,6 +22,7 @@ pub fn record(
     generation: Option<i64>,
     plan: &Plan,
     status: &RunStatus,
+    approvals: Vec<String>,
 ) -> Evidence {
     let condition = |type_: &str| status.conditions.iter().find(|c| c.type_ == type_);
     let met = |c: Option<&Condition>| c.map_or("Unknown".to_owned(), |c| c.status.clone());
@@ -40,7 +41,7 @@ pub fn record(
         trigger: run.spec.trigger,
         requested_by: run.spec.requested_by.clone(),
         reason: run.spec.reason.clone(),
-        approvals: Vec::new(),
+        approvals,
         scenario_generation: generation,
         started_at: status.started_at.clone(),
         finished_at: status.finished_at.clone(),
@@ -200,7 +201,7 @@ mod tests {
     fn the_evidence_names_everything_and_verifies_against_the_outputs() {
         let (run, spec, status) = ended();
         let plan = Plan::new(&spec).unwrap();
-        let evidence = record(&run, &spec, Some(4), &plan, &status);
+        let evidence = record(&run, &spec, Some(4), &plan, &status, Vec::new());
         assert_eq!(evidence.requested_by.as_deref(), Some("alice"));
         assert_eq!(evidence.scenario_generation, Some(4));
         assert_eq!(evidence.outcome, RunPhase::Succeeded);
@@ -219,7 +220,7 @@ mod tests {
     fn a_copy_opens_with_its_key_only_and_a_changed_byte_is_found() {
         let (run, spec, status) = ended();
         let plan = Plan::new(&spec).unwrap();
-        let evidence = record(&run, &spec, Some(4), &plan, &status);
+        let evidence = record(&run, &spec, Some(4), &plan, &status, Vec::new());
         let key = BackupKey::generate();
         let copy = authenticate(&evidence, &key);
         assert_eq!(open_copy(&copy, &key), Ok(evidence.clone()));
@@ -244,7 +245,7 @@ mod tests {
     fn a_changed_byte_of_an_output_or_of_the_record_is_found() {
         let (run, spec, status) = ended();
         let plan = Plan::new(&spec).unwrap();
-        let evidence = record(&run, &spec, Some(4), &plan, &status);
+        let evidence = record(&run, &spec, Some(4), &plan, &status, Vec::new());
         let mut changed = status.clone();
         changed.steps[1].output = Some("c\n".into());
         assert_eq!(

@@ -34,6 +34,9 @@ enum Command {
     /// the user the API server authenticates, and prints its name. Also `kubectl titan
     /// trigger`.
     Trigger(cli::TriggerArgs),
+    /// Approve a gated step of a RecoveryRun, as the user the API server authenticates (never
+    /// the run's requester). Also `kubectl titan approve`.
+    Approve(cli::ApproveArgs),
     /// Print an ended RecoveryRun's evidence and verify it against the run the cluster
     /// records: exits 0 when its seal and every step's output digest hold, 1 when not.
     Evidence(cli::EvidenceArgs),
@@ -67,6 +70,7 @@ async fn main() -> ExitCode {
         Command::Status(args) => cli::status::status(&args).await.into(),
         Command::Report(args) => cli::status::report(&args).await.into(),
         Command::Trigger(args) => cli::trigger::trigger(&args).await.into(),
+        Command::Approve(args) => cli::approve::approve(&args).await.into(),
         Command::Evidence(args) => cli::evidence::show(&args).await.into(),
         Command::Runbook(command) => cli::runbook::runbook(&command).into(),
         Command::Probe(args) => cli::probe::run(&args).await.into(),

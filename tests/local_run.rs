@@ -486,6 +486,29 @@ fn invalid_input_exits_2_and_names_what_is_wrong() {
 }
 
 #[test]
+fn a_gated_step_plans_but_never_runs_here_unapproved() {
+    let planned = bin()
+        .arg("plan")
+        .arg(fixture("local/gated.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(planned.status.code(), Some(0), "{}", text(&planned.stderr));
+    let run = bin()
+        .arg("run")
+        .arg(fixture("local/gated.yaml"))
+        .output()
+        .unwrap();
+    let stderr = text(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr
+            .contains("steps overwrite need an approval, which only a run in the cluster can have"),
+        "{stderr}"
+    );
+    assert!(run.stdout.is_empty(), "nothing ran");
+}
+
+#[test]
 fn an_imported_runbook_is_a_resource_that_plans() {
     let output = bin()
         .args(["runbook", "import"])

@@ -459,6 +459,12 @@ async fn run_now_starts_numbered_runs_and_the_history_limit_deletes_the_oldest()
         let dr = scenario("history", "  successfulRunsHistoryLimit: 2", "    - {name: a, command: 'echo ok'}", "    []");
         let drs = create_recovery(&client, &ns, &dr).await;
         let runs: Api<RecoveryRun> = Api::namespaced(client.clone(), &ns);
+        // A run-now value already there when the operator first sees the recovery is taken
+        // for one it was created with, which starts nothing: wait until it has seen it.
+        let observed = |d: Option<&DisasterRecovery>| {
+            d.and_then(|d| d.status.as_ref()).is_some_and(|s| s.run.observed_generation.is_some())
+        };
+        support::wait_for(&drs, "history", "the recovery observed", LIMIT, observed).await;
         for n in 1..=3 {
             let now = serde_json::json!({"metadata": {"annotations": {titan_dr::names::RUN_NOW: n.to_string()}}});
             drs.patch("history", &PatchParams::default(), &Patch::Merge(&now)).await.unwrap();
@@ -665,6 +671,23 @@ async fn a_drill_that_would_touch_the_real_target_is_refused_and_creates_nothing
         let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
         assert!(namespaces.get_opt("unsafe-drill-drill").await.unwrap().is_none());
         assert!(refused.finalizers().is_empty(), "{:?}", refused.finalizers());
+
+        // The operator may delete namespaces, but admission lets it touch drill ones only.
+        let victim = format!("{ns}-victim");
+        let plain: k8s_openapi::api::core::v1::Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": victim}})).unwrap();
+        namespaces.create(&PostParams::default(), &plain).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let account = format!("system:serviceaccount:{ns}:titan-dr-{}", ns.rsplit('-').next().unwrap());
+        let as_operator: Api<k8s_openapi::api::core::v1::Namespace> =
+            Api::all(support::client_as(dir.path(), &account).await);
+        let refused = as_operator.delete(&victim, &Default::default()).await.unwrap_err();
+        assert!(refused.to_string().contains("the operator creates and deletes only drill namespaces"), "{refused}");
+        let mut another = plain.clone();
+        another.metadata.name = Some(format!("{ns}-another"));
+        let refused = as_operator.create(&PostParams::default(), &another).await.unwrap_err();
+        assert!(refused.to_string().contains("only drill namespaces"), "{refused}");
+        namespaces.delete(&victim, &Default::default()).await.unwrap();
     })
     .await;
 }
@@ -796,6 +819,124 @@ async fn the_evidence_is_copied_beside_the_snapshots_and_a_changed_byte_is_found
         let (code, text) = check(&key);
         assert_eq!(code, Some(1), "{text}");
         assert!(text.contains("not verified"), "{text}");
+    })
+    .await;
+}
+
+/// Runs `titan-dr approve RUN STEP -n NS` as `user` (kubeconfig `kubeconfig`): its exit code
+/// and what it said.
+fn approve_as(
+    kubeconfig: &std::path::Path,
+    ns: &str,
+    run: &str,
+    step: &str,
+) -> (Option<i32>, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_titan-dr"))
+        .args(["approve", run, step, "-n", ns])
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code(), text)
+}
+
+/// The gate of step `step` of a run.
+fn gate<'s>(run: &'s RecoveryRun, step: &str) -> &'s titan_dr::api::approval::GateStatus {
+    let status = run.status.as_ref().expect("a status");
+    status
+        .gates
+        .iter()
+        .find(|g| g.step == step)
+        .unwrap_or_else(|| panic!("no gate {step}: {status:#?}"))
+}
+
+#[tokio::test]
+async fn a_gated_step_waits_for_a_second_person_and_a_timeout_aborts_with_rollback() {
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::install(&ns).await;
+        // alice runs recoveries; bob approves them; dave may write runs but approves nothing.
+        let subjects: Vec<serde_json::Value> = ["alice", "bob", "dave"]
+            .map(|u| serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": u}))
+            .into();
+        let rbac: Vec<serde_json::Value> = vec![
+            serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "runs"},
+                "rules": [{"apiGroups": ["dr.titan.io"], "resources": ["recoveryruns"], "verbs": ["get", "list", "watch", "create", "patch"]}]}),
+            serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "runs"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "runs"},
+                "subjects": subjects}),
+        ];
+        for object in rbac {
+            let object: kube::api::DynamicObject = serde_json::from_value(object).unwrap();
+            let kind = object.types.clone().unwrap().kind;
+            let resource = if kind == "Role" { "roles" } else { "rolebindings" };
+            let gvk = kube::api::GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", &kind);
+            let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, resource);
+            let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+            api.create(&PostParams::default(), &object).await.unwrap();
+        }
+        let gated = |name: &str, gate: &str| {
+            scenario(
+                name,
+                "",
+                &format!("    - {{name: a, command: 'echo a'}}\n    - {{name: overwrite, after: [a], command: 'echo overwritten', approval: {gate}}}"),
+                "    - {name: undo, command: 'echo undone'}",
+            )
+        };
+        create_recovery(&client, &ns, &gated("gated", "{approvers: [bob, 'group:dba'], timeout: 5m}")).await;
+        create_recovery(&client, &ns, &gated("hurried", "{approvers: [bob], timeout: 3s}")).await;
+        let dir = tempfile::tempdir().unwrap();
+        let alice = support::client_as(dir.path(), "alice").await;
+        let as_alice: Api<RecoveryRun> = Api::namespaced(alice, &ns);
+        as_alice.create(&PostParams::default(), &run_manifest("gated-1", "gated", "")).await.unwrap();
+        let runs: Api<RecoveryRun> = Api::namespaced(client.clone(), &ns);
+        let waiting = |r: Option<&RecoveryRun>| r.is_some_and(|r| r.run_status().phase == Some(RunPhase::WaitingForApproval));
+        let held = support::wait_for(&runs, "gated-1", "the run to wait for approval", LIMIT, waiting).await;
+        assert_eq!(held.spec.requested_by.as_deref(), Some("alice"));
+        assert_eq!(step(&held.run_status(), "a").phase, StepPhase::Succeeded);
+        assert_eq!(step(&held.run_status(), "overwrite").phase, StepPhase::Pending);
+        let approved = held.run_status().conditions.iter().find(|c| c.type_ == "Approved").cloned().expect("Approved");
+        assert_eq!((approved.status.as_str(), approved.reason.as_str()), ("False", "WaitingForApproval"), "{approved:?}");
+        assert!(approved.message.contains("waits for one of bob, group:dba"), "{approved:?}");
+
+        // The requester may not approve: admission says so. A forged name is refused too.
+        let (code, said) = approve_as(&support::kubeconfig_as(dir.path(), "alice"), &ns, "gated-1", "overwrite");
+        assert_eq!(code, Some(1), "{said}");
+        assert!(said.contains("the requester alice cannot approve a step of the run: an approval needs a second person"), "{said}");
+        let forged = serde_json::json!({"spec": {"approvals": [{"step": "overwrite", "approvedBy": "bob"}]}});
+        let refused = as_alice.patch("gated-1", &PatchParams::default(), &Patch::Merge(&forged)).await.unwrap_err();
+        assert!(refused.to_string().contains("names bob, not the user approving, alice"), "{refused}");
+        // Somebody not listed: recorded, refused by the operator, the step still waits.
+        let (code, said) = approve_as(&support::kubeconfig_as(dir.path(), "dave"), &ns, "gated-1", "overwrite");
+        assert_eq!(code, Some(0), "{said}");
+        let noted = |r: Option<&RecoveryRun>| {
+            r.and_then(|r| r.status.as_ref()?.gates.first()?.message.clone()).is_some_and(|m| m.contains("dave is refused: not among the approvers"))
+        };
+        let still = support::wait_for(&runs, "gated-1", "dave's approval refused", LIMIT, noted).await;
+        assert_eq!(still.run_status().phase, Some(RunPhase::WaitingForApproval));
+        assert!(jobs_of_run(&client, &ns, "gated-1").await.iter().all(|j| j.labels()["dr.titan.io/step"] != "overwrite"));
+        // bob approves: the step runs, and the evidence says who approved.
+        let (code, said) = approve_as(&support::kubeconfig_as(dir.path(), "bob"), &ns, "gated-1", "overwrite");
+        assert_eq!(code, Some(0), "{said}");
+        let done = wait_ended(&runs, "gated-1").await;
+        assert_eq!(done.run_status().phase, Some(RunPhase::Succeeded), "{:#?}", done.status);
+        assert_eq!(gate(&done, "overwrite").approved_by.as_deref(), Some("bob"));
+        let evidence = done.status.clone().unwrap().evidence.unwrap();
+        assert!(evidence.approvals[0].starts_with("overwrite: approved by bob at "), "{:?}", evidence.approvals);
+        let approved = done.run_status().conditions.iter().find(|c| c.type_ == "Approved").cloned().unwrap();
+        assert_eq!(approved.status, "True", "{approved:?}");
+
+        // Nobody approves in time: the run aborts and rolls back; the step never ran.
+        as_alice.create(&PostParams::default(), &run_manifest("hurried-1", "hurried", "")).await.unwrap();
+        let aborted = wait_ended(&runs, "hurried-1").await;
+        let status = aborted.run_status();
+        assert_eq!(status.phase, Some(RunPhase::Failed), "{:#?}", aborted.status);
+        assert_eq!(step(&status, "undo").phase, StepPhase::Succeeded, "{status:#?}");
+        assert_eq!(step(&status, "overwrite").phase, StepPhase::Skipped, "{status:#?}");
+        assert_eq!(gate(&aborted, "overwrite").state, titan_dr::api::approval::GateState::TimedOut);
+        let evidence = aborted.status.clone().unwrap().evidence.unwrap();
+        assert!(evidence.approvals[0].contains("overwrite: not approved; timed out at"), "{:?}", evidence.approvals);
+        assert!(jobs_of_run(&client, &ns, "hurried-1").await.iter().all(|j| j.labels()["dr.titan.io/step"] != "overwrite"));
     })
     .await;
 }

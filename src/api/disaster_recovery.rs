@@ -297,6 +297,9 @@ pub struct Step {
     /// Free text for the on-call engineer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notes: Option<String>,
+    /// A person must approve the step before it starts (see `titan-dr approve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<super::approval::ApprovalGate>,
     /// Environment variables for this step, added to `template.env`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
@@ -481,6 +484,8 @@ pub enum RunPhase {
     Running,
     /// `spec.action: Pause`: no attempt starts; those running go on.
     Paused,
+    /// A step waits for its approval; the steps that do not need it go on.
+    WaitingForApproval,
     Validating,
     RollingBack,
     Succeeded,

@@ -25,7 +25,7 @@ pub struct Evidence {
     pub requested_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// Who approved the steps that needed it (none yet: approvals are not built).
+    /// Every approval gate the run reached: who approved it, or that it timed out.
     #[serde(default)]
     pub approvals: Vec<String>,
     /// The DisasterRecovery's generation the run executed.

@@ -1,5 +1,6 @@
 //! The custom resource types: the user-facing contract (see `API.md` of the project).
 
+pub mod approval;
 pub mod backup;
 pub mod disaster_recovery;
 pub mod duration;

@@ -52,6 +52,11 @@ pub struct RecoveryRunSpec {
     /// running steps and runs rollback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<RunAction>,
+    /// Approvals of gated steps (`titan-dr approve RUN STEP`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["step", "approvedBy"]))]
+    pub approvals: Vec<super::approval::StepApproval>,
 }
 
 /// Whether a run recovers the target or rehearses in a throwaway namespace.
@@ -173,6 +178,9 @@ pub struct RecoveryRunStatus {
     /// A drill's throwaway namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<DrillStatus>,
+    /// The approval gates the run has reached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<super::approval::GateStatus>,
 }
 
 /// The namespace a drill runs in (`<run>-drill`, labelled `dr.titan.io/drill`): created

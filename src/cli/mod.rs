@@ -4,6 +4,7 @@
 //! Each returns an [`Exit`], so that scripts and CI can tell a failed recovery from bad input
 //! and from an interruption.
 
+pub mod approve;
 pub mod backup;
 pub mod evidence;
 pub mod input;
@@ -14,6 +15,7 @@ pub mod runbook;
 pub mod status;
 pub mod trigger;
 
+pub use approve::ApproveArgs;
 pub use backup::BackupCommand;
 pub use evidence::EvidenceArgs;
 pub use plan::PlanArgs;

@@ -96,6 +96,19 @@ fn options(args: &RunArgs, resource: &DisasterRecovery) -> Result<Options, Strin
             workdir.display()
         ));
     }
+    let spec = &resource.spec;
+    let gated: Vec<&str> = (spec.steps.iter().chain(&spec.validations))
+        .filter(|s| s.approval.as_ref().is_some_and(|a| a.required))
+        .map(|s| s.name.as_str())
+        .collect();
+    if !gated.is_empty() {
+        // Nobody here can say who approves: a gate is never skipped quietly.
+        return Err(format!(
+            "steps {} need an approval, which only a run in the cluster can have (the API \
+             server says who approves); set approval.required: false to run them here",
+            gated.join(", ")
+        ));
+    }
     let log_dir = args.log_dir.clone().unwrap_or_else(|| {
         let stamp = Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
         let name = format!(

@@ -28,9 +28,14 @@ pub struct TriggerArgs {
 
 /// `titan-dr trigger`: prints the new run's name.
 pub async fn trigger(args: &TriggerArgs) -> Exit {
-    match create(args).await {
-        Ok(name) => {
-            println!("{name}");
+    said(create(args).await)
+}
+
+/// Prints what a cluster command did, or its error, and exits accordingly.
+pub(super) fn said(result: Result<String, (Exit, String)>) -> Exit {
+    match result {
+        Ok(line) => {
+            println!("{line}");
             Exit::Succeeded
         }
         Err((exit, message)) => {
@@ -40,15 +45,22 @@ pub async fn trigger(args: &TriggerArgs) -> Exit {
     }
 }
 
-async fn create(args: &TriggerArgs) -> Result<String, (Exit, String)> {
-    let failed = |message: String| (Exit::Failed, message);
+/// The kubeconfig's cluster, and `namespace` or the kubeconfig's.
+pub(super) async fn cluster(
+    namespace: &Option<String>,
+) -> Result<(Client, String), (Exit, String)> {
     let client = Client::try_default()
         .await
-        .map_err(|e| failed(format!("no cluster: {e}")))?;
-    let namespace = args
-        .namespace
+        .map_err(|e| (Exit::Failed, format!("no cluster: {e}")))?;
+    let namespace = namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
+    Ok((client, namespace))
+}
+
+async fn create(args: &TriggerArgs) -> Result<String, (Exit, String)> {
+    let failed = |message: String| (Exit::Failed, message);
+    let (client, namespace) = cluster(&args.namespace).await?;
     let drs: Api<DisasterRecovery> = Api::namespaced(client.clone(), &namespace);
     let name = &args.name;
     match drs.get_opt(name).await {
@@ -75,7 +87,7 @@ async fn create(args: &TriggerArgs) -> Result<String, (Exit, String)> {
             trigger: RunTrigger::Manual,
             requested_by: who_am_i(&client).await,
             reason: args.reason.clone(),
-            action: None,
+            ..Default::default()
         },
         status: None,
     };
@@ -90,10 +102,16 @@ async fn create(args: &TriggerArgs) -> Result<String, (Exit, String)> {
 /// The caller's user name as the API server authenticates it (a SelfSubjectReview), not as
 /// anything local says; `None` when the server does not tell.
 async fn who_am_i(client: &Client) -> Option<String> {
+    whoami(client).await.map(|(user, _)| user)
+}
+
+/// The user name and groups the API server says the caller is (SelfSubjectReview).
+pub(super) async fn whoami(client: &Client) -> Option<(String, Vec<String>)> {
     let reviews: Api<SelfSubjectReview> = Api::all(client.clone());
     let review = reviews
         .create(&PostParams::default(), &SelfSubjectReview::default())
         .await
         .ok()?;
-    review.status?.user_info?.username
+    let user = review.status?.user_info?;
+    Some((user.username?, user.groups.unwrap_or_default()))
 }

@@ -55,6 +55,29 @@ pub async fn client() -> Client {
     Client::try_from(config).expect("a client")
 }
 
+/// A copy of the test kubeconfig, in `dir`, that acts as `user` (impersonation, which the
+/// test's own user may do): what `user` may do, as the API server says it is `user`.
+pub fn kubeconfig_as(dir: &std::path::Path, user: &str) -> PathBuf {
+    let mut kubeconfig = Kubeconfig::read_from(kubeconfig()).expect("reading the test kubeconfig");
+    for named in &mut kubeconfig.auth_infos {
+        if let Some(auth) = named.auth_info.as_mut() {
+            auth.impersonate = Some(user.to_owned());
+        }
+    }
+    let path = dir.join(format!("kubeconfig-{user}"));
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
+    path
+}
+
+/// A client that acts as `user` (see [`kubeconfig_as`]).
+pub async fn client_as(dir: &std::path::Path, user: &str) -> Client {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig_as(dir, user)).unwrap();
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("a usable kubeconfig");
+    Client::try_from(config).expect("a client")
+}
+
 /// Runs `test` in a fresh namespace (Pod Security `restricted` enforced) that is deleted
 /// afterwards, also when the test panics.
 pub async fn with_namespace<F, Fut>(test: F)

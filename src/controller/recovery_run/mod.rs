@@ -9,6 +9,7 @@
 //! from memory, and Job names are deterministic, so a restarted operator neither duplicates
 //! nor re-runs work.
 
+mod approval;
 mod drill;
 mod evidence_copy;
 mod observe;
@@ -89,25 +90,40 @@ pub async fn reconcile(run: Arc<RecoveryRun>, ctx: Arc<Context>) -> Result<Actio
     for s in observed.values() {
         state.set(&s.name, s.phase, s.attempts);
     }
-    let decision = steer(&ctx, &run, &plan, &state, &mut observed).await?;
+    let unheld = plan.next(&state);
+    let ready: BTreeSet<&str> = unheld.start.iter().map(|a| a.name.as_str()).collect();
+    let gates = approval::evaluate(&dr.spec, &run, &previous.gates, &ready, Timestamp::now());
+    let decision = steer(&ctx, &run, &plan, &state, &gates, &mut observed).await?;
     start_attempts(&ctx, &run, &dr, &base, &decision, &mut observed).await?;
-    let status = run_status(&ctx, &run, &dr, base, &decision, &observed).await?;
+    let mut status = run_status(&ctx, &run, &dr, base, &decision, &observed).await?;
+    if let Some(approved) = approval::condition(&gates.status) {
+        let mut c = Conditions::new(&previous.run.conditions, run.metadata.generation);
+        c.set(approval::APPROVED, approved.0, approved.1, approved.2);
+        status.conditions.extend(c.build());
+    }
     let evidence = status.has_ended().then(|| {
         let generation = previous.scenario_generation;
-        evidence::record(&run, &dr.spec, generation, &plan, &status)
+        let approvals = approval::evidence(&gates.status);
+        evidence::record(&run, &dr.spec, generation, &plan, &status, approvals)
     });
     let status = RecoveryRunStatus {
         run: status,
         evidence,
+        gates: gates.status.clone(),
         ..previous.clone()
     };
     write_status(&ctx, &run, &previous, &status).await?;
     // After the write: an Event never tells of a transition the status does not hold.
     announce_transitions(&ctx, &run, &previous.run, &status.run).await;
+    announce_gates(&ctx, &run, &previous.gates, &status.gates).await;
     count_ended(&ctx, &run, &dr, &previous.run, &status.run);
     let next = match decision.outcome {
         Some(_) => None,
-        None => Some(recheck.max(SOONEST)),
+        None => Some(
+            recheck
+                .min(gates.next_timeout.unwrap_or(recheck))
+                .max(SOONEST),
+        ),
     };
     tracing::debug!(run = ?status.run.run_id, phase = ?status.run.phase, started = decision.start.len(), ?next, "reconciled");
     Ok(next.map_or_else(Action::await_change, Action::requeue))
@@ -245,29 +261,67 @@ pub fn scenario_view(
     view
 }
 
-/// The decision for the run's state, as its `spec.action` bends it: Abort stops the running
-/// steps and validations (their Jobs fail saying so) and rolls back; Pause starts nothing.
+/// The decision for the run's state, as its `spec.action` and its approval gates bend it:
+/// Abort (or a gate's timeout that aborts) stops the running steps and validations (their
+/// Jobs fail saying so) and rolls back; Pause starts nothing; a step waiting for its approval
+/// does not start.
 async fn steer(
     ctx: &Context,
     run: &RecoveryRun,
     plan: &Plan,
     state: &RunState,
+    gates: &approval::Gates,
     observed: &mut BTreeMap<String, StepStatus>,
 ) -> Result<crate::plan::Decision, Error> {
-    match run.spec.action {
-        Some(RunAction::Abort) => {
-            stop_for_abort(ctx, run, plan, observed).await?;
-            Ok(plan.next_aborted(state))
+    let abort = match (run.spec.action, &gates.abort) {
+        (Some(RunAction::Abort), _) => Some(requested(run)),
+        (_, Some(timed_out)) => Some(timed_out.clone()),
+        _ => None,
+    };
+    if let Some(why) = abort {
+        stop_for_abort(ctx, run, plan, observed, &why).await?;
+        return Ok(plan.next_aborted(state));
+    }
+    let mut decision = plan.next(state);
+    if decision.outcome.is_some() {
+        return Ok(decision);
+    }
+    if run.spec.action == Some(RunAction::Pause) {
+        decision.start.clear();
+        decision.phase = RunPhase::Paused;
+        return Ok(decision);
+    }
+    decision.start.retain(|a| !gates.held.contains(&a.name));
+    if !gates.held.is_empty() {
+        decision.phase = RunPhase::WaitingForApproval;
+    }
+    Ok(decision)
+}
+
+/// Events of the gates that began to wait, were approved or timed out at this reconcile.
+async fn announce_gates(
+    ctx: &Context,
+    run: &RecoveryRun,
+    before: &[crate::api::approval::GateStatus],
+    after: &[crate::api::approval::GateStatus],
+) {
+    use crate::api::approval::GateState;
+    for gate in after {
+        let was = before.iter().find(|g| g.step == gate.step).map(|g| g.state);
+        if was == Some(gate.state) {
+            continue;
         }
-        Some(RunAction::Pause) => {
-            let mut decision = plan.next(state);
-            if decision.outcome.is_none() {
-                decision.start.clear();
-                decision.phase = RunPhase::Paused;
-            }
-            Ok(decision)
-        }
-        Some(RunAction::Resume) | None => Ok(plan.next(state)),
+        let (type_, reason) = match gate.state {
+            GateState::Waiting => (EventType::Normal, "ApprovalNeeded"),
+            GateState::Approved => (EventType::Normal, "Approved"),
+            GateState::TimedOut => (EventType::Warning, "ApprovalTimedOut"),
+        };
+        let note = format!(
+            "step {}: {}",
+            gate.step,
+            gate.message.clone().unwrap_or_default()
+        );
+        ctx.publish(run.object_ref(&()), type_, reason, &note).await;
     }
 }
 
@@ -278,12 +332,13 @@ async fn stop_for_abort(
     run: &RecoveryRun,
     plan: &Plan,
     observed: &BTreeMap<String, StepStatus>,
+    why: &str,
 ) -> Result<(), Error> {
     let ns = run.namespace().unwrap_or_default();
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let rollback: BTreeSet<&str> = plan.rollback().iter().map(|s| s.name.as_str()).collect();
     let failure = StartFailure {
-        message: format!("aborted: {}", requested(run)),
+        message: format!("aborted: {why}"),
     };
     for step in observed.values() {
         if step.phase != StepPhase::Running || rollback.contains(step.name.as_str()) {
@@ -383,6 +438,7 @@ async fn begin(
         evidence: None,
         evidence_copies: Vec::new(),
         drill,
+        gates: Vec::new(),
     };
     write_status(ctx, run, previous, &status).await?;
     let message = format!(

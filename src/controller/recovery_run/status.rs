@@ -259,6 +259,7 @@ fn phase_name(phase: RunPhase) -> &'static str {
         RunPhase::Pending => "Pending",
         RunPhase::Running => "Running",
         RunPhase::Paused => "Paused",
+        RunPhase::WaitingForApproval => "WaitingForApproval",
         RunPhase::Validating => "Validating",
         RunPhase::RollingBack => "RollingBack",
         RunPhase::Succeeded => "Succeeded",

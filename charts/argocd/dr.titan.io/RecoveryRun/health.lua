@@ -53,6 +53,14 @@ if phase == "Paused" then
   return hs
 end
 
+-- A gated step waits for a second person's approval (titan-dr approve RUN STEP).
+if phase == "WaitingForApproval" then
+  local approved = condition(status, "Approved") or {}
+  hs.status = "Suspended"
+  hs.message = "waiting for approval: " .. (approved.message or "")
+  return hs
+end
+
 -- Pending, Running, Validating, RollingBack, and any phase added later.
 hs.status = "Progressing"
 hs.message = phase or "waiting to begin"
