@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: Titan runs on the local cluster with its data in Redis and backups taken by the
-# operator; the disaster deletes its namespace; the operator — installed by its own chart, as
+# operator; a drill rehearses the recovery beside it, in a namespace of its own, and leaves
+# it untouched; the disaster deletes its namespace; the operator — installed by its own chart, as
 # its own ServiceAccount — brings it back from the snapshots in dependency order, proves it
 # with the runbook's validations, and the data is checked to be what it was.
 # Expects KUBECONFIG and kubectl from scripts/with-cluster.sh.
@@ -13,6 +14,29 @@ part_of=app.kubernetes.io/part-of=titan
 began=$SECONDS
 say() { printf '\n== %s\n' "$*"; }
 redis() { kubectl -n titan exec -i titan-redis-0 -c redis -- redis-cli --no-auth-warning "$@"; }
+# Prints a run's steps as they change, until it ends; sets $phase.
+steps='{range .status.steps[*]}{.name}={.phase} {end}{range .status.validations[*]}{.name}={.phase} {end}'
+follow() {
+  local run=$1 last="" start=$SECONDS deadline=$((SECONDS + 600)) now
+  while :; do
+    phase=$(kubectl -n titan-recovery get "$run" -o jsonpath='{.status.phase}')
+    now=$(kubectl -n titan-recovery get "$run" -o jsonpath="$steps")
+    if [ "$now" != "$last" ]; then
+      printf '[%3ss] %-10s' "$((SECONDS - start))" "${phase:-Pending}"
+      for s in $now; do
+        case ${s#*=} in
+          Succeeded) mark="✔" ;; Running) mark="▶" ;; Failed|TimedOut) mark="✘" ;; Skipped) mark="-" ;; *) mark="·" ;;
+        esac
+        printf ' %s%s' "$mark" "${s%%=*}"
+      done
+      echo
+      last=$now
+    fi
+    case $phase in Succeeded|Failed) break ;; esac
+    [ $SECONDS -lt $deadline ] || { echo "$run did not finish in 600s" >&2; exit 1; }
+    sleep 0.5
+  done
+}
 
 say "1. The operator, by helm install of charts/titan-dr with the local image"
 "$helm" upgrade --install titan-dr charts/titan-dr --namespace titan-dr-system --create-namespace \
@@ -61,38 +85,41 @@ fingerprint() {
 }
 before=$(fingerprint)
 
-say "5. The disaster: kubectl delete namespace titan"
+say "5. A drill first, while Titan runs: the same scenario in a namespace of its own"
+# Applying the scenario runs nothing; the drill restores the snapshots into <run>-drill,
+# validates there, and deletes that namespace. titan itself is not touched.
+kubectl -n titan-recovery apply -f "$kit/recovery/recovery.yaml"
+untouched=$(kubectl -n titan get pods,deployments,statefulsets,services,configmaps,secrets \
+  -o custom-columns=NAME:.metadata.name,VERSION:.metadata.resourceVersion --no-headers)
+drill=rrun/$(target/debug/titan-dr trigger complete-system-failure -n titan-recovery --drill \
+  --reason "monthly disaster-recovery test")
+echo "   $drill"
+follow "$drill"
+[ "$phase" = Succeeded ] || { echo "the drill failed" >&2; exit 1; }
+namespace=$(kubectl -n titan-recovery get "$drill" -o jsonpath='{.status.drill.namespace}')
+for _ in $(seq 1 240); do
+  deleted=$(kubectl -n titan-recovery get "$drill" -o jsonpath='{.status.drill.deletedAt}')
+  [ -n "$deleted" ] && break
+  sleep 0.5
+done
+[ -n "$deleted" ] || { echo "the drill namespace $namespace was not deleted" >&2; exit 1; }
+echo "   drilled in $namespace in $(kubectl -n titan-recovery get "$drill" -o jsonpath='{.status.achievedRTO}'), which is gone since $deleted"
+now=$(kubectl -n titan get pods,deployments,statefulsets,services,configmaps,secrets \
+  -o custom-columns=NAME:.metadata.name,VERSION:.metadata.resourceVersion --no-headers)
+[ "$now" = "$untouched" ] || { echo "the drill changed titan" >&2; exit 1; }
+[ "$(fingerprint)" = "$before" ] || { echo "the drill changed titan's data" >&2; exit 1; }
+echo "   titan: every object at the same resourceVersion, the data as it was"
+
+say "6. The disaster: kubectl delete namespace titan"
 kubectl delete namespace titan --wait=true
 kubectl get namespace titan 2>&1 | sed 's/^/   /' || true
 
-say "6. kubectl apply -f $kit/recovery/recovery.yaml (runs nothing), then create a RecoveryRun"
-kubectl -n titan-recovery apply -f "$kit/recovery/recovery.yaml"
+say "7. The recovery: kubectl create -f $kit/recovery/run.yaml (a RecoveryRun)"
 run=$(kubectl -n titan-recovery create -f "$kit/recovery/run.yaml" -o name)
 echo "   $run"
-steps='{range .status.steps[*]}{.name}={.phase} {end}{range .status.validations[*]}{.name}={.phase} {end}'
-last=""
-start=$SECONDS
-deadline=$((SECONDS + 600))
-while :; do
-  phase=$(kubectl -n titan-recovery get "$run" -o jsonpath='{.status.phase}')
-  now=$(kubectl -n titan-recovery get "$run" -o jsonpath="$steps")
-  if [ "$now" != "$last" ]; then
-    printf '[%3ss] %-10s' "$((SECONDS - start))" "${phase:-Pending}"
-    for s in $now; do
-      case ${s#*=} in
-        Succeeded) mark="✔" ;; Running) mark="▶" ;; Failed|TimedOut) mark="✘" ;; Skipped) mark="-" ;; *) mark="·" ;;
-      esac
-      printf ' %s%s' "$mark" "${s%%=*}"
-    done
-    echo
-    last=$now
-  fi
-  case $phase in Succeeded|Failed) break ;; esac
-  [ $SECONDS -lt $deadline ] || { echo "the recovery did not finish in 600s" >&2; exit 1; }
-  sleep 0.5
-done
+follow "$run"
 
-say "7. The result"
+say "8. The result"
 kubectl -n titan-recovery get dr,rrun
 kubectl -n titan-recovery get dr complete-system-failure \
   -o jsonpath='{range .status.conditions[*]}  {.type}={.status} ({.reason}) {.message}{"\n"}{end}'
@@ -108,7 +135,7 @@ if [ "$phase" != Succeeded ]; then
   exit 1
 fi
 
-say "8. The data, before the disaster and after the recovery"
+say "9. The data, before the disaster and after the recovery"
 after=$(fingerprint)
 printf 'before:\n%s\nafter:\n%s\n' "$before" "$after" | sed 's/^/   /'
 [ "$before" = "$after" ] || { echo "the restored data differs" >&2; exit 1; }
