@@ -940,3 +940,45 @@ async fn a_gated_step_waits_for_a_second_person_and_a_timeout_aborts_with_rollba
     })
     .await;
 }
+
+/// A drill deleted midway (by hand, a history limit, its recovery deleted) takes its
+/// namespace with it: the run is held by its finalizer until the namespace is gone.
+#[tokio::test]
+async fn a_drill_deleted_midway_takes_its_namespace_with_it() {
+    support::with_namespace(|client, ns| async move {
+        let _operator = support::Operator::install(&ns).await;
+        let dr = scenario(
+            "long",
+            "",
+            "    - {name: wait, command: 'sleep 300'}",
+            "    []",
+        );
+        create_recovery(&client, &ns, &dr).await;
+        let runs: Api<RecoveryRun> = Api::namespaced(client.clone(), &ns);
+        let run = run_manifest("long-drill", "long", "  mode: Drill\n");
+        runs.create(&PostParams::default(), &run).await.unwrap();
+        let running = wait_running(&runs, "long-drill", "wait").await;
+        assert!(
+            running
+                .finalizers()
+                .iter()
+                .any(|f| f == titan_dr::names::DRILL_FINALIZER)
+        );
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        let namespace = namespaces
+            .get("long-drill-drill")
+            .await
+            .expect("the drill's namespace");
+        assert_eq!(namespace.labels()[titan_dr::names::LABEL_DRILL], ns);
+        runs.delete("long-drill", &Default::default())
+            .await
+            .unwrap();
+        support::wait_gone(&runs, "long-drill", LIMIT).await;
+        let gone = namespaces.get_opt("long-drill-drill").await.unwrap();
+        assert!(
+            gone.is_none(),
+            "the namespace is gone before the run lets go: {gone:?}"
+        );
+    })
+    .await;
+}
