@@ -779,17 +779,14 @@ async fn the_evidence_is_copied_beside_the_snapshots_and_a_changed_byte_is_found
         let check = |key: &titan_dr::backup::BackupKey| {
             let key_file = work.path().join("key.txt");
             std::fs::write(&key_file, key.to_key_file()).unwrap();
-            let output = std::process::Command::new(env!("CARGO_BIN_EXE_titan-dr"))
-                .args(["evidence", "--s3", &url, "--s3-endpoint", &format!("http://{s3_ip}:{PORT}")])
-                .arg("--key-file")
-                .arg(&key_file)
-                .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-                .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&output.stdout).into_owned()
-                + &String::from_utf8_lossy(&output.stderr);
-            (output.status.code(), text)
+            let endpoint = format!("http://{s3_ip}:{PORT}");
+            let key_file = key_file.to_str().unwrap();
+            let credentials = [
+                ("AWS_ACCESS_KEY_ID", std::ffi::OsStr::new(ACCESS_KEY)),
+                ("AWS_SECRET_ACCESS_KEY", std::ffi::OsStr::new(SECRET_KEY)),
+            ];
+            let args = ["evidence", "--s3", &url, "--s3-endpoint", &endpoint, "--key-file", key_file];
+            titan_dr(&args, &credentials)
         };
         let (code, text) = check(&key);
         assert_eq!(code, Some(0), "{text}");
@@ -831,9 +828,17 @@ fn approve_as(
     run: &str,
     step: &str,
 ) -> (Option<i32>, String) {
+    titan_dr(
+        &["approve", run, step, "-n", ns],
+        &[("KUBECONFIG", kubeconfig.as_os_str())],
+    )
+}
+
+/// Runs titan-dr with `args` and `env` added: its exit code and all it printed.
+fn titan_dr(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> (Option<i32>, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_titan-dr"))
-        .args(["approve", run, step, "-n", ns])
-        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&output.stdout).into_owned()

@@ -279,6 +279,33 @@ pub async fn create_owned(jobs: &Api<Job>, job: &Job) -> Result<Result<(), Taken
     }
 }
 
+/// Why a Secret's value could not be read as text.
+#[derive(Debug)]
+pub enum SecretProblem {
+    /// The Secret cannot be read, does not exist, or has no such key.
+    Missing(String),
+    /// The value is not UTF-8.
+    NotText(String),
+}
+
+/// The text under `key` of Secret `name`.
+pub async fn secret_text(
+    secrets: &Api<k8s_openapi::api::core::v1::Secret>,
+    name: &str,
+    key: &str,
+) -> Result<String, SecretProblem> {
+    let secret = secrets
+        .get_opt(name)
+        .await
+        .map_err(|e| SecretProblem::Missing(format!("reading secret {name}: {e}")))?
+        .ok_or_else(|| SecretProblem::Missing(format!("secret {name} does not exist")))?;
+    let value = secret.data.and_then(|mut d| d.remove(key));
+    let value =
+        value.ok_or_else(|| SecretProblem::Missing(format!("secret {name} has no key {key:?}")))?;
+    String::from_utf8(value.0)
+        .map_err(|_| SecretProblem::NotText(format!("secret {name} key {key:?} is not text")))
+}
+
 /// Writes an object's status with server-side apply, as the operator, unless nothing changed.
 pub async fn apply_status<K, S>(
     api: &Api<K>,

@@ -30,7 +30,7 @@ use crate::api::Backup;
 use crate::api::backup::{BACKUP_NAMESPACES_ANNOTATION, BackupStatus};
 use crate::backup::{BackupKey, RetentionPolicy, StoreError};
 use crate::controller::conditions::{Conditions, FALSE, TRUE};
-use crate::controller::{Context, Error, MANAGER, TakenBy, after_failure, decoded};
+use crate::controller::{Context, Error, MANAGER, SecretProblem, TakenBy, after_failure, decoded};
 use crate::names::LABEL_KIND;
 use kube::core::DeserializeGuard;
 use snapshot_job::{ATTEMPT_ANNOTATION, ConfigSelection, KIND_SNAPSHOT, SnapshotJobSetup};
@@ -536,20 +536,12 @@ fn store_failure(error: StoreError) -> Failure {
 }
 
 async fn secret_value(secrets: &Api<Secret>, name: &str, key: &str) -> Result<String, Failure> {
-    let secret = secrets
-        .get_opt(name)
+    crate::controller::secret_text(secrets, name, key)
         .await
-        .map_err(|e| Failure::new("KeyMissing", format!("reading secret {name}: {e}")))?
-        .ok_or_else(|| Failure::new("KeyMissing", format!("secret {name} does not exist")))?;
-    let value = secret.data.and_then(|d| d.get(key).cloned());
-    let value = value
-        .ok_or_else(|| Failure::new("KeyMissing", format!("secret {name} has no key {key:?}")))?;
-    String::from_utf8(value.0).map_err(|_| {
-        Failure::new(
-            "KeyInvalid",
-            format!("secret {name} key {key:?} is not text"),
-        )
-    })
+        .map_err(|problem| match problem {
+            SecretProblem::Missing(message) => Failure::new("KeyMissing", message),
+            SecretProblem::NotText(message) => Failure::new("KeyInvalid", message),
+        })
 }
 
 /// Whether namespace `source` lets Backups of `backup_ns` snapshot its objects.

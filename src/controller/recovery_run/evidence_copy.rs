@@ -11,7 +11,7 @@ use crate::api::evidence::Evidence;
 use crate::api::{Backup, RecoveryRun};
 use crate::backup::offsite::{Offsite, S3Location};
 use crate::backup::{BackupKey, offsite_prefix};
-use crate::controller::Context;
+use crate::controller::{Context, SecretProblem};
 use crate::evidence::{authenticate, copy_name};
 
 /// Copies `evidence` of `run` to the object storage of each of `backups` that has one;
@@ -78,12 +78,9 @@ async fn secret_text(
 ) -> Result<String, String> {
     let secrets: Api<Secret> =
         Api::namespaced(ctx.client.clone(), &backup.namespace().unwrap_or_default());
-    let secret = secrets
-        .get_opt(name)
+    crate::controller::secret_text(&secrets, name, field)
         .await
-        .map_err(|e| format!("reading secret {name}: {e}"))?
-        .ok_or_else(|| format!("secret {name} does not exist"))?;
-    let bytes = secret.data.and_then(|mut d| d.remove(field));
-    let bytes = bytes.ok_or_else(|| format!("secret {name} has no key {field:?}"))?;
-    String::from_utf8(bytes.0).map_err(|_| format!("secret {name} key {field:?} is not text"))
+        .map_err(|problem| match problem {
+            SecretProblem::Missing(message) | SecretProblem::NotText(message) => message,
+        })
 }

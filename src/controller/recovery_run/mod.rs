@@ -40,7 +40,7 @@ use crate::api::disaster_recovery::{
     ConcurrencyPolicy, DisasterRecoverySpec, RunPhase, Step, StepPhase, StepStatus,
 };
 use crate::api::duration::format_duration;
-use crate::api::recovery_run::{RunAction, RunMode, run_id};
+use crate::api::recovery_run::{DrillStatus, RunAction, RunMode, run_id};
 use crate::api::{Backup, DisasterRecovery, RecoveryRun, RecoveryRunStatus, RunStatus};
 use crate::controller::conditions::{Conditions, FALSE, TRUE, UNKNOWN};
 use crate::controller::{
@@ -93,7 +93,7 @@ pub async fn reconcile(run: Arc<RecoveryRun>, ctx: Arc<Context>) -> Result<Actio
     let unheld = plan.next(&state);
     let ready: BTreeSet<&str> = unheld.start.iter().map(|a| a.name.as_str()).collect();
     let gates = approval::evaluate(&dr.spec, &run, &previous.gates, &ready, Timestamp::now());
-    let decision = steer(&ctx, &run, &plan, &state, &gates, &mut observed).await?;
+    let decision = steer(&ctx, &run, &plan, &state, unheld, &gates, &mut observed).await?;
     start_attempts(&ctx, &run, &dr, &base, &decision, &mut observed).await?;
     let mut status = run_status(&ctx, &run, &dr, base, &decision, &observed).await?;
     if let Some(approved) = approval::condition(&gates.status) {
@@ -200,19 +200,13 @@ async fn deleted(
     if !drill::holds(run) {
         return Ok(Action::await_change());
     }
-    let gone = match &previous.drill {
-        Some(drill) => drill::clean_up(ctx, run, drill).await?.is_some(),
-        // Deleted before its status named the namespace (between its creation and the
-        // status write): the name is the run's, so look there.
-        None => {
-            let drill = crate::api::recovery_run::DrillStatus {
-                namespace: drill::namespace_name(run),
-                ..Default::default()
-            };
-            drill::clean_up(ctx, run, &drill).await?.is_some()
-        }
-    };
-    if !gone {
+    // Deleted before its status named the namespace (between its creation and the status
+    // write): the name is the run's, so look there.
+    let drill = previous.drill.clone().unwrap_or_else(|| DrillStatus {
+        namespace: drill::namespace_name(run),
+        ..Default::default()
+    });
+    if drill::clean_up(ctx, run, &drill).await?.is_none() {
         return Ok(Action::requeue(DRILL_RECHECK));
     }
     release_drill(ctx, run).await?;
@@ -264,12 +258,13 @@ pub fn scenario_view(
 /// The decision for the run's state, as its `spec.action` and its approval gates bend it:
 /// Abort (or a gate's timeout that aborts) stops the running steps and validations (their
 /// Jobs fail saying so) and rolls back; Pause starts nothing; a step waiting for its approval
-/// does not start.
+/// does not start. `next` is the plan's decision for `state`.
 async fn steer(
     ctx: &Context,
     run: &RecoveryRun,
     plan: &Plan,
     state: &RunState,
+    next: crate::plan::Decision,
     gates: &approval::Gates,
     observed: &mut BTreeMap<String, StepStatus>,
 ) -> Result<crate::plan::Decision, Error> {
@@ -282,7 +277,7 @@ async fn steer(
         stop_for_abort(ctx, run, plan, observed, &why).await?;
         return Ok(plan.next_aborted(state));
     }
-    let mut decision = plan.next(state);
+    let mut decision = next;
     if decision.outcome.is_some() {
         return Ok(decision);
     }
